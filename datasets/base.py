@@ -1,0 +1,146 @@
+"""The synthetic-dataset contract and the registry of datasets with known latent factors.
+
+Every dataset is a class whose parameters are set in ``__init__`` (sklearn-style) and whose fixed
+random structure (mixing matrices, hidden directions) comes from its own ``seed``. It exposes:
+
+- ``sample(n, seed) -> (x, z)``: ``x`` in the normal form ((n, d) float32 vectors or (n, c, h, w)
+  float32 images in [-1, 1]) and ``z`` (n, n_factors) float64 true latent factors;
+- ``generate(z) -> x``: the generator applied to given factors;
+- ``project(x) -> (z_hat, residual)``: the oracle inversion; ``residual`` (n,) float64 distance to
+  the data manifold in the units documented by the dataset;
+- ``factors``: a tuple of ``Factor`` specs (name, kind, range/categories).
+
+Spec strings ``name:key=value,...`` build a dataset through ``get_dataset``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from diffaudit.errors import DiffauditError
+
+
+@dataclass(frozen=True)
+class Factor:
+    name: str
+    kind: str = "continuous"  # "continuous" | "categorical"
+    low: float | None = None  # support of a continuous factor (None = unbounded)
+    high: float | None = None
+    categories: tuple[str, ...] = field(default_factory=tuple)  # for categorical factors, coded 0..K-1
+
+
+class Dataset(abc.ABC):
+    name: str = ""
+    kind: str = "vector"  # "vector" | "image"
+
+    @property
+    @abc.abstractmethod
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one sample, e.g. (d,) or (c, h, w)."""
+
+    @property
+    @abc.abstractmethod
+    def factors(self) -> tuple[Factor, ...]: ...
+
+    @abc.abstractmethod
+    def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @abc.abstractmethod
+    def generate(self, z: np.ndarray) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def project(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def params(self) -> dict:
+        """Constructor parameters (for specs, cache keys and reports)."""
+        return dict(getattr(self, "_params", {}))
+
+    @property
+    def spec(self) -> str:
+        p = self.params()
+        return self.name + (":" + ",".join(f"{k}={v}" for k, v in p.items()) if p else "")
+
+    @property
+    def factor_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.factors)
+
+
+_REGISTRY: dict[str, type[Dataset]] = {}
+
+
+def register(cls: type[Dataset]) -> type[Dataset]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _parse_value(v: str):
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``"name:key=value,key=value"`` -> ``("name", {key: value})`` (values typed int/float/bool/str)."""
+    name, _, rest = spec.strip().partition(":")
+    params: dict = {}
+    if rest:
+        for part in rest.split(","):
+            if not part.strip():
+                continue
+            key, eq, val = part.partition("=")
+            if not eq or not key.strip():
+                raise DiffauditError(f"dataset spec {spec!r}: {part!r} is not key=value; write e.g. 'mcm:d=16,beta_v=4'.")
+            params[key.strip().replace("-", "_")] = _parse_value(val.strip())
+    return name.strip(), params
+
+
+# name -> module that defines and registers it (imported on first use, so importing one dataset
+# does not import them all).
+DATASET_MODULES: dict[str, str] = {
+    "hidden-manifold": "diffaudit.datasets.hidden_manifold",
+    "mcm": "diffaudit.datasets.mcm",
+    "molrg": "diffaudit.datasets.molrg",
+    "sprites": "diffaudit.datasets.sprites",
+    "digits": "diffaudit.datasets.digits",
+}
+
+
+def available_datasets() -> list[str]:
+    return sorted(DATASET_MODULES)
+
+
+def get_dataset(spec: str, **params) -> Dataset:
+    """Build a dataset from ``"name"`` plus keyword params, or from a spec ``"name:key=value,..."``.
+
+    An unknown name or parameter is a ``DiffauditError`` that lists the valid ones.
+    """
+    import importlib
+    import inspect
+
+    name, spec_params = parse_spec(spec)
+    spec_params.update(params)
+    if name not in DATASET_MODULES:
+        raise DiffauditError(f"unknown dataset {name!r}; choose one of: {', '.join(available_datasets())}.")
+    if name not in _REGISTRY:
+        importlib.import_module(DATASET_MODULES[name])
+    cls = _REGISTRY[name]
+    sig = inspect.signature(cls.__init__)
+    valid = [p for p in sig.parameters if p != "self"]
+    unknown = sorted(set(spec_params) - set(valid))
+    if unknown:
+        raise DiffauditError(
+            f"dataset {name!r} has no parameter {', '.join(map(repr, unknown))}; valid parameters: {', '.join(valid)}."
+        )
+    try:
+        return cls(**spec_params)
+    except (TypeError, ValueError) as e:
+        raise DiffauditError(f"dataset {spec!r}: {e}") from None
