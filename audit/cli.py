@@ -17,6 +17,12 @@ from diffaudit.errors import DiffauditError
 # name -> "module:attribute" of a click.Command. Add a line here when you add a subcommand.
 COMMANDS: dict[str, str] = {
     "compare": "diffaudit.compare:compare_cmd",
+    "audit": "diffaudit.audit_cmd:audit_cmd",
+    "demo": "diffaudit.demo:demo_cmd",
+    "embed": "diffaudit.features:embed_cmd",
+    "train": "diffaudit.train:train_cmd",
+    "sweep": "diffaudit.sweep:sweep_cmd",
+    "thresholds": "diffaudit.thresholds:thresholds_cmd",
 }
 
 

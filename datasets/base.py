@@ -144,3 +144,25 @@ def get_dataset(spec: str, **params) -> Dataset:
         return cls(**spec_params)
     except (TypeError, ValueError) as e:
         raise DiffauditError(f"dataset {spec!r}: {e}") from None
+
+
+def check_samples(x, shape: tuple[int, ...], dataset: str) -> np.ndarray:
+    """Validate samples handed to ``project``: (n, *shape), finite -> float64 array."""
+    a = np.asarray(x)
+    if a.ndim == len(shape) and tuple(a.shape) == tuple(shape):
+        a = a[None]
+    if tuple(a.shape[1:]) != tuple(shape):
+        raise DiffauditError(
+            f"{dataset}: samples have shape {tuple(a.shape)}, expected (n, {', '.join(map(str, shape))}); pass samples of this dataset."
+        )
+    a = a.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(a)):
+        raise DiffauditError(f"{dataset}: samples contain NaN or Inf; remove or fix them before projecting.")
+    return a
+
+
+def check_n(n, dataset: str) -> int:
+    """``n`` for ``sample``: a non-negative integer."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise DiffauditError(f"{dataset}: n={n!r} is not a non-negative integer; pass the number of samples.")
+    return int(n)
