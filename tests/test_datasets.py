@@ -1,0 +1,172 @@
+"""The vector datasets (hidden-manifold, mcm, molrg), digits, and the registry / spec parsing."""
+
+import numpy as np
+import pytest
+
+from diffaudit.datasets.base import get_dataset
+from diffaudit.errors import DiffauditError
+
+SPECS = ["hidden-manifold:d=16,D=3", "mcm:d=8", "mcm:d=8,correlated=true", "molrg:d=16,K=3,r=2,sigma=0.1",
+         "sprites", "digits"]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_determinism_and_nested_prefixes(spec):
+    ds = get_dataset(spec)
+    x1, z1 = ds.sample(50, seed=3)
+    x2, z2 = ds.sample(50, seed=3)
+    x3, z3 = ds.sample(137, seed=3)
+    x4, _ = ds.sample(50, seed=4)
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(x1, x3[:50])
+    np.testing.assert_array_equal(z1, z3[:50])
+    assert not np.array_equal(x1, x4)
+    assert x1.dtype == np.float32 and z1.dtype == np.float64
+    assert x1.shape == (50, *ds.shape) and z1.shape == (50, len(ds.factors))
+    # same dataset seed => same structure; rebuilt from its own spec => same samples
+    np.testing.assert_array_equal(get_dataset(ds.spec).sample(10, 3)[0], x1[:10])
+    if ds.kind == "image":
+        assert x1.min() >= -1 and x1.max() <= 1
+
+
+def test_structure_depends_on_dataset_seed():
+    a = get_dataset("hidden-manifold", seed=0).sample(5, 0)[0]
+    b = get_dataset("hidden-manifold", seed=1).sample(5, 0)[0]
+    assert not np.allclose(a, b)
+
+
+def test_spec_parsing_and_errors():
+    ds = get_dataset("mcm:d=8,beta_v=2")
+    assert ds.d == 8 and ds.beta_v == 2.0 and ds.sample(3, 0)[0].shape == (3, 8)
+    with pytest.raises(DiffauditError, match="valid parameters: d, beta_u, beta_v, correlated, seed"):
+        get_dataset("mcm:dim=8")
+    with pytest.raises(DiffauditError, match="choose one of"):
+        get_dataset("nope")
+    with pytest.raises(DiffauditError, match="K\\*r <= d"):
+        get_dataset("molrg:d=4,K=3,r=2")
+    with pytest.raises(DiffauditError, match="shape"):
+        get_dataset("mcm:d=8").project(np.zeros((3, 9)))
+    with pytest.raises(DiffauditError, match="NaN"):
+        get_dataset("hidden-manifold").project(np.full((2, 32), np.nan))
+    with pytest.raises(DiffauditError, match="holdout_region"):
+        get_dataset("sprites:holdout_region=star-left")
+    with pytest.raises(DiffauditError, match="non-negative integer"):
+        get_dataset("molrg").sample(-1)
+
+
+# ----------------------------------------------------------------------------- hidden manifold
+def test_hidden_manifold_projection_recovers_c():
+    ds = get_dataset("hidden-manifold")  # d=32, D=4
+    x, c = ds.sample(2000, seed=1)
+    c_hat, res = ds.project(x)
+    assert res.max() < 1e-6  # float32 rounding only
+    assert np.abs(c_hat - c).max() < 1e-4  # F fixed => c identifiable (tanh is injective, F full rank)
+
+
+def test_hidden_manifold_off_manifold_gaussian_has_large_residual():
+    ds = get_dataset("hidden-manifold")
+    x, _ = ds.sample(4000, seed=2)
+    mu, cov = x.mean(0), np.cov(x.T.astype(np.float64))
+    g = np.random.default_rng(0).multivariate_normal(mu, cov, size=1000)  # matched first two moments
+    _, res = ds.project(g)
+    # data std per dimension ~0.59; the gaussian sits ~0.1-0.2 away from the 4-dim manifold
+    assert np.quantile(res, 0.05) > 0.05
+    assert np.median(res) > 1e4 * 1e-6
+
+
+def test_hidden_manifold_gauss_newton_beats_atanh_start_near_saturation():
+    ds = get_dataset("hidden-manifold:d=32,D=4")
+    x, _ = ds.sample(500, seed=5)
+    noisy = np.clip(x + 0.01 * np.random.default_rng(1).standard_normal(x.shape), -1, 1)
+    c_hat, res = ds.project(noisy)
+    c0 = np.arctanh(np.clip(noisy, -1 + 1e-6, 1 - 1e-6)) @ np.linalg.pinv(ds.A).T
+    res0 = np.sqrt(((noisy - np.tanh(c0 @ ds.A.T)) ** 2).mean(1))
+    assert np.all(res <= res0 + 1e-12)
+    # residual cannot exceed the noise added (the true point is a candidate): RMS 0.01
+    assert np.median(res) < 0.0101
+
+
+# ----------------------------------------------------------------------------- mcm
+@pytest.mark.parametrize("correlated", [False, True])
+def test_mcm_covariance_and_kurtosis(correlated):
+    ds = get_dataset("mcm", d=8, beta_u=4, beta_v=4, correlated=correlated, seed=1)
+    assert abs(ds.u @ ds.v) < 1e-12 and abs(np.linalg.norm(ds.u) - 1) < 1e-12 and abs(np.linalg.norm(ds.v) - 1) < 1e-12
+    x, z = ds.sample(200_000, seed=0)
+    x = x.astype(np.float64)
+    n = len(x)
+    # covariance = I + beta_u u u^T, each entry within 5 standard errors
+    prod = x[:, :, None] * x[:, None, :]
+    cov = prod.mean(0)
+    se = prod.std(0) / np.sqrt(n)
+    assert np.all(np.abs(cov - ds.covariance) < 5 * se + 1e-12)
+    # excess kurtosis of v.x = -2 beta_v^2 / (1 + beta_v)^2 = -1.28 (vs 0 along a random direction)
+    y = x @ ds.v
+    kurt = (y**4).mean() / (y**2).mean() ** 2 - 3
+    se_k = (y**4).std() / np.sqrt(n)
+    assert abs(kurt - ds.kurtosis_v) < 5 * se_k
+    assert abs(ds.kurtosis_v + 1.28) < 1e-12
+    # balanced nu in both variants; in the correlated one nu = sign(|lambda| - 0.6745)
+    assert abs(z[:, 1].mean() - 0.5) < 5 * 0.5 / np.sqrt(n)
+    if correlated:
+        np.testing.assert_array_equal(z[:, 1] == 1, np.abs(z[:, 0]) > 0.6745)
+
+
+def test_mcm_projection():
+    ds = get_dataset("mcm:d=16")
+    x, z = ds.sample(20000, seed=0)
+    z_hat, res = ds.project(x)
+    err = z_hat[:, 0] - z[:, 0]  # = u.noise / sqrt(beta_u) ~ N(0, 1/4)
+    assert abs(err.std() - 0.5) < 0.02 and abs(err.mean()) < 0.02
+    # nu_hat = [v.x > 0]: v.x = (2 nu + g)/sqrt(5); error rate P(g > 2) = 0.02275
+    acc = (z_hat[:, 1] == z[:, 1]).mean()
+    assert abs((1 - acc) - 0.02275) < 5 * np.sqrt(0.0228 * 0.977 / len(x))
+    np.testing.assert_array_equal(res, 0.0)  # documented: full-dimensional, no per-sample residual
+    # noiseless generate gives the conditional mean
+    m = ds.generate(z[:3])
+    np.testing.assert_allclose(m @ ds.u, 2 * z[:3, 0], atol=1e-5)
+    np.testing.assert_allclose(m @ ds.v, (2 * z[:3, 1] - 1) * 2 / np.sqrt(5), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- molrg
+def test_molrg_projection_recovers_k_and_a():
+    ds = get_dataset("molrg")  # d=32, K=4, r=2, sigma=0
+    U = ds.U.transpose(1, 0, 2).reshape(32, -1)
+    np.testing.assert_allclose(U.T @ U, np.eye(8), atol=1e-12)
+    x, z = ds.sample(3000, seed=0)
+    counts = np.bincount(z[:, 0].astype(int), minlength=4)
+    assert np.all(np.abs(counts - 750) < 5 * np.sqrt(3000 * 0.25 * 0.75))
+    z_hat, res = ds.project(x)
+    np.testing.assert_array_equal(z_hat[:, 0], z[:, 0])
+    assert np.abs(z_hat[:, 1:] - z[:, 1:]).max() < 1e-5
+    assert res.max() < 1e-6
+    # isotropic Gaussian: residual ~ sqrt(1 - r/d) (largest of K projections slightly smaller)
+    g = np.random.default_rng(0).standard_normal((2000, 32))
+    _, rg = ds.project(g)
+    assert 0.85 < np.median(rg) < np.sqrt(1 - 2 / 32) + 0.01
+
+
+def test_molrg_noise_level():
+    ds = get_dataset("molrg:sigma=0.1")
+    x, z = ds.sample(4000, seed=0)
+    _, res = ds.project(x)
+    # ||noise off the subspace||^2 ~ 0.01 (d - r), ||x||^2 ~ r + 0.01 d
+    expect = np.sqrt(0.01 * 30 / (2 + 0.01 * 32))
+    assert abs(np.median(res) - expect) < 0.25 * expect
+
+
+# ----------------------------------------------------------------------------- digits
+def test_digits():
+    ds = get_dataset("digits")
+    x, z = ds.sample(1797, seed=0)
+    assert x.shape == (1797, 1, 8, 8) and x.min() == -1 and x.max() == 1
+    assert sorted(np.unique(z[:, 0])) == list(range(10))
+    z_hat, res = ds.project(x[:300])
+    np.testing.assert_array_equal(z_hat, z[:300])  # every real digit is its own nearest neighbour
+    np.testing.assert_array_equal(res, 0.0)
+    noisy = x[:300] + 0.05 * np.random.default_rng(0).standard_normal(x[:300].shape)
+    z_n, res_n = ds.project(noisy)
+    assert (z_n == z[:300]).mean() > 0.95 and np.all(res_n > 0)
+    with pytest.raises(DiffauditError, match="1797"):
+        ds.sample(1798)
+    with pytest.raises(DiffauditError, match="no generator"):
+        ds.generate(z)
