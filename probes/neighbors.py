@@ -10,9 +10,19 @@ Conventions (all callers rely on them):
 - ``metric="l2"``: ``D`` holds **squared** Euclidean distances, ascending.
 - ``metric="ip"``: ``D`` holds inner products, descending (cosine similarity for L2-normalised rows).
 - Ties are broken by the smaller database index.
+
+Index options (``index=``): ``"exact"`` (the blocked brute force above), ``"ivf"`` (an inverted-file
+index, ``IndexIVFFlat``: k-means cells, only ``nprobe`` cells searched; its candidates are re-ranked
+exactly, and ``search`` reports recall@1 against exact search on a sample of queries), ``"auto"``
+(IVF from ``IVF_AUTO_MIN`` database vectors up, exact below), or a prebuilt ``faiss.Index`` over
+``xb`` (e.g. from ``diffaudit.index_cache.cached_index``). The exact brute force runs on a GPU when the
+installed FAISS sees one (``gpu="auto"``); the float64 re-ranking makes its results equal to the CPU's.
 """
 
+# ruff: noqa: E741  (D, I follow FAISS naming)
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,6 +30,8 @@ from diffaudit.errors import DiffauditError
 from diffaudit.probes._checks import as_features, same_width
 
 DEFAULT_BUDGET_MIB = 512
+IVF_AUTO_MIN = 4_000_000  # "auto" switches to IVF from this many database vectors up
+DEFAULT_RECALL_SAMPLE = 1000  # queries checked against exact search to estimate IVF recall@1
 _RERANK_EXTRA = 4  # extra float32 candidates kept per query before exact float64 re-ranking
 
 
@@ -37,13 +49,14 @@ def _blocks(n: int, size: int):
 def _block_sizes(nq: int, nb: int, dim: int, kk: int, budget_mib: float) -> tuple[int, int]:
     """Rows per query block and per database block so that one step stays inside the budget.
 
-    One step holds: a query block (qb*dim*4), a database block (bb*dim*4), FAISS's distance tile
-    (qb*bb*4) and the merge buffers (qb*2kk*12).
+    One step holds: a database block (bb*dim*4), FAISS's BLAS distance tile (fixed: 4096 x 1024
+    float32 = 16 MiB, however large the blocks), and per query row its features (dim*4), the merge
+    buffers (2kk*12) and the float64 re-ranking gather (2*kk*dim*8).
     """
-    budget = max(16.0, float(budget_mib)) * (1 << 20)
+    budget = max(64.0, float(budget_mib)) * (1 << 20)
     bb = int(min(nb, max(1024, budget * 0.4 / (dim * 4))))
-    rest = budget - bb * dim * 4
-    qb = int(rest / (dim * 4 + bb * 4 + 2 * kk * 12))
+    rest = budget - bb * dim * 4 - (16 << 20)
+    qb = int(rest / (dim * 4 + 2 * kk * 12 + 2 * kk * dim * 8))
     qb = int(min(nq, max(64, qb)))
     return qb, bb
 
@@ -75,26 +88,207 @@ def _exact_rerank(xq: np.ndarray, xb: np.ndarray, I: np.ndarray, k: int, metric:
     return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
 
 
-def knn(
+@dataclass
+class KnnResult:
+    """Result of ``search``: ``D``, ``I`` (nq, k) as in ``knn`` plus how they were found.
+
+    ``recall_at_1``: share of a random sample of ``recall_sample`` queries whose first neighbour
+    distance equals exact search's (1.0 by construction for ``method="exact"``; distances, not
+    indices, are compared so that tied duplicates count as found).
+    """
+
+    D: np.ndarray
+    I: np.ndarray
+    method: str  # "exact" | "ivf"
+    device: str  # "cpu" | "gpu"
+    recall_at_1: float = 1.0
+    recall_sample: int = 0
+    nlist: int | None = None
+    nprobe: int | None = None
+
+
+_GPU_RES = None
+
+
+def gpu_available() -> bool:
+    """True when the installed FAISS was built with GPU support and sees at least one device."""
+    faiss = _faiss()
+    try:
+        return hasattr(faiss, "knn_gpu") and faiss.get_num_gpus() > 0
+    except Exception:  # a CPU build without the symbol
+        return False
+
+
+def _use_gpu(gpu) -> bool:
+    if gpu == "auto":
+        return gpu_available()
+    if gpu is True or gpu == "gpu":
+        if not gpu_available():
+            raise DiffauditError(
+                "gpu=True but the installed FAISS sees no GPU; use gpu='auto' or install faiss-gpu."
+            )
+        return True
+    if gpu is False or gpu == "cpu":
+        return False
+    raise DiffauditError(f"gpu={gpu!r} is not understood; use 'auto', True or False.")
+
+
+def _gpu_res():
+    global _GPU_RES
+    if _GPU_RES is None:
+        _GPU_RES = _faiss().StandardGpuResources()
+    return _GPU_RES
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in ("l2", "ip"):
+        raise DiffauditError(f"metric {metric!r} is not supported; use 'l2' or 'ip'.")
+
+
+def _drop_self(Dq, Iq, own: np.ndarray):
+    """Remove each query's own database index ``own`` (n,); rows without it drop their last candidate."""
+    own = np.asarray(own)[:, None]
+    is_self = Iq == own
+    drop = np.where(is_self.any(1), is_self.argmax(1), Iq.shape[1] - 1)
+    keep = np.ones_like(Iq, dtype=bool)
+    keep[np.arange(len(Iq)), drop] = False
+    return Dq[keep].reshape(len(Dq), -1), Iq[keep].reshape(len(Iq), -1)
+
+
+def _exact_blocks(xq, xb, k, kk, metric, budget_mib, exclude_self, rerank, use_gpu, own=None):
+    """Blocked brute force; ``own`` (nq,) gives each query's own database row for ``exclude_self``
+    (default: query i is database row i)."""
+    faiss = _faiss()
+    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    descending = metric == "ip"
+    nq, dim = xq.shape
+    nb = xb.shape[0]
+    qb, bb = _block_sizes(nq, nb, dim, kk, budget_mib)
+    D_out = np.empty((nq, k), np.float64)
+    I_out = np.empty((nq, k), np.int64)
+    for q0, q1 in _blocks(nq, qb):
+        Dq = np.full((q1 - q0, 0), 0.0, np.float32)
+        Iq = np.full((q1 - q0, 0), -1, np.int64)
+        for b0, b1 in _blocks(nb, bb):
+            kb = min(kk, b1 - b0)
+            if use_gpu:
+                Db, Ib = faiss.knn_gpu(_gpu_res(), xq[q0:q1], xb[b0:b1], kb, metric=faiss_metric)
+            else:
+                Db, Ib = faiss.knn(xq[q0:q1], xb[b0:b1], kb, metric=faiss_metric)
+            Ib = np.where(Ib >= 0, Ib + b0, -1)
+            Dq, Iq = _merge(Dq, Iq, Db, Ib, kk, descending)
+        if exclude_self:
+            Dq, Iq = _drop_self(Dq, Iq, np.arange(q0, q1) if own is None else own[q0:q1])
+        if rerank:
+            Dr, Ir = _exact_rerank(xq[q0:q1], xb, Iq, k, metric)
+        else:
+            Dr, Ir = Dq[:, :k].astype(np.float64), Iq[:, :k]
+        D_out[q0:q1] = Dr
+        I_out[q0:q1] = Ir
+    return D_out, I_out
+
+
+def default_nlist(nb: int) -> int:
+    """About 4 sqrt(n) cells (the FAISS wiki's rule of thumb), at least 39 training points per cell."""
+    return int(max(1, min(nb // 39, round(4 * np.sqrt(nb)))))
+
+
+def build_index(
+    xb,
+    *,
+    index: str = "ivf",
+    metric: str = "l2",
+    nlist: int | None = None,
+    seed: int = 0,
+    train_size: int | None = None,
+):
+    """Build a FAISS index over ``xb`` (nb, D): ``"exact"`` -> ``IndexFlat``; ``"ivf"`` -> ``IndexIVFFlat``
+    with ``nlist`` k-means cells (default ``default_nlist``) trained on ``train_size`` rows (default
+    64 per cell) drawn with ``seed``. Deterministic for a given (xb, params)."""
+    _check_metric(metric)
+    xb = as_features(xb, "training set", min_n=2)
+    faiss = _faiss()
+    nb, dim = xb.shape
+    fm = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    if index == "exact":
+        idx = faiss.IndexFlat(dim, fm)
+        idx.add(xb)
+        return idx
+    if index != "ivf":
+        raise DiffauditError(f"index={index!r} cannot be built; use 'exact' or 'ivf'.")
+    nlist = int(nlist or default_nlist(nb))
+    if not 1 <= nlist <= nb:
+        raise DiffauditError(f"nlist={nlist} IVF cells for {nb} training vectors; use 1 <= nlist <= {nb}.")
+    ivf = faiss.index_factory(dim, f"IVF{nlist},Flat", fm)  # owns its quantizer
+    ivf.cp.seed = int(seed)
+    n_tr = int(min(nb, train_size or 64 * nlist))
+    rng = np.random.default_rng(seed)
+    sample = xb if n_tr >= nb else xb[np.sort(rng.choice(nb, n_tr, replace=False))]
+    ivf.train(sample)
+    ivf.add(xb)
+    return ivf
+
+
+def _is_ivf(idx) -> bool:
+    faiss = _faiss()
+    try:
+        faiss.extract_index_ivf(idx)
+        return True
+    except Exception:
+        return False
+
+
+def _ivf_blocks(ivf, xq, xb, k, kk, metric, exclude_self, rerank, own=None):
+    nq = len(xq)
+    D_out = np.empty((nq, k), np.float64)
+    I_out = np.empty((nq, k), np.int64)
+    for q0, q1 in _blocks(nq, 8192):
+        Dq, Iq = ivf.search(xq[q0:q1], kk)
+        if exclude_self:
+            Dq, Iq = _drop_self(Dq, Iq, np.arange(q0, q1) if own is None else own[q0:q1])
+        if rerank:
+            Dr, Ir = _exact_rerank(xq[q0:q1], xb, Iq, k, metric)
+        else:
+            Dr, Ir = Dq[:, :k].astype(np.float64), Iq[:, :k]
+        D_out[q0:q1] = Dr
+        I_out[q0:q1] = Ir
+    return D_out, I_out
+
+
+def _first_found(D_approx, D_exact, metric) -> np.ndarray:
+    a, e = D_approx[:, 0], D_exact[:, 0]
+    tol = 1e-9 * np.maximum(1.0, np.abs(e))
+    return (a <= e + tol) if metric == "l2" else (a >= e - tol)
+
+
+def search(
     xq,
     xb,
     k: int,
     *,
     metric: str = "l2",
+    index="auto",
+    gpu="auto",
     budget_mib: float = DEFAULT_BUDGET_MIB,
     exclude_self: bool = False,
     rerank: bool = True,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    target_recall: float | None = 0.99,
+    recall_sample: int = DEFAULT_RECALL_SAMPLE,
+    seed: int = 0,
     name_q: str = "queries",
     name_b: str = "database",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k-NN of each row of ``xq`` (nq, D) among the rows of ``xb`` (nb, D).
+) -> KnnResult:
+    """k-NN of each row of ``xq`` (nq, D) among the rows of ``xb`` (nb, D); see the module docstring.
 
-    Returns ``(D, I)``, both ``(nq, k)``: ``D`` float64 (squared L2 ascending, or inner product
-    descending), ``I`` int64 database indices. With ``exclude_self`` (``xq`` is ``xb``), row ``i``'s
-    own index is dropped from its list, as k-NN radii of a set within itself require.
+    ``index``: ``"exact"``, ``"ivf"``, ``"auto"`` (IVF when nb >= ``IVF_AUTO_MIN``) or a prebuilt
+    ``faiss.Index`` over ``xb`` (an IVF one is searched with re-ranking; a flat one means exact).
+    IVF: ``nprobe`` cells are searched; with ``target_recall`` (and no fixed ``nprobe``) nprobe starts
+    at 8 and doubles until recall@1 on ``recall_sample`` random queries reaches it (or all cells are
+    searched). Candidates (k + 4 per query) are always re-ranked in float64.
     """
-    if metric not in ("l2", "ip"):
-        raise DiffauditError(f"metric {metric!r} is not supported; use 'l2' or 'ip'.")
+    _check_metric(metric)
     xq = as_features(xq, name_q, min_n=1)
     xb = as_features(xb, name_b, min_n=1)
     same_width(xq, xb, name_q, name_b)
@@ -107,34 +301,122 @@ def knn(
             f"use k <= {nb - (1 if exclude_self else 0)} or a larger {name_b}."
         )
     kk = min(nb, k_eff + (_RERANK_EXTRA if rerank else 0))
-    faiss = _faiss()
-    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-    descending = metric == "ip"
-    qb, bb = _block_sizes(nq, nb, dim, kk, budget_mib)
+    use_gpu = _use_gpu(gpu)
+    device = "gpu" if use_gpu else "cpu"
 
-    D_out = np.empty((nq, k), np.float64)
-    I_out = np.empty((nq, k), np.int64)
-    for q0, q1 in _blocks(nq, qb):
-        Dq = np.full((q1 - q0, 0), 0.0, np.float32)
-        Iq = np.full((q1 - q0, 0), -1, np.int64)
-        for b0, b1 in _blocks(nb, bb):
-            kb = min(kk, b1 - b0)
-            Db, Ib = faiss.knn(xq[q0:q1], xb[b0:b1], kb, metric=faiss_metric)
-            Ib = np.where(Ib >= 0, Ib + b0, -1)
-            Dq, Iq = _merge(Dq, Iq, Db, Ib, kk, descending)
-        if exclude_self:
-            own = np.arange(q0, q1)[:, None]
-            is_self = Iq == own
-            # drop the own index (keep order); rows where it was not found drop their last candidate
-            drop = np.where(is_self.any(1), is_self.argmax(1), Iq.shape[1] - 1)
-            keep = np.ones_like(Iq, dtype=bool)
-            keep[np.arange(len(Iq)), drop] = False
-            Iq = Iq[keep].reshape(len(Iq), -1)
-            Dq = Dq[keep].reshape(len(Dq), -1)
-        if rerank:
-            Dr, Ir = _exact_rerank(xq[q0:q1], xb, Iq, k, metric)
+    prebuilt = None
+    if isinstance(index, str):
+        if index not in ("exact", "ivf", "auto"):
+            raise DiffauditError(
+                f"index={index!r} is not supported; use 'exact', 'ivf', 'auto' or a faiss.Index."
+            )
+        method = "ivf" if index == "ivf" or (index == "auto" and nb >= IVF_AUTO_MIN) else "exact"
+    else:
+        prebuilt = index
+        if getattr(prebuilt, "d", None) != dim or getattr(prebuilt, "ntotal", None) != nb:
+            raise DiffauditError(
+                f"the prebuilt index holds {getattr(prebuilt, 'ntotal', '?')} vectors of dimension "
+                f"{getattr(prebuilt, 'd', '?')} but {name_b} is {nb} x {dim}; build the index from this {name_b}."
+            )
+        method = "ivf" if _is_ivf(prebuilt) else "exact"
+        faiss = _faiss()
+        want = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        if prebuilt.metric_type != want:
+            raise DiffauditError(
+                f"the prebuilt index uses a different metric than metric={metric!r}; rebuild it."
+            )
+
+    if method == "exact":
+        D, I = _exact_blocks(xq, xb, k, kk, metric, budget_mib, exclude_self, rerank, use_gpu)
+        return KnnResult(D, I, "exact", device, 1.0, 0)
+
+    ivf = (
+        prebuilt
+        if prebuilt is not None
+        else build_index(xb, index="ivf", metric=metric, nlist=nlist, seed=seed)
+    )
+    ivf_core = _faiss().extract_index_ivf(ivf)
+    n_cells = int(ivf_core.nlist)
+    rng = np.random.default_rng(seed)
+    sample = (
+        np.sort(rng.choice(nq, min(nq, int(recall_sample)), replace=False)) if recall_sample > 0 else None
+    )
+
+    n_sample = len(sample) if sample is not None else 0
+    if n_sample:
+        own = sample if exclude_self else None
+        De, _ = _exact_blocks(
+            xq[sample],
+            xb,
+            1,
+            min(nb, k_eff + _RERANK_EXTRA),
+            metric,
+            budget_mib,
+            exclude_self,
+            True,
+            use_gpu,
+            own=own,
+        )
+
+    def on_sample(p: int) -> float:
+        ivf_core.nprobe = int(p)
+        Da, _ = _ivf_blocks(ivf, xq[sample], xb, 1, kk, metric, exclude_self, True, own=own)
+        return float(_first_found(Da, De, metric).mean())
+
+    recall = float("nan")
+    if nprobe is not None:
+        p = int(min(max(1, nprobe), n_cells))
+        if n_sample:
+            recall = on_sample(p)
+    else:
+        p = min(8, n_cells)
+        if n_sample:
+            recall = on_sample(p)
+            while target_recall is not None and recall < target_recall and p < n_cells:
+                p = min(n_cells, 2 * p)
+                recall = on_sample(p)
         else:
-            Dr, Ir = Dq[:, :k].astype(np.float64), Iq[:, :k]
-        D_out[q0:q1] = Dr
-        I_out[q0:q1] = Ir
-    return D_out, I_out
+            p = min(n_cells, 32)
+    ivf_core.nprobe = p
+    D, I = _ivf_blocks(ivf, xq, xb, k, kk, metric, exclude_self, rerank)
+    return KnnResult(D, I, "ivf", "cpu", recall, n_sample, n_cells, p)
+
+
+def knn(
+    xq,
+    xb,
+    k: int,
+    *,
+    metric: str = "l2",
+    budget_mib: float = DEFAULT_BUDGET_MIB,
+    exclude_self: bool = False,
+    rerank: bool = True,
+    name_q: str = "queries",
+    name_b: str = "database",
+    index="auto",
+    gpu="auto",
+    **ivf_options,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k-NN of each row of ``xq`` (nq, D) among the rows of ``xb`` (nb, D).
+
+    Returns ``(D, I)``, both ``(nq, k)``: ``D`` float64 (squared L2 ascending, or inner product
+    descending), ``I`` int64 database indices. With ``exclude_self`` (``xq`` is ``xb``), row ``i``'s
+    own index is dropped from its list, as k-NN radii of a set within itself require.
+    ``index``/``gpu``/``ivf_options`` as in ``search`` (which also reports IVF recall@1); the
+    default ``index="auto"`` stays exact below ``IVF_AUTO_MIN`` database vectors.
+    """
+    r = search(
+        xq,
+        xb,
+        k,
+        metric=metric,
+        budget_mib=budget_mib,
+        exclude_self=exclude_self,
+        rerank=rerank,
+        name_q=name_q,
+        name_b=name_b,
+        index=index,
+        gpu=gpu,
+        **ivf_options,
+    )
+    return r.D, r.I

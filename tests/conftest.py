@@ -3,10 +3,16 @@ import os
 import numpy as np
 import pytest
 
-# Keep every test's caches inside its own temporary folder, never the user's ~/.cache.
+@pytest.fixture(scope="session")
+def session_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("diffaudit-cache")
+
+
+# Keep the suite's caches (features, indexes, the sprites oracle) in one folder of this test session,
+# never the user's ~/.cache; tests that need an empty cache pass their own cache_dir.
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DIFFAUDIT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+def _isolated_cache(session_cache_dir, monkeypatch):
+    monkeypatch.setenv("DIFFAUDIT_CACHE_DIR", str(session_cache_dir))
     yield
 
 

@@ -1,3 +1,4 @@
+# ruff: noqa: E741  (D, I follow FAISS naming)
 import numpy as np
 import pytest
 

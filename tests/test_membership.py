@@ -1,0 +1,140 @@
+"""White-box membership inference and disjoint-split reproducibility against the analytic controls."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from diffaudit.errors import DiffauditError
+from diffaudit.probes.membership import (
+    auc_lower_is_member,
+    disjoint_reproducibility,
+    membership_inference,
+    tpr_at_fpr,
+)
+
+D = 16
+
+
+def data(n, seed):
+    """Anisotropic Gaussian vectors (a fixed random rotation, std 0.3 ... 1.5)."""
+    A = np.linalg.qr(np.random.default_rng(0).standard_normal((D, D)))[0] * np.linspace(0.3, 1.5, D)
+    return (np.random.default_rng(seed).standard_normal((n, D)) @ A.T).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def split():
+    return data(1000, 3), data(1000, 4)
+
+
+def test_memorizer_mia_auc_near_one(split):
+    from diffaudit.controls import MemorizerModel
+
+    train, hold = split
+    r = membership_inference(MemorizerModel(train), train, hold, [0.05, 0.2, 1.0], n_draws=2)
+    assert r.best_auc >= 0.99 and r.auc[0] >= 0.99
+    assert r.best_tpr_at_1pct >= 0.9
+    assert (r.loss_gap[:2] > 0.1).all()  # the memorizer fits its training items far better
+    assert r.loss_train.shape == (1000, 3) and r.loss_holdout.shape == (1000, 3)
+
+
+def test_gaussian_mia_auc_near_half(split):
+    from diffaudit.controls import GaussianModel
+
+    train, hold = split
+    r = membership_inference(GaussianModel(train), train, hold, [0.05, 0.2, 1.0], n_draws=2)
+    # AUC standard error with 1000 + 1000 samples is ~0.013
+    assert np.all(np.abs(r.auc - 0.5) < 0.05), r.auc
+    lo, hi = r.auc_ci
+    assert lo <= r.best_auc <= hi
+
+
+def test_callable_denoiser_and_exact_loss():
+    # D(x, sigma) = 0: loss = mean(x^2) exactly, whatever the noise
+    train = np.full((50, 4), 1.0)
+    hold = np.full((40, 4), 2.0)
+    r = membership_inference(lambda x, s: np.zeros_like(x), train, hold, [0.3], n_draws=3)
+    np.testing.assert_allclose(r.loss_train, 1.0)
+    np.testing.assert_allclose(r.loss_holdout, 4.0)
+    assert r.auc[0] == 1.0 and r.loss_gap[0] == pytest.approx(3.0)
+    assert r.tpr_at_1pct[0] == 1.0
+
+
+def test_auc_and_tpr_match_reference(rng):
+    a = rng.standard_normal(300)
+    b = rng.standard_normal(500) + 0.5
+    y = np.r_[np.ones(300), np.zeros(500)]
+    assert auc_lower_is_member(a, b) == pytest.approx(roc_auc_score(y, -np.r_[a, b]), rel=1e-12)
+    # TPR at 1 % FPR: threshold below the 6th smallest non-member (floor(0.01 * 500) = 5 may fall below)
+    thr = np.sort(b)[5]
+    assert tpr_at_fpr(a, b, 0.01) == pytest.approx((a < thr).mean())
+    assert (b < thr).mean() <= 0.01
+
+
+def test_mia_bad_inputs(split):
+    train, hold = split
+    f = lambda x, s: x  # noqa: E731
+    with pytest.raises(DiffauditError, match="shape"):
+        membership_inference(f, train, hold[:, :3], [0.1])
+    with pytest.raises(DiffauditError, match="sigmas"):
+        membership_inference(f, train, hold, [0.0])
+    bad = train.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(DiffauditError, match="NaN"):
+        membership_inference(f, bad, hold, [0.1])
+    with pytest.raises(DiffauditError, match="black box"):
+        from diffaudit.controls import OracleModel
+
+        class _DS:
+            shape = (D,)
+
+            def sample(self, n, seed):
+                return data(n, seed), None
+
+        membership_inference(OracleModel(_DS()), train, hold, [0.1])
+
+
+# --- reproducibility ----------------------------------------------------------------------------
+
+
+def test_rp_cosine_reference(rng):
+    a = rng.standard_normal((100, 2, 3, 3))
+    b = a + 0.8 * rng.standard_normal(a.shape)
+    r = disjoint_reproducibility(a, b)
+    A, B = a.reshape(100, -1), b.reshape(100, -1)
+    cos = (A * B).sum(1) / np.linalg.norm(A, axis=1) / np.linalg.norm(B, axis=1)
+    np.testing.assert_allclose(r.similarity, cos, rtol=1e-12)
+    assert r.rp == pytest.approx((cos > 0.6).mean())
+    rc = disjoint_reproducibility(a + 5, b + 5, centre=True)
+    np.testing.assert_allclose(
+        rc.similarity,
+        disjoint_reproducibility(
+            a - a.mean(axis=(1, 2, 3), keepdims=True), b - b.mean(axis=(1, 2, 3), keepdims=True)
+        ).similarity,
+    )
+    with pytest.raises(DiffauditError, match="same noise"):
+        disjoint_reproducibility(a, b[:50])
+
+
+def test_rp_controls_disjoint_splits():
+    """Gaussians fitted on disjoint halves generalise: same noise -> same sample (RP ~ 1).
+    Memorizers of disjoint halves land on their own training items (RP low)."""
+    from diffaudit.controls import GaussianModel, MemorizerModel
+    from diffaudit.reproducibility import disjoint_reproducibility as rp_models
+
+    g = rp_models(GaussianModel(data(2000, 1), num_steps=18), GaussianModel(data(2000, 2), num_steps=18), 200)
+    m = rp_models(MemorizerModel(data(100, 1), num_steps=18), MemorizerModel(data(100, 2), num_steps=18), 200)
+    assert g.rp >= 0.95 and g.mean_similarity > 0.95
+    assert m.rp <= 0.5 and m.mean_similarity < 0.7
+    # same model twice: identical samples from the same noise
+    same = rp_models(GaussianModel(data(500, 1), num_steps=8), GaussianModel(data(500, 1), num_steps=8), 20)
+    np.testing.assert_allclose(same.similarity, 1.0, atol=1e-6)
+
+
+def test_rp_needs_sample_from_noise():
+    from diffaudit.reproducibility import disjoint_reproducibility as rp_models
+
+    class BlackBox:
+        shape = (D,)
+
+    with pytest.raises(DiffauditError, match="sample_from_noise"):
+        rp_models(BlackBox(), BlackBox(), 5)
