@@ -70,19 +70,31 @@ def _merge(D0, I0, D1, I1, kk: int, descending: bool):
     return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
 
 
-def _exact_rerank(xq: np.ndarray, xb: np.ndarray, I: np.ndarray, k: int, metric: str):
-    """Recompute candidate distances in float64 and re-sort; returns the top ``k``."""
+def _exact_rerank(xq: np.ndarray, xb: np.ndarray, I: np.ndarray, k: int, metric: str, chunk_mib: float = 16):
+    """Recompute candidate distances in float64 and re-sort; returns the top ``k``.
+
+    Works in query chunks of about ``chunk_mib`` so the gathered (rows, kk, D) float64 block stays in
+    cache-sized pieces (one big gather was 15x slower at D = 2048).
+    """
     nq, kk = I.shape
+    dim = xq.shape[1]
     valid = I >= 0
     Ic = np.where(valid, I, 0)
-    q = xq.astype(np.float64)[:, None, :]
-    cand = xb[Ic.reshape(-1)].astype(np.float64).reshape(nq, kk, -1)
+    D = np.empty((nq, kk), np.float64)
+    rows = max(1, int(chunk_mib * (1 << 20) / (kk * dim * 8)))
+    for i0 in range(0, nq, rows):
+        i1 = min(nq, i0 + rows)
+        cand = xb[Ic[i0:i1]].astype(np.float64)
+        q = xq[i0:i1, None, :].astype(np.float64)
+        if metric == "l2":
+            diff = cand - q
+            D[i0:i1] = np.einsum("ijk,ijk->ij", diff, diff)
+        else:
+            D[i0:i1] = np.einsum("ijk,ijk->ij", cand, q)
     if metric == "l2":
-        D = ((cand - q) ** 2).sum(-1)
         D[~valid] = np.inf
         order = np.lexsort((Ic, D), axis=1)[:, :k]
     else:
-        D = (cand * q).sum(-1)
         D[~valid] = -np.inf
         order = np.lexsort((Ic, -D), axis=1)[:, :k]
     return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
