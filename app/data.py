@@ -1,0 +1,433 @@
+"""The app's data layer: find audit and sweep-cell folders under the configured roots and read them.
+
+No Streamlit here (the benchmark and the tests call it directly); ``diffaudit.app.ui`` wraps it in
+``st.cache_data`` keyed on file modification times.
+
+- Roots: ``DIFFAUDIT_RESULTS`` (``os.pathsep``-separated folders, set by ``diffaudit app --results``),
+  default ``reports``.
+- A *run* is a folder holding ``report.json`` (schema ``diffaudit.report/1``): a ``diffaudit audit``
+  output or a sweep cell ``SWEEP/cells/<cell-id>/``. Its id is ``"<root index>:<path relative to the
+  root>"`` (posix), so an id can never name a file outside its root: ``resolve_run`` refuses absolute
+  paths, ``..``, and anything whose resolved path (symlinks followed) leaves the root.
+- The overview is ONE DuckDB query over every ``report.json`` (``read_text`` + JSON path extraction):
+  about 0.15 s for 1,000 cells on 2 cores (``benchmarks/bench_app.py``). A file that is not valid JSON, or
+  not a ``diffaudit.report/1`` document, becomes a ``Problem`` (shown as a warning) instead of a row.
+- Per-run artifacts (``metrics.parquet``, ``copies.parquet``, ``pca.parquet``) are read by DuckDB too;
+  ``thumbs.npz`` with ``numpy.load(allow_pickle=False)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from diffaudit.errors import DiffauditError
+
+SCHEMA = "diffaudit.report/1"
+ENV_RESULTS = "DIFFAUDIT_RESULTS"
+DEFAULT_ROOT = "reports"
+REPORT = "report.json"
+# Files that make a folder look like a run (a folder with some of them but no report.json is partial).
+RUN_FILES = (REPORT, "metrics.parquet", "copies.parquet", "report.html")
+# Artifact files the app may open inside a run folder (nothing else is ever read).
+ARTIFACTS = ("report.json", "metrics.parquet", "copies.parquet", "pca.parquet", "thumbs.npz", "samples.png",
+             "train.png", "report.html", "cell.json")
+MAX_DEPTH = 6  # how deep below a root runs are looked for (root/sweep/cells/<id> is depth 3)
+VERDICTS = ("convergence", "generalization", "memorization")
+# Public metrics of diffaudit.report/1 (group, key) + a few extras the pages plot.
+METRICS: tuple[tuple[str, str], ...] = (
+    ("convergence", "fd"), ("convergence", "fd_train_holdout"), ("convergence", "kid"),
+    ("convergence", "precision"), ("convergence", "recall"), ("convergence", "density"),
+    ("convergence", "coverage"), ("factors", "validity"), ("factors", "novel_valid_rate"),
+    ("memorization", "copy_rate"), ("memorization", "unique_train_copied"),
+    ("convergence", "fd_equal_n"), ("convergence", "fd_gen_train"), ("memorization", "mia_auc"),
+)
+PUBLIC_METRICS = tuple(f"{g}.{k}" for g, k in METRICS[:11])
+
+
+class UnsafePathError(DiffauditError):
+    """A run id or file name that would leave the configured results roots."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A folder that looks like a run but cannot be shown (it is skipped with this warning)."""
+
+    path: str
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------------- roots
+
+
+def parse_roots(value: str | None) -> list[Path]:
+    """``"a:b"`` (``os.pathsep``) -> [Path("a"), Path("b")]; empty/None -> [Path("reports")]."""
+    parts = [p for p in (value or "").split(os.pathsep) if p.strip()]
+    return [Path(p).expanduser() for p in parts] or [Path(DEFAULT_ROOT)]
+
+
+def configured_roots() -> list[Path]:
+    return parse_roots(os.environ.get(ENV_RESULTS))
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What is under the roots: report files (with their stat, for cache keys) and problems."""
+
+    reports: tuple[tuple[int, str, str, int, int], ...]  # (root index, rel dir, abs report path, mtime_ns, size)
+    problems: tuple[Problem, ...]
+    missing_roots: tuple[str, ...]
+
+    @property
+    def fingerprint(self) -> tuple:
+        return tuple((r[2], r[3], r[4]) for r in self.reports)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+def scan(roots: list[Path]) -> Scan:
+    """Walk each root (no symlinked folders, at most ``MAX_DEPTH`` deep, hidden/temp folders skipped)."""
+    reports: list[tuple[int, str, str, int, int]] = []
+    problems: list[Problem] = []
+    missing: list[str] = []
+    for i, root in enumerate(roots):
+        if not root.is_dir():
+            missing.append(str(root))
+            continue
+        rroot = root.resolve()
+        stack: list[tuple[Path, int]] = [(root, 0)]
+        while stack:
+            folder, depth = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError as e:
+                problems.append(Problem(str(folder), f"cannot be listed ({e.strerror or e})"))
+                continue
+            names = {e.name: e for e in entries}
+            rel = folder.relative_to(root).as_posix()
+            if REPORT in names:
+                e = names[REPORT]
+                rp = rroot / rel / REPORT if rel != "." else rroot / REPORT
+                # folders are never entered through symlinks, so only a symlinked file can leave the root
+                if e.is_symlink() and not _inside(rp, rroot):
+                    problems.append(Problem(str(folder), "report.json points outside the results root; refused"))
+                    continue
+                try:
+                    st = rp.stat()
+                except OSError as ex:
+                    problems.append(Problem(str(folder), f"report.json cannot be read ({ex.strerror or ex})"))
+                    continue
+                reports.append((i, "" if rel == "." else rel, str(rp), st.st_mtime_ns, st.st_size))
+                continue  # a run folder holds no nested runs
+            if depth > 0 and any(n in names for n in RUN_FILES[1:]):
+                problems.append(Problem(str(folder), "incomplete run folder: no report.json (interrupted or partial copy)"))
+                continue
+            if depth >= MAX_DEPTH:
+                continue
+            for e in entries:
+                if e.name.startswith(".") or e.name.startswith("__"):
+                    continue  # temp folders of atomic writes, caches
+                if e.name in ("checkpoint", "checkpoint_b", "copies"):
+                    continue
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append((Path(e.path), depth + 1))
+                except OSError:
+                    continue
+    reports.sort(key=lambda r: (r[0], r[1]))
+    return Scan(tuple(reports), tuple(problems), tuple(missing))
+
+
+# ---------------------------------------------------------------------------------------------- overview
+
+_VALUE_COLUMNS = [(f"{g}.{k}", f"$.probes.{g}.{k}") for g, k in METRICS]
+_STR_PATHS = {
+    "schema": "$.schema", "created": "$.created", "model": "$.inputs.model", "dataset_spec": "$.inputs.dataset",
+    "features": "$.inputs.features.id", "v_convergence": "$.verdict.convergence",
+    "v_generalization": "$.verdict.generalization", "v_memorization": "$.verdict.memorization",
+    "cell_dataset": "$.sweep.cell.dataset", "cell_dataset_spec": "$.sweep.cell.dataset_spec",
+    "model_label": "$.sweep.cell.model_label", "cell_model": "$.sweep.cell.model", "cell_id": "$.sweep.cell_id",
+}
+_NUM_PATHS = {
+    "cell_d": "$.sweep.cell.d", "cell_n_train": "$.sweep.cell.n_train", "cell_seed": "$.sweep.cell.seed",
+    "n_train_in": "$.inputs.n_train", "n_generated": "$.inputs.n_generated", "seed_in": "$.inputs.seeds.sample",
+    "fd_floor": "$.sweep.fd_floor.value", "steps": "$.sweep.train.steps", "total_s": "$.timings.total",
+}
+
+
+def _overview_paths() -> list[tuple[str, str]]:
+    """(column, JSON path) of every overview column; all extracted by ONE json_extract_string per file."""
+    cols = list(_STR_PATHS.items()) + list(_NUM_PATHS.items()) + [("sample_shape", "$.inputs.sample_shape")]
+    for name, p in _VALUE_COLUMNS:
+        cols += [(name, f"{p}.value"), (f"{name}.lo", f"{p}.ci[0]"), (f"{name}.hi", f"{p}.ci[1]")]
+    return cols
+
+
+# One json_extract_string with a LIST of paths parses each document once; TRY turns a file that is not
+# valid JSON into NULL (reported as a problem) instead of failing the whole query. The list is expanded
+# into columns in pandas: l[1], l[2], ... in SQL costs more than the extraction itself.
+_OVERVIEW_SQL = "SELECT filename, TRY(json_extract_string(content, ?)) AS l FROM read_text(?)"
+
+
+def connect():
+    """A DuckDB in-memory connection (the app keeps one per process: ``st.cache_resource``)."""
+    import duckdb
+
+    return duckdb.connect(database=":memory:")
+
+
+def load_overview(scan_result: Scan, roots: list[Path], con=None):
+    """One row per valid run: ids, dataset/model/n/d/seed, verdicts, metric values with intervals.
+
+    Returns ``(DataFrame, [Problem, ...])``; invalid report files are problems, not rows.
+    """
+    import pandas as pd
+
+    problems = list(scan_result.problems)
+    cols = ["run_id", "root", "rel", "path", "kind", "sweep", "cell_id", "created", "model", "model_label",
+            "dataset", "dataset_spec", "d", "n_train", "seed", "n_generated", "features", "steps", "fd_floor",
+            "fd_ratio", "total_s", *(f"v_{v}" for v in VERDICTS)]
+    for name, _ in _VALUE_COLUMNS:
+        cols += [name, f"{name}.lo", f"{name}.hi"]
+    if not scan_result.reports:
+        return pd.DataFrame(columns=cols), problems
+    own = con is None
+    con = con or connect()
+    try:
+        files = [r[2] for r in scan_result.reports]
+        paths = _overview_paths()
+        raw = con.cursor().execute(_OVERVIEW_SQL, [[p for _, p in paths], files]).df()
+        ok = [isinstance(v, list | tuple) or hasattr(v, "__array__") for v in raw["l"]]
+        blank = [None] * len(paths)
+        df = pd.DataFrame([list(v) if k else blank for v, k in zip(raw["l"], ok, strict=True)],
+                          columns=[c for c, _ in paths])
+        df.insert(0, "ok", ok)
+        df.insert(0, "filename", raw["filename"].to_numpy())
+        num = [*_NUM_PATHS, *(c for c, _ in paths[len(_STR_PATHS) + len(_NUM_PATHS) + 1:])]
+        df[num] = df[num].apply(pd.to_numeric, errors="coerce")
+    finally:
+        if own:
+            con.close()
+    meta = pd.DataFrame({"filename": files, "root_i": [r[0] for r in scan_result.reports],
+                         "rel": [r[1] for r in scan_result.reports]})
+    df = meta.merge(df, on="filename", how="left")
+    bad_json = df["ok"].isna() | ~df["ok"].fillna(False).astype(bool)
+    for f in df.loc[bad_json, "filename"]:
+        problems.append(Problem(str(Path(f).parent), "report.json is not valid JSON (truncated or corrupt); skipped"))
+    df = df[~bad_json]
+    bad_schema = (df["schema"] != SCHEMA) | df["v_convergence"].isna()
+    for _, r in df[bad_schema].iterrows():
+        problems.append(Problem(str(Path(r["filename"]).parent),
+                                f"report.json is not a {SCHEMA} report (schema {r['schema']!r}, or no verdict); skipped"))
+    df = df[~bad_schema].copy()
+    out: dict = {}
+    out["run_id"] = [f"{i}:{rel}" for i, rel in zip(df["root_i"], df["rel"], strict=True)]
+    out["root"] = [str(roots[i]) for i in df["root_i"]]
+    out["rel"] = df["rel"]
+    out["path"] = [str(Path(f).parent) for f in df["filename"]]
+    is_cell = df["cell_id"].notna()
+    out["kind"] = ["sweep cell" if c else "audit" for c in is_cell]
+    out["sweep"] = [_sweep_of(rel) if c else None for rel, c in zip(df["rel"], is_cell, strict=True)]
+    out["cell_id"] = df["cell_id"]
+    out["created"] = df["created"]
+    out["model"] = df["cell_model"].fillna(df["model"])
+    out["model_label"] = df["model_label"].fillna(df["model"])
+    out["dataset_spec"] = df["cell_dataset_spec"].fillna(df["dataset_spec"])
+    out["dataset"] = df["cell_dataset"].fillna(df["dataset_spec"].map(lambda s: s.split(":", 1)[0] if isinstance(s, str) else None))
+    vec_d = df["sample_shape"].map(_vector_dim)
+    out["d"] = df["cell_d"].fillna(vec_d).astype("Int64")
+    out["n_train"] = df["cell_n_train"].fillna(df["n_train_in"]).astype("Int64")
+    out["seed"] = df["cell_seed"].fillna(df["seed_in"]).astype("Int64")
+    out["n_generated"] = df["n_generated"].astype("Int64")
+    out["features"] = df["features"]
+    out["steps"] = df["steps"].astype("Int64")
+    out["fd_floor"] = df["fd_floor"]
+    fd = df["convergence.fd"]
+    out["fd_ratio"] = (df["fd_floor"] / fd).clip(0, 1).where(fd > 0, 1.0).where(fd.notna() & df["fd_floor"].notna())
+    out["total_s"] = df["total_s"]
+    for v in VERDICTS:
+        out[f"v_{v}"] = df[f"v_{v}"].fillna("n/a")
+    for name, _ in _VALUE_COLUMNS:
+        for c in (name, f"{name}.lo", f"{name}.hi"):
+            out[c] = df[c]
+    return pd.DataFrame(out, index=df.index)[cols].reset_index(drop=True), problems
+
+
+def _vector_dim(shape: str | None) -> float | None:
+    """``"[8]"`` -> 8.0 (vector data has a 1-D sample shape); images and unknown -> None."""
+    try:
+        v = json.loads(shape) if isinstance(shape, str) else None
+    except json.JSONDecodeError:
+        return None
+    return float(v[0]) if isinstance(v, list) and len(v) == 1 and isinstance(v[0], int | float) else None
+
+
+def _sweep_of(rel: str) -> str | None:
+    """``"a/sweep1/cells/<id>"`` -> ``"a/sweep1"`` (the sweep folder, relative to its root)."""
+    p = PurePosixPath(rel)
+    if len(p.parts) >= 2 and p.parent.name == "cells":
+        s = p.parent.parent.as_posix()
+        return "." if s in ("", ".") else s
+    return None
+
+
+def overview(roots: list[Path] | None = None):
+    """``scan`` + ``load_overview`` (no caching): ``(DataFrame, problems, missing roots)``."""
+    roots = roots if roots is not None else configured_roots()
+    s = scan(roots)
+    df, problems = load_overview(s, roots)
+    return df, problems, list(s.missing_roots)
+
+
+# ---------------------------------------------------------------------------------------------- safety
+
+
+def resolve_run(run_id: str, roots: list[Path]) -> Path:
+    """The folder of run ``"<root index>:<rel>"``; raises ``UnsafePathError`` for anything outside the roots.
+
+    Refused: non-string or overlong ids, NUL/backslash, an absolute ``rel``, any ``..`` part, a root
+    index out of range, and a path whose resolved form (symlinks followed) is not under the root.
+    """
+    if not isinstance(run_id, str) or not run_id or len(run_id) > 1000:
+        raise UnsafePathError("run id is empty or too long; pick a run from the Overview page.")
+    if "\x00" in run_id or "\\" in run_id:
+        raise UnsafePathError(f"run id {run_id[:80]!r} contains a forbidden character; refused.")
+    head, sep, rel = run_id.partition(":")
+    if not sep or not head.isdigit() or int(head) >= len(roots):
+        raise UnsafePathError(f"run id {run_id[:80]!r} is not of the form <root index>:<folder>; pick a run from the Overview page.")
+    parts = PurePosixPath(rel).parts
+    if rel.startswith("/") or any(p == ".." for p in parts) or (len(rel) > 1 and rel[1] == ":"):
+        raise UnsafePathError(f"run id {run_id[:80]!r} points outside the results folder; refused.")
+    root = roots[int(head)]
+    path = root / rel if rel else root
+    if not _inside(path, root):
+        raise UnsafePathError(f"run id {run_id[:80]!r} resolves outside the results folder; refused.")
+    if not (path / REPORT).is_file():
+        raise UnsafePathError(f"run id {run_id[:80]!r} names no run (no report.json there); pick one from the Overview page.")
+    return path
+
+
+def artifact(run_dir: Path, name: str, roots: list[Path]) -> Path | None:
+    """``run_dir/name`` for a known artifact name, if it exists and stays inside a root; else None."""
+    if name not in ARTIFACTS:
+        raise UnsafePathError(f"{name!r} is not a run artifact the app reads.")
+    p = run_dir / name
+    if not p.is_file():
+        return None
+    if not any(_inside(p, r) for r in roots):
+        raise UnsafePathError(f"{p} resolves outside the results folders; refused.")
+    return p
+
+
+def sweep_file(sweep_rel: str, root: Path, name: str) -> Path | None:
+    """``root/sweep_rel/name`` for ``name`` in (thresholds.json, sweep.json), inside the root; else None."""
+    if name not in ("thresholds.json", "sweep.json"):
+        raise UnsafePathError(f"{name!r} is not a sweep file the app reads.")
+    if sweep_rel.startswith("/") or ".." in PurePosixPath(sweep_rel).parts:
+        raise UnsafePathError(f"sweep {sweep_rel!r} points outside the results folder; refused.")
+    p = (root / sweep_rel / name) if sweep_rel not in ("", ".") else root / name
+    if not p.is_file() or not _inside(p, root):
+        return None
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- one run
+
+
+def read_report(run_dir: Path) -> dict:
+    """The parsed report.json of a run folder (already resolved by ``resolve_run``)."""
+    try:
+        with open(run_dir / REPORT, encoding="utf-8") as f:
+            rep = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DiffauditError(f"{run_dir / REPORT} cannot be read ({e}); the run is corrupt.") from None
+    if not isinstance(rep, dict) or rep.get("schema") != SCHEMA:
+        raise DiffauditError(f"{run_dir / REPORT} is not a {SCHEMA} report.")
+    return rep
+
+
+def read_parquet(path: Path, sql: str = "SELECT * FROM {src}", con=None, params: list | None = None):
+    """DuckDB over one parquet file (``{src}`` in ``sql``); returns a DataFrame."""
+    own = con is None
+    con = con or connect()
+    try:
+        q = sql.replace("{src}", "read_parquet(?)")
+        return con.cursor().execute(q, [str(path), *(params or [])]).df()
+    except Exception as e:  # duckdb raises its own IOException / InvalidInputException types
+        raise DiffauditError(f"{path} cannot be read as parquet ({str(e).splitlines()[0]}).") from None
+    finally:
+        if own:
+            con.close()
+
+
+def metrics_table(run_dir: Path, report: dict, con=None, use_parquet: bool = True):
+    """name, group, value, ci_lo, ci_hi: from metrics.parquet (DuckDB), else from the report itself."""
+    import pandas as pd
+
+    p = run_dir / "metrics.parquet"
+    if use_parquet and p.is_file():
+        return read_parquet(p, "SELECT name, \"group\", value, ci_lo, ci_hi FROM {src}", con=con)
+    rows = []
+    for g, grp in (report.get("probes") or {}).items():
+        for k, m in (grp or {}).items():
+            ci = (m or {}).get("ci") or [None, None]
+            rows.append({"name": f"{g}.{k}", "group": g, "value": None if m is None else m.get("value"),
+                         "ci_lo": ci[0], "ci_hi": ci[1]})
+    return pd.DataFrame(rows, columns=["name", "group", "value", "ci_lo", "ci_hi"])
+
+
+def most_copied(copies_path: Path, limit: int = 20, con=None):
+    """Training items that are nearest neighbour of the most generated samples (copies counted apart)."""
+    return read_parquet(
+        copies_path,
+        "SELECT nn_index AS train_index, count(*) FILTER (WHERE is_copy) AS copies, count(*) AS nearest_of, "
+        "min(d1) AS min_d1, min(ratio) AS min_ratio FROM {src} GROUP BY nn_index "
+        "ORDER BY copies DESC, nearest_of DESC, train_index LIMIT ?", con=con, params=[int(limit)])
+
+
+def copies_page(copies_path: Path, order: str, page: int, page_size: int, only_copies: bool, con=None):
+    """One page of copies.parquet sorted by ``order`` (a column name from a fixed list) and its row count."""
+    allowed = {"ratio": "ratio ASC, d1 ASC", "d1": "d1 ASC, ratio ASC", "d2": "d2 ASC", "index": "\"index\" ASC",
+               "ratio (desc)": "ratio DESC", "d1 (desc)": "d1 DESC"}
+    if order not in allowed:
+        raise DiffauditError(f"sort key {order!r} unknown; use one of {', '.join(allowed)}.")
+    where = "WHERE is_copy" if only_copies else ""
+    n = int(read_parquet(copies_path, f"SELECT count(*) AS n FROM {{src}} {where}", con=con)["n"].iloc[0])
+    df = read_parquet(copies_path, f"SELECT * FROM {{src}} {where} ORDER BY {allowed[order]} LIMIT ? OFFSET ?", con=con,
+                      params=[int(page_size), int(page) * int(page_size)])
+    return df, n
+
+
+def load_thumbs(path: Path) -> dict:
+    """Arrays of thumbs.npz (uint8 images (n, h, w, c) and their indices); never unpickles."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError) as e:
+        raise DiffauditError(f"{path} cannot be read ({e}).") from None
+
+
+def read_json_file(path: Path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            out = json.load(f)
+        return out if isinstance(out, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def paginate(n_rows: int, page_size: int) -> int:
+    """Number of pages for ``n_rows`` (at least 1)."""
+    return max(1, -(-int(n_rows) // max(1, int(page_size))))

@@ -1,0 +1,181 @@
+"""Streamlit glue shared by the pages: cached loaders, the empty state, warnings, badges, pickers.
+
+Caching: ``st.cache_resource`` holds one DuckDB connection per process; ``st.cache_data`` holds the
+overview keyed on the scan fingerprint (every report.json's path, modification time and size), so a
+new or rewritten run shows up on the next rerun while an unchanged tree is never re-read. ``*_ui()``
+functions only draw widgets and return the chosen parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from diffaudit.app import data
+from diffaudit.errors import DiffauditError
+
+VERDICT_BADGE = {"pass": ":green-background[**PASS**]", "fail": ":red-background[**FAIL**]", "n/a": ":gray-background[n/a]"}
+VERDICT_ICON = {"pass": "✔ pass", "fail": "✘ fail", "n/a": "– n/a"}
+_VERDICT_CSS = {"pass": "background-color: #d9f2dd; color: #1b5e20", "fail": "background-color: #fbdada; color: #8e1b1b",
+                "n/a": "color: #777"}
+
+
+def verdict_style(v) -> str:
+    """CSS for a verdict cell of a pandas Styler (the overview's verdict badges)."""
+    return _VERDICT_CSS.get(v, "")
+LABELS = {
+    "convergence.fd": "FD (generated vs holdout)", "convergence.fd_train_holdout": "FD noise floor (train vs holdout)",
+    "convergence.kid": "KID", "convergence.precision": "precision", "convergence.recall": "recall",
+    "convergence.density": "density", "convergence.coverage": "coverage", "factors.validity": "validity",
+    "factors.novel_valid_rate": "novel-valid rate", "memorization.copy_rate": "copy rate",
+    "memorization.unique_train_copied": "unique training items copied", "convergence.fd_equal_n": "FD at equal n",
+    "convergence.fd_gen_train": "FD (generated vs train)", "memorization.mia_auc": "membership-inference AUC",
+    "fd_ratio": "FD floor / FD (threshold 1)", "memorization.auth_pct": "authenticity (AuthPct)",
+}
+PAGE_SIZES = (25, 50, 100, 250)
+
+
+def setup(title: str) -> None:
+    st.set_page_config(page_title=f"diffaudit · {title}", layout="wide")
+
+
+def roots() -> list[Path]:
+    return data.configured_roots()
+
+
+@st.cache_resource
+def connection():
+    return data.connect()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _load(roots_key: tuple[str, ...], fingerprint: tuple, _scan: data.Scan):
+    df, problems = data.load_overview(_scan, [Path(r) for r in roots_key], connection())
+    return df, problems
+
+
+def load_runs() -> tuple[pd.DataFrame, list[data.Problem], list[str]]:
+    """Overview frame (cached on file mtimes), problems, missing roots. Cheap when nothing changed."""
+    rs = roots()
+    s = data.scan(rs)
+    df, problems = _load(tuple(str(r) for r in rs), s.fingerprint + (tuple(p.path for p in s.problems),), s)
+    return df, problems, list(s.missing_roots)
+
+
+def show_problems(problems: list[data.Problem], missing: list[str]) -> None:
+    for m in missing:
+        st.warning(f"Results folder `{m}` does not exist (yet). Run `diffaudit audit …` or `diffaudit sweep …` to fill it.")
+    if problems:
+        with st.expander(f"{len(problems)} run folder(s) skipped", expanded=len(problems) <= 3, icon=":material/warning:"):
+            for p in problems:
+                st.warning(f"Skipped `{p.path}`: {p.reason}.")
+
+
+def empty_state(missing: list[str]) -> None:
+    rs = ", ".join(f"`{r}`" for r in roots())
+    st.info(
+        f"No audits or sweep cells found under {rs}.\n\n"
+        "Create some results first, for example:\n\n"
+        "- `diffaudit demo --out reports/demo` (three analytic controls, about 2 minutes on a CPU)\n"
+        "- `diffaudit audit --model control:gaussian --dataset hidden-manifold --n-train 2000`\n"
+        "- `diffaudit sweep --preset quick --out reports/quick`\n\n"
+        "then reload this page, or point the app elsewhere: `diffaudit app --results DIR`.",
+        icon=":material/inbox:",
+    )
+
+
+def require_runs() -> tuple[pd.DataFrame, list[data.Problem]]:
+    """The overview frame, or the friendly empty state and ``st.stop()`` when there is nothing to show."""
+    df, problems, missing = load_runs()
+    show_problems(problems, missing)
+    if df.empty:
+        empty_state(missing)
+        st.stop()
+    return df, problems
+
+
+def fmt(v, ci_lo=None, ci_hi=None) -> str:
+    if v is None or pd.isna(v):
+        return "—"
+    s = f"{v:.4g}"
+    if ci_lo is not None and ci_hi is not None and not pd.isna(ci_lo) and not pd.isna(ci_hi):
+        s += f" [{ci_lo:.4g}, {ci_hi:.4g}]"
+    return s
+
+
+def run_label(row) -> str:
+    bits = [str(row["model_label"]), str(row["dataset"])]
+    if not pd.isna(row["d"]):
+        bits.append(f"d={row['d']}")
+    if not pd.isna(row["n_train"]):
+        bits.append(f"n={row['n_train']}")
+    if not pd.isna(row["seed"]):
+        bits.append(f"seed={row['seed']}")
+    return f"{' · '.join(bits)}  ({row['run_id']})"
+
+
+def resolve_or_refuse(run_id: str) -> Path | None:
+    """The run folder, or an error box (and None) for an id that is unsafe or unknown."""
+    try:
+        return data.resolve_run(run_id, roots())
+    except DiffauditError as e:
+        st.error(f"Refused: {e}")
+        return None
+
+
+def artifact(run_dir: Path, name: str) -> Path | None:
+    """A run's artifact file, or None; a file that resolves outside the roots is refused with a warning."""
+    try:
+        return data.artifact(run_dir, name, roots())
+    except DiffauditError as e:
+        st.warning(f"{name} skipped: {e}")
+        return None
+
+
+def filters_ui(df: pd.DataFrame, key: str) -> dict:
+    """Filter widgets for the overview; returns the chosen values."""
+    c = st.columns([2, 2, 2, 2, 2])
+    kinds = c[0].multiselect("kind", sorted(df["kind"].dropna().unique()), key=f"{key}_kind")
+    datasets = c[1].multiselect("dataset", sorted(df["dataset"].dropna().unique()), key=f"{key}_ds")
+    models = c[2].multiselect("model", sorted(df["model_label"].dropna().unique()), key=f"{key}_model")
+    verdict = c[3].selectbox("verdict", ["any", "all pass", "any fail"], key=f"{key}_verdict")
+    text = c[4].text_input("search run id", key=f"{key}_text")
+    return {"kind": kinds, "dataset": datasets, "model": models, "verdict": verdict, "text": text}
+
+
+def apply_filters(df: pd.DataFrame, f: dict) -> pd.DataFrame:
+    m = pd.Series(True, index=df.index)
+    if f.get("kind"):
+        m &= df["kind"].isin(f["kind"])
+    if f.get("dataset"):
+        m &= df["dataset"].isin(f["dataset"])
+    if f.get("model"):
+        m &= df["model_label"].isin(f["model"])
+    vcols = [f"v_{v}" for v in data.VERDICTS]
+    if f.get("verdict") == "all pass":
+        m &= (df[vcols] == "pass").all(axis=1)
+    elif f.get("verdict") == "any fail":
+        m &= (df[vcols] == "fail").any(axis=1)
+    if f.get("text"):
+        m &= df["run_id"].str.contains(f["text"], case=False, regex=False)
+    return df[m]
+
+
+def pagination_ui(n_rows: int, key: str) -> tuple[int, int]:
+    """Page size and page index (0-based) for a table of ``n_rows``."""
+    c1, c2, c3 = st.columns([1, 1, 4])
+    size = c1.selectbox("rows per page", PAGE_SIZES, index=1, key=f"{key}_size")
+    n_pages = data.paginate(n_rows, size)
+    page = c2.number_input("page", min_value=1, max_value=n_pages, value=1, step=1, key=f"{key}_page")
+    c3.caption(f"{n_rows} rows · page {int(page)} of {n_pages}")
+    return int(size), int(page) - 1
+
+
+def run_picker_ui(df: pd.DataFrame, key: str, default: str | None = None) -> str | None:
+    """A selectbox over runs (labels with ids); returns the chosen run id."""
+    ids = df["run_id"].tolist()
+    labels = {r["run_id"]: run_label(r) for _, r in df.iterrows()}
+    idx = ids.index(default) if default in ids else 0
+    return st.selectbox("run", ids, index=idx, format_func=lambda i: labels.get(i, i), key=key)
