@@ -387,7 +387,7 @@ def ct_test(
 ) -> CTResult:
     """C_T test (Meehan et al. 2020, Eq. 3-4) on features (n, D).
 
-    Cells: k-means (FAISS, ``n_cells`` clusters, default min(50, max(2, min(n_gen, n_holdout) // 40)))
+    Cells: k-means (FAISS, ``n_cells`` clusters, default min(50, max(2, min(n_gen, n_holdout) // 40), n_train // 4))
     fitted on the training features (PCA to ``pca_dim`` dims when D is larger; at most
     ``max_kmeans_fit`` rows), samples assigned to the nearest centroid. Distances: Euclidean NN
     distance to the whole training set in the original features. Cells in which the generated share
@@ -403,7 +403,8 @@ def ct_test(
     same_width(xh, xt, "holdout", "training set")
     m, n = len(xg), len(xh)
     if n_cells is None:
-        n_cells = int(min(50, max(2, min(m, n) // 40)))
+        # never more cells than a quarter of the training points (tiny training sets in sweeps)
+        n_cells = int(max(1, min(50, max(2, min(m, n) // 40), len(xt) // 4)))
     n_cells = int(n_cells)
     if not 1 <= n_cells <= len(xt):
         raise DiffauditError(f"n_cells={n_cells} must be between 1 and the training-set size {len(xt)}.")
@@ -414,6 +415,7 @@ def ct_test(
         xt if len(xt) <= max_kmeans_fit else xt[np.sort(rng.choice(len(xt), max_kmeans_fit, replace=False))]
     )
     used_pca = None
+    pca_dim = min(pca_dim, len(fit_rows))
     if xt.shape[1] > pca_dim:
         pca = PCA(n_components=pca_dim, random_state=seed).fit(fit_rows)
 
