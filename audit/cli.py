@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "train": "diffaudit.train:train_cmd",
     "sweep": "diffaudit.sweep:sweep_cmd",
     "thresholds": "diffaudit.thresholds:thresholds_cmd",
+    "app": "diffaudit.app_cmd:app_cmd",
 }
 
 

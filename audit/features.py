@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from diffaudit.errors import DiffauditError
 from diffaudit.fileio import atomic_path, atomic_write_json
 from diffaudit.hashing import array_sha256, cache_key, params_sha256

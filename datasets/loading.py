@@ -41,6 +41,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
 from diffaudit.errors import DiffauditError
 from diffaudit.fileio import atomic_path
 

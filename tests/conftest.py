@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 
+
 @pytest.fixture(scope="session")
 def session_cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("diffaudit-cache")

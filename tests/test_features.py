@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
+
 from diffaudit import features as feat
 from diffaudit.cli import main as cli_main
 from diffaudit.datasets.base import Dataset, Factor
 from diffaudit.device import resolve_device
 from diffaudit.errors import DiffauditError
 from diffaudit.features import embed_cached, feature_cache_path, get_embedder
-from safetensors.torch import save_file
 
 
 @pytest.fixture(autouse=True)

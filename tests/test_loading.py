@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffaudit.datasets.loading import list_image_files, load_samples, save_samples, to_normal_form
-from diffaudit.errors import DiffauditError
 from PIL import Image
 from safetensors.torch import save_file
+
+from diffaudit.datasets.loading import list_image_files, load_samples, save_samples, to_normal_form
+from diffaudit.errors import DiffauditError
 
 
 @pytest.fixture
