@@ -17,6 +17,11 @@ Verdicts ("pass" | "fail" | "n/a"), thresholds in ``AuditConfig`` (documented de
   the floor being FD(train subset of n_eq, holdout): what real data scores against real data at the
   same n (bootstrap interval: ``n_boot`` resamples, only up to ``boot_max_dim`` feature dimensions; above
   it the factor alone decides). "n/a" without a holdout set (no floor to compare with).
+  Why a factor of 3: FD's finite-sample bias depends on the distribution, not only on n. Real data on a
+  low-dimensional manifold fluctuates less in its sample covariance than a full-rank Gaussian with the
+  same mean and covariance, so exact draws from that Gaussian score 2-3.3x the real-vs-real floor on
+  hidden-manifold d = 32 at n = 1000-2000 (measured), although their population FD to the data's
+  Gaussian fit is zero. A tighter factor fails models that match the bulk statistics exactly.
 - ``generalization`` (threshold 2): novel-valid rate (valid on the data manifold and not a training
   copy) >= ``min_novel_valid_rate`` AND copy rate <= ``max_copy_rate``. "n/a" without a synthetic
   dataset (validity needs the true generator).
@@ -53,7 +58,7 @@ class AuditConfig:
     n_boot: int = 10  # bootstrap resamples of the noise floor FD(train, holdout) (each one FD)
     boot_max_dim: int = 1024  # above this feature dimension (e.g. inception's 2048): no floor bootstrap and no
     # FD(generated, train), each FD being an eigh of D x D; threshold 1 then uses the stated factor alone
-    convergence_factor: float = 2.0  # threshold 1 passes when FD <= max(floor CI high, factor x floor)
+    convergence_factor: float = 3.0  # threshold 1 passes when FD <= max(floor CI high, factor x floor); see above
     kid_subsets: int = 20  # KID subsets (of kid_subset_size rows each)
     kid_subset_size: int = 1000
     # --- factors / generalization

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -255,14 +256,19 @@ def _load_pt(p: Path, key: str | None, label: str) -> np.ndarray:
     import torch
 
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        # torch warns on stderr about some pickle protocols before refusing them; the refusal below is
+        # the one message the user needs.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses any global it does not allow-list *before* calling it: nothing ran.
         text = str(e)
-        why = next((ln.strip() for ln in text.splitlines() if "WeightsUnpickler error" in ln), "")
-        if "global" not in why.lower():
+        if "weights only load failed" not in text.lower():
             raise DiffauditError(f"{label}: is corrupt or not a torch file; re-save it with torch.save(tensor).") from None
-        why = why.removeprefix("WeightsUnpickler error:").split(" was not")[0].strip()
+        why = next((ln.strip() for ln in text.splitlines()
+                    if "global" in ln.lower() or "unsupported operand" in ln.lower()), "objects beyond tensors")
+        why = why.removeprefix("WeightsUnpickler error:").split(" whose module")[0].split(" was not")[0].strip()
         raise DiffauditError(
             f"{label}: needs full pickle to load ({why[:120]}), which could run arbitrary code and is refused; "
             "re-save the samples as a plain tensor (torch.save(tensor)), .safetensors or .npy."

@@ -179,10 +179,13 @@ def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2, *, n1: int | None = No
 
 def frechet_distance(a, b, *, n_boot: int = 0, seed: int = 0, confidence: float = 0.95) -> FDResult:
     """Frechet distance between Gaussians fitted to ``a`` (n_a, D) and ``b`` (n_b, D); see
-    ``frechet_distance_from_stats``. With ``n_boot > 0``, ``value_ci`` is a percentile bootstrap interval
-    (both sets resampled with replacement, ``seed``); each resample costs one FD (an ``eigh`` of D x D).
-    Resampled sets contain duplicates (about 63 % distinct rows), which inflates FD's finite-sample bias when
-    n is not much larger than D: the interval then sits above ``value``; read it as the spread at this n.
+    ``frechet_distance_from_stats``. With ``n_boot > 0``, ``value_ci`` is a **bias-corrected** percentile
+    bootstrap interval (both sets resampled with replacement, ``seed``; each resample costs one FD, an
+    ``eigh`` of D x D). Resampled sets hold only ~63 % distinct rows, which inflates FD's finite-sample
+    bias when n is not much larger than D, so the raw percentile interval sits above ``value`` (measured:
+    a real-vs-real floor of 1.39 got [2.45, 3.30]). The interval is therefore shifted by the bootstrap's
+    own bias, mean(FD*) - FD (Efron & Tibshirani 1993, Sec. 10.6), and clipped at 0: it estimates the
+    spread of FD at this n around ``value``.
     """
     a = as_features(a, "generated features")
     b = as_features(b, "reference features")
@@ -196,8 +199,9 @@ def frechet_distance(a, b, *, n_boot: int = 0, seed: int = 0, confidence: float 
             ib = rng.integers(0, len(b), len(b))
             return frechet_distance_from_stats(*gaussian_stats(a[ia]), *gaussian_stats(b[ib])).value
 
-        lo, hi, _ = bootstrap_ci(stat, int(n_boot), seed, confidence)
-        r.value_ci = (lo, hi)
+        lo, hi, vals = bootstrap_ci(stat, int(n_boot), seed, confidence)
+        bias = float(vals.mean()) - r.value
+        r.value_ci = (max(0.0, lo - bias), max(0.0, hi - bias))
     return r
 
 

@@ -42,7 +42,7 @@ def test_demo_end_to_end(tmp_path):
                        capture_output=True, text=True, timeout=1200, env=dict(os.environ))
     assert p.returncode == 0, p.stderr[-3000:]
     index = json.loads((out / "index.json").read_text())
-    assert len(index) == 6
+    assert len(index) == 8  # 3 controls x 2 datasets + 2 trained models
     names = " ".join(e["name"] for e in index)
     for m in ("oracle", "gaussian", "memorizer"):
         assert names.count(m) == 2
@@ -60,3 +60,10 @@ def test_demo_end_to_end(tmp_path):
         assert by[f"{ds}/gaussian"]["convergence"] == "pass" and by[f"{ds}/gaussian"]["generalization"] == "fail"
         assert by[f"{ds}/memorizer"]["memorization"] == "fail"
     assert "gaussian: FID as good as real data" in p.stdout and "lie on the data manifold" in p.stdout
+    # the two trained models: same budget, n = 16 vs n = 2048; the small one reproduces its training set
+    small = json.loads((out / "hidden-manifold-mlp-n16" / "report.json").read_text())["probes"]
+    large = json.loads((out / "hidden-manifold-mlp-n2048" / "report.json").read_text())["probes"]
+    assert small["memorization"]["copy_rate"]["value"] > 0.3
+    assert large["memorization"]["copy_rate"]["value"] < 0.05
+    assert large["factors"]["novel_valid_rate"]["value"] > small["factors"]["novel_valid_rate"]["value"]
+    assert "trained MLP, n=16" in p.stdout and "trained MLP, n=2048" in p.stdout
