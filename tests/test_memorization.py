@@ -252,3 +252,18 @@ def test_authenticity_bruteforce_and_memorizer(rng):
     np.testing.assert_array_equal(r.authentic, ref)
     assert r.auth_pct == pytest.approx(ref.mean())
     assert authenticity(train[:200], train).auth_pct == 0.0  # a memorizer is never authentic
+
+
+def test_ct_test_on_a_tiny_training_set_caps_its_cells():
+    # Sweeps audit models trained on as few as 16 points: the default cell count must fit the training
+    # set (it used to ask k-means for 50 cells of 16 points and fail), and PCA must fit too.
+    from diffaudit.probes.memorization import ct_test
+
+    rng = np.random.default_rng(3)
+    train = rng.standard_normal((16, 100)).astype(np.float32)
+    copies = train[rng.integers(0, 16, 300)] + 1e-3 * rng.standard_normal((300, 100)).astype(np.float32)
+    fresh = rng.standard_normal((300, 100)).astype(np.float32)
+    res_copy = ct_test(copies, train, fresh)
+    res_fresh = ct_test(rng.standard_normal((300, 100)).astype(np.float32), train, fresh)
+    assert res_copy.n_cells <= 4
+    assert res_copy.c_t < -5 < res_fresh.c_t  # copies sit far closer to the training set than fresh data
