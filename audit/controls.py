@@ -22,26 +22,15 @@ import numpy as np
 
 from diffaudit.errors import DiffauditError
 from diffaudit.models import DenoiserModel, Model
+from diffaudit.probes._checks import as_samples
 
 CONTROLS = ("oracle", "gaussian", "memorizer")
 DEFAULT_BUDGET_MIB = 256
 
 
 def _as_train(train, name: str = "train") -> np.ndarray:
-    """Validate a training set (n, *shape) and return it as float64 (n, P) plus nothing else."""
-    try:
-        a = np.asarray(train)
-    except Exception as e:
-        raise DiffauditError(f"{name}: could not be read as an array ({e}); pass an (n, ...) numeric array.") from None
-    if a.dtype == object or not np.issubdtype(a.dtype, np.number):
-        raise DiffauditError(f"{name}: has dtype {a.dtype}; pass a numeric (n, ...) array of training samples.")
-    if a.ndim < 2 or a.shape[0] < 2:
-        raise DiffauditError(
-            f"{name}: expected at least 2 training samples of shape (n, d) or (n, c, h, w), got shape {a.shape}."
-        )
-    if not np.isfinite(a).all():
-        raise DiffauditError(f"{name}: contains NaN or Inf; remove or fix those samples first.")
-    return a
+    """Validate a training set (n, *shape) with n >= 2 and return it as float64."""
+    return as_samples(train, name, min_n=2)
 
 
 class OracleModel(Model):

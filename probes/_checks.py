@@ -39,3 +39,24 @@ def same_width(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
             f"{name_a} has {a.shape[1]} feature dimensions but {name_b} has {b.shape[1]}; "
             "embed both with the same feature space."
         )
+
+
+def as_samples(x, name: str, *, min_n: int = 2) -> np.ndarray:
+    """Validate samples of any shape (n, ...) with n >= ``min_n`` and return them as float64.
+
+    For code that works on samples rather than features (controls, white-box probes).
+    """
+    try:
+        a = np.asarray(x)
+    except Exception as e:
+        raise DiffauditError(f"{name}: could not be read as an array ({e}); pass (n, ...) numeric samples.") from None
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise DiffauditError(f"{name}: has dtype {a.dtype}; pass (n, ...) numeric samples.")
+    if a.ndim < 2 or a.shape[0] < min_n:
+        raise DiffauditError(
+            f"{name}: expected at least {min_n} samples of shape (n, d) or (n, c, h, w), got shape {a.shape}."
+        )
+    a = a.astype(np.float64, copy=False)
+    if not np.isfinite(a).all():
+        raise DiffauditError(f"{name}: contains NaN or Inf; remove or fix those samples first.")
+    return a

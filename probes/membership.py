@@ -19,24 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffaudit.errors import DiffauditError
+from diffaudit.probes._checks import as_samples
 
 RP_THRESHOLD = 0.6  # Zhang et al. 2023: a pair is "reproduced" when its similarity exceeds 0.6
 
 
 def _samples(x, name: str, min_n: int = 2) -> np.ndarray:
-    try:
-        a = np.asarray(x, dtype=np.float64)
-    except Exception as e:
-        raise DiffauditError(
-            f"{name}: could not be read as a numeric array ({e}); pass (n, ...) samples."
-        ) from None
-    if a.ndim < 2 or a.shape[0] < min_n:
-        raise DiffauditError(
-            f"{name}: expected at least {min_n} samples of shape (n, ...), got shape {a.shape}."
-        )
-    if not np.isfinite(a).all():
-        raise DiffauditError(f"{name}: contains NaN or Inf; remove or fix those samples first.")
-    return a
+    return as_samples(x, name, min_n=min_n)
 
 
 def _denoiser(model):

@@ -70,6 +70,13 @@ def _merge(D0, I0, D1, I1, kk: int, descending: bool):
     return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
 
 
+def _finish(xq, xb, Dq, Iq, k: int, metric: str, rerank: bool):
+    """Top ``k`` of a query block's candidates: exactly re-ranked in float64, or FAISS's order as is."""
+    if rerank:
+        return _exact_rerank(xq, xb, Iq, k, metric)
+    return Dq[:, :k].astype(np.float64), Iq[:, :k]
+
+
 def _exact_rerank(xq: np.ndarray, xb: np.ndarray, I: np.ndarray, k: int, metric: str, chunk_mib: float = 16):
     """Recompute candidate distances in float64 and re-sort; returns the top ``k``.
 
@@ -191,12 +198,7 @@ def _exact_blocks(xq, xb, k, kk, metric, budget_mib, exclude_self, rerank, use_g
             Dq, Iq = _merge(Dq, Iq, Db, Ib, kk, descending)
         if exclude_self:
             Dq, Iq = _drop_self(Dq, Iq, np.arange(q0, q1) if own is None else own[q0:q1])
-        if rerank:
-            Dr, Ir = _exact_rerank(xq[q0:q1], xb, Iq, k, metric)
-        else:
-            Dr, Ir = Dq[:, :k].astype(np.float64), Iq[:, :k]
-        D_out[q0:q1] = Dr
-        I_out[q0:q1] = Ir
+        D_out[q0:q1], I_out[q0:q1] = _finish(xq[q0:q1], xb, Dq, Iq, k, metric, rerank)
     return D_out, I_out
 
 
@@ -258,12 +260,7 @@ def _ivf_blocks(ivf, xq, xb, k, kk, metric, exclude_self, rerank, own=None):
         Dq, Iq = ivf.search(xq[q0:q1], kk)
         if exclude_self:
             Dq, Iq = _drop_self(Dq, Iq, np.arange(q0, q1) if own is None else own[q0:q1])
-        if rerank:
-            Dr, Ir = _exact_rerank(xq[q0:q1], xb, Iq, k, metric)
-        else:
-            Dr, Ir = Dq[:, :k].astype(np.float64), Iq[:, :k]
-        D_out[q0:q1] = Dr
-        I_out[q0:q1] = Ir
+        D_out[q0:q1], I_out[q0:q1] = _finish(xq[q0:q1], xb, Dq, Iq, k, metric, rerank)
     return D_out, I_out
 
 
