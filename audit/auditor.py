@@ -402,7 +402,8 @@ def run_audit(model, *, train, holdout=None, dataset=None, config: AuditConfig |
                 memo["mia_auc"] = _m(mia.best_auc, mia.auc_ci)
                 memo["mia_tpr_at_1pct"] = _m(mia.best_tpr_at_1pct)
                 details["membership"] = {"sigmas": mia.sigmas.tolist(), "auc": mia.auc.tolist(),
-                                         "loss_gap": mia.loss_gap.tolist(), "best_sigma": mia.best_sigma, "n": m_n}
+                                         "loss_gap": mia.loss_gap.tolist(), "best_sigma": mia.best_sigma, "n": m_n,
+                                         "roc": _mia_roc(mia)}
                 a()
         else:
             why = "the model is a black box (no denoise(x, sigma))" if not getattr(model, "has_denoiser", False) \
@@ -529,3 +530,18 @@ def decide(probes: dict, cfg: AuditConfig) -> tuple[dict[str, str], dict[str, st
             s += f", membership-inference AUC {auc:.2f} (limit {cfg.max_mia_auc:.2f})"
         why["memorization"] = s
     return verdict, why
+
+
+def _mia_roc(mia, max_points: int = 200) -> dict:
+    """ROC curve of the loss attack at the best sigma (members = training items, lower loss = member),
+    thinned to at most ``max_points`` points for the report."""
+    from sklearn.metrics import roc_curve
+
+    j = int(np.argmin(np.abs(np.asarray(mia.sigmas) - mia.best_sigma)))
+    y = np.r_[np.ones(len(mia.loss_train)), np.zeros(len(mia.loss_holdout))]
+    score = -np.r_[mia.loss_train[:, j], mia.loss_holdout[:, j]]
+    fpr, tpr, _ = roc_curve(y, score)
+    if len(fpr) > max_points:
+        keep = np.unique(np.r_[np.linspace(0, len(fpr) - 1, max_points).round().astype(int), len(fpr) - 1])
+        fpr, tpr = fpr[keep], tpr[keep]
+    return {"sigma": float(mia.sigmas[j]), "fpr": fpr.round(6).tolist(), "tpr": tpr.round(6).tolist()}

@@ -170,3 +170,16 @@ def test_gates():
     res = evaluate_gates(rep, [parse_gate("memorization.copy_rate<=0.01"), parse_gate("memorization.copy_rate<0.01"),
                                parse_gate("convergence.fd<=100")])
     assert [r["passed"] for r in res] == [True, False, False]  # an unmeasured metric fails its gate
+
+
+def test_membership_roc_is_stored_and_matches_the_auc(reports):
+    # the ROC curve the app draws must be the attack the AUC measured: its area equals the best AUC
+    _, res = reports
+    for name in ("memorizer", "gaussian"):
+        mem = res[name]["details"]["membership"]
+        roc = mem["roc"]
+        fpr, tpr = np.asarray(roc["fpr"]), np.asarray(roc["tpr"])
+        assert fpr[0] == 0.0 and fpr[-1] == 1.0 and np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+        area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+        assert abs(area - res[name]["probes"]["memorization"]["mia_auc"]["value"]) < 0.02, name
+        assert roc["sigma"] == pytest.approx(mem["best_sigma"])
