@@ -1,5 +1,5 @@
-"""Vectorised training of M small EDM denoisers (diffaudit.multitrain, torch.func vmap) against the
-baseline of training them one after another with diffaudit.train, in the same run.
+"""Vectorised training of M small EDM denoisers (diffaudit.harness.vmap, torch.func vmap) against the
+baseline of training them one after another with diffaudit.harness.train, in the same run.
 
 Setup (issue 6 §2): M = 16 MLP denoisers (mlp:width=128,depth=3), d = 64, each on its own training
 set of n = 1024 Gaussian-mixture vectors, batch 256. Prints model-steps per second for both paths
@@ -26,8 +26,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from diffaudit.multitrain import train_many
-from diffaudit.train import TrainConfig, train
+from diffaudit.harness.vmap import train_many
+from diffaudit.harness.train import TrainConfig, train
 
 
 def make_sets(M: int, n: int, d: int) -> list[np.ndarray]:
@@ -43,8 +43,8 @@ def make_sets(M: int, n: int, d: int) -> list[np.ndarray]:
 def check(device: str) -> None:
     """Correctness on ``device`` (for GPU runs): a 2-D Gaussian learnt in fp32 and bf16, and the vmap
     trainer against the sequential one (same tolerance as tests/test_harness.py)."""
-    from diffaudit.checkpoint import CheckpointModel
-    from diffaudit.networks import build_network
+    from diffaudit.models.checkpoint import CheckpointModel
+    from diffaudit.harness.networks import build_network
 
     if device == "cuda":
         net = build_network("mlp:width=64,depth=2", (4,)).cuda()
@@ -110,7 +110,7 @@ def main() -> None:
     dev = torch.cuda.get_device_name(0) if a.device == "cuda" else f"{platform.processor() or platform.machine()} CPU"
     print(f"device: {dev}; torch {torch.__version__}; torch threads: {torch.get_num_threads()}")
     print(f"M={a.models} {a.model} d={a.d} n={a.n} batch={a.batch} bf16={a.bf16 and a.device == 'cuda'}")
-    print(f"sequential (diffaudit.train, one model after another): {rate_s:8.1f} model-steps/s")
+    print(f"sequential (diffaudit.harness.train, one model after another): {rate_s:8.1f} model-steps/s")
     print(f"vmap       (diffaudit.multitrain.train_many)          : {rate_v:8.1f} model-steps/s")
     target = 10 if a.device == "cuda" else 4
     print(f"speed-up vmap / sequential: {rate_v / rate_s:.2f}x (target >= {target}x)")

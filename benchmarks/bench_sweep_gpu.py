@@ -21,8 +21,8 @@ from pathlib import Path
 
 import tomllib
 
-from diffaudit.sweep import run_sweep
-from diffaudit.sweep_spec import expand, parse_spec, preset_path
+from diffaudit.sweeps.run import run_sweep
+from diffaudit.sweeps.spec import expand, parse_spec, preset_path
 
 
 def reduced_spec(device: str, steps: int | None = None, n_samples: int | None = None,
@@ -52,7 +52,7 @@ def reduced_spec(device: str, steps: int | None = None, n_samples: int | None = 
 
 def cpu_baseline_steps_per_s(record: dict, steps: int = 100) -> float:
     from diffaudit.datasets.base import get_dataset
-    from diffaudit.train import TrainConfig, train
+    from diffaudit.harness.train import TrainConfig, train
 
     ds = get_dataset(record["dataset"], **record["params"])
     x = ds.sample(record["n_train"], record["seed"])[0]

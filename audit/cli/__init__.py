@@ -1,0 +1,78 @@
+"""The ``diffaudit`` command line.
+
+Every subcommand lives in its own module and is imported only when it is run, so ``diffaudit --help``
+stays fast. A user mistake (``DiffauditError``) prints ``error: <one sentence>`` and exits 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from diffaudit import __version__
+from diffaudit.errors import DiffauditError
+
+# name -> "module:attribute" of a click.Command. Add a line here when you add a subcommand.
+COMMANDS: dict[str, str] = {
+    "compare": "diffaudit.pipeline.compare:compare_cmd",
+    "audit": "diffaudit.cli.audit:audit_cmd",
+    "demo": "diffaudit.pipeline.demo:demo_cmd",
+    "embed": "diffaudit.features:embed_cmd",
+    "train": "diffaudit.harness.train:train_cmd",
+    "sweep": "diffaudit.sweeps.run:sweep_cmd",
+    "thresholds": "diffaudit.sweeps.thresholds:thresholds_cmd",
+    "app": "diffaudit.cli.app:app_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Run 'diffaudit COMMAND --help' for a command's options and examples.",
+)
+@click.version_option(__version__, prog_name="diffaudit")
+def cli() -> None:
+    """diffaudit: does a diffusion model generalize, or memorize?
+
+    It measures both thresholds of generalization: distributional convergence (FD, KID,
+    precision/recall, moments) and latent-factor recovery (manifold validity, novel-valid
+    samples, training-copy extraction).
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: runs the group and turns user mistakes into ``error: …`` + exit 2."""
+    try:
+        rv = cli.main(args=argv, prog_name="diffaudit", standalone_mode=False)
+    except DiffauditError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("error: aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        # Usage errors (unknown option, missing argument) are user mistakes too: one line, exit 2.
+        msg = e.format_message()
+        if isinstance(e, click.UsageError) and e.ctx is not None:
+            msg = f"{msg} (see '{e.ctx.command_path} --help')"
+        click.echo(f"error: {msg}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted.", err=True)
+        sys.exit(130)
+    if isinstance(rv, int) and rv != 0:
+        sys.exit(rv)

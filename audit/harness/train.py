@@ -1,0 +1,385 @@
+"""Train one EDM denoiser (Karras et al. 2022) on an array of samples: AdamW, warm-up, gradient
+clipping, EMA of the weights, bf16 autocast on CUDA; a run directory in the style of NVlabs EDM's
+``training_loop.py`` (``options.json`` before the first step, ``stats.jsonl`` during, the checkpoint
+at the end).
+
+Randomness, per run, all from ``TrainConfig.seed`` (which is what lets ``diffaudit.harness.vmap``
+reproduce this loop model by model):
+
+1. the network's initial weights: ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng``;
+2. one ``torch.Generator`` on the training device seeded with ``seed``; every step draws, in this
+   order, the batch indices (``BatchSampler``: epochs of ``randperm``), then sigma (B,) and noise
+   (B, *shape) (``diffaudit.edm.draw_sigma_noise``). On the device, so a GPU run never waits for
+   host-side random numbers; a CPU run and a CUDA run of one seed therefore draw different numbers.
+
+On CPU, with deterministic algorithms on and the same thread count, two runs are bitwise identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+
+from diffaudit.errors import DiffauditError
+
+CHECKPOINT_FORMAT = "diffaudit.checkpoint/1"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000  # optimizer steps
+    batch: int = 256  # samples per step (drawn as epochs of random permutations of the training set)
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100  # lr ramps linearly from lr/warmup_steps to lr over these steps (0 = none)
+    grad_clip: float = 1.0  # clip the global grad norm (of the mean per-coordinate loss) to this; 0 = off
+    # EMA of the weights as in EDM: half-life measured in training samples, not steps, so it does not
+    # change meaning with the batch size; beta = 0.5 ** (batch / half-life).
+    ema_halflife_nimg: float = 50_000.0
+    # EDM's EMA ramp-up: half-life = min(ema_halflife_nimg, ema_rampup * samples seen so far), so a
+    # short run's EMA is not dominated by the random initialisation. 0 = no ramp-up.
+    ema_rampup: float = 0.05
+    seed: int = 0  # initial weights, batch order, sigma and noise draws
+    device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda"
+    bf16: bool = True  # bf16 autocast for the forward pass; only ever used on CUDA
+    log_every: int = 100  # steps between stats.jsonl lines (the last step is always logged)
+
+    def check(self) -> None:
+        if self.steps < 1 or self.batch < 1:
+            raise DiffauditError(f"steps and batch must be >= 1, got steps={self.steps}, batch={self.batch}.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise DiffauditError(f"the learning rate must be a positive number, got lr={self.lr}.")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0 or self.ema_halflife_nimg <= 0:
+            raise DiffauditError("weight_decay, grad_clip and warmup_steps must be >= 0 and ema_halflife_nimg > 0.")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise DiffauditError(f"device {self.device!r} is not one of auto, cpu, cuda.")
+        if self.log_every < 1:
+            raise DiffauditError(f"log_every must be >= 1, got {self.log_every}.")
+
+
+@dataclass
+class TrainResult:
+    ema: object  # EDMPrecond with the EMA weights (eval mode, on CPU): what gets saved and audited
+    net: object  # EDMPrecond with the raw final weights (on CPU)
+    stats: list[dict] = field(default_factory=list)  # the stats.jsonl lines
+    sigma_data: float = 0.0
+    config: dict = field(default_factory=dict)  # the checkpoint's config.json content
+    out_dir: Path | None = None
+
+
+def resolve_device(device: str):
+    """"auto" -> cuda if available else cpu; "cuda" without a GPU is a user mistake (``diffaudit.device``)."""
+    from diffaudit.device import resolve_device as _resolve
+
+    return _resolve(device)
+
+
+def check_training_data(x, name: str = "training data") -> np.ndarray:
+    """(n, d) or (n, c, h, w) finite float array with n >= 2 and non-zero spread -> float32."""
+    try:
+        x = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise DiffauditError(f"{name} is not a numeric array; pass (n, d) vectors or (n, c, h, w) images.") from None
+    if x.ndim not in (2, 4):
+        raise DiffauditError(f"{name} has shape {x.shape}; expected (n, d) vectors or (n, c, h, w) images.")
+    if x.shape[0] < 2:
+        raise DiffauditError(f"{name} has {x.shape[0]} sample(s); training needs n >= 2.")
+    if not np.isfinite(x).all():
+        raise DiffauditError(f"{name} contains NaN or Inf values; clean it before training.")
+    if float(x.std(dtype=np.float64)) == 0.0:
+        raise DiffauditError(f"{name} is constant (std 0); there is nothing to learn.")
+    return x
+
+
+def data_sigma(x: np.ndarray) -> float:
+    """sigma_data: the training data's standard deviation over all coordinates (float64)."""
+    return float(np.asarray(x).std(dtype=np.float64))
+
+
+def init_network(model_cfg, shape, seed: int):
+    """The raw network F with initial weights from ``seed`` (global torch RNG left untouched)."""
+    import torch
+
+    from diffaudit.harness.networks import build_network
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build_network(model_cfg, shape)
+
+
+class BatchSampler:
+    """Indices of the next batch: consecutive slices of random permutations of range(n), one
+    permutation per epoch, all drawn from ``generator`` (so the draws interleave with sigma/noise)."""
+
+    def __init__(self, n: int, batch: int, generator):
+        self.n, self.batch, self.generator = int(n), int(batch), generator
+        self._perm = None
+        self._pos = 0
+
+    def next(self):
+        import torch
+
+        parts, need = [], self.batch
+        while need > 0:
+            if self._perm is None or self._pos >= self.n:
+                self._perm = torch.randperm(self.n, generator=self.generator, device=self.generator.device)
+                self._pos = 0
+            take = min(need, self.n - self._pos)
+            parts.append(self._perm[self._pos : self._pos + take])
+            self._pos += take
+            need -= take
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def make_generator(seed: int, device):
+    """The run's one random stream, on the training device (see the module docstring)."""
+    import torch
+
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``cfg.lr`` (step counts from 0)."""
+    if cfg.warmup_steps > 0:
+        return cfg.lr * min((step + 1) / cfg.warmup_steps, 1.0)
+    return cfg.lr
+
+
+def ema_beta(step: int, cfg: TrainConfig) -> float:
+    """EMA decay after ``step`` (0-based) steps, from a half-life in samples (EDM, training_loop.py)."""
+    halflife = cfg.ema_halflife_nimg
+    if cfg.ema_rampup > 0:
+        halflife = min(halflife, (step + 1) * cfg.batch * cfg.ema_rampup)
+    return 0.5 ** (cfg.batch / max(halflife, 1e-8))
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool):
+    """torch.use_deterministic_algorithms for the block, restored after."""
+    import torch
+
+    old = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old)
+
+
+def _stats_writer(out_dir: Path | None):
+    if out_dir is None:
+        return None
+    f = open(out_dir / "stats.jsonl", "w", encoding="utf-8")  # a fresh log for this run
+    return f
+
+
+def prepare_out_dir(out_dir, overwrite: bool) -> Path | None:
+    if out_dir is None:
+        return None
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DiffauditError(f"--out {out_dir} is a file; give a folder for the run.")
+    if (out_dir / "config.json").exists() and not overwrite:
+        raise DiffauditError(f"--out {out_dir} already holds a finished checkpoint; choose a new folder or delete it.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def checkpoint_config(model_cfg, shape, sigma_data, n_train, train_cfg: TrainConfig, dataset_spec, data_sha256):
+    from diffaudit import __version__
+
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": model_cfg.spec,
+        "shape": [int(s) for s in shape],
+        "sigma_data": float(sigma_data),
+        "dataset": dataset_spec,
+        "n_train": int(n_train),
+        "train_sha256": data_sha256,
+        "train": asdict(train_cfg),
+        "diffaudit_version": __version__,
+    }
+
+
+def train(
+    dataset_x: np.ndarray,
+    model_cfg,
+    train_cfg: TrainConfig | None = None,
+    out_dir=None,
+    progress: bool = True,
+    *,
+    dataset_spec: str | None = None,
+    callback: Callable[[dict], None] | None = None,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train an EDM denoiser on ``dataset_x`` ((n, d) or (n, c, h, w) float32) and return its EMA.
+
+    ``model_cfg``: a ``ModelConfig`` or spec string ("mlp:width=256,depth=4"). With ``out_dir``, writes
+    ``options.json`` before the first step, ``stats.jsonl`` every ``log_every`` steps, and the checkpoint
+    (``model.safetensors`` + ``config.json``, see ``diffaudit.models.checkpoint``) at the end. ``callback(line)``
+    is called after each stats line is written.
+    """
+    import torch
+
+    from diffaudit.models.checkpoint import save_checkpoint
+    from diffaudit.harness.edm import EDMPrecond, draw_sigma_noise, edm_loss_from_draws
+    from diffaudit.fileio import atomic_write_json
+    from diffaudit.hashing import array_sha256
+    from diffaudit.harness.networks import parse_model_spec
+
+    cfg = train_cfg or TrainConfig()
+    cfg.check()
+    model_cfg = parse_model_spec(model_cfg)
+    x_np = check_training_data(dataset_x)
+    device = resolve_device(cfg.device)
+    n, shape = x_np.shape[0], tuple(x_np.shape[1:])
+    sigma_data = data_sigma(x_np)
+    net = init_network(model_cfg, shape, cfg.seed)  # validates model vs. shape before any file is written
+    config = checkpoint_config(model_cfg, shape, sigma_data, n, cfg, dataset_spec, array_sha256(x_np))
+    out_dir = prepare_out_dir(out_dir, overwrite)
+    if out_dir is not None:
+        atomic_write_json(out_dir / "options.json", {**config, "device": str(device), "out_dir": str(out_dir)})
+
+    precond = EDMPrecond(net, sigma_data).to(device).train()
+    ema = EDMPrecond(init_network(model_cfg, shape, cfg.seed), sigma_data).to(device).eval()
+    ema.load_state_dict(precond.state_dict())
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(precond.parameters(), lr=lr_at(0, cfg), betas=tuple(cfg.betas), eps=1e-8,
+                            weight_decay=cfg.weight_decay)
+    X = torch.from_numpy(x_np).to(device)
+    gen = make_generator(cfg.seed, device)
+    sampler = BatchSampler(n, cfg.batch, gen)
+    use_bf16 = bool(cfg.bf16) and device.type == "cuda"
+    params = list(precond.parameters())
+    ema_params = list(ema.parameters())
+
+    stats: list[dict] = []
+    f = _stats_writer(out_dir)
+    t0 = time.perf_counter()
+    # Window sums stay on the device: no host sync per step (on a GPU, only log lines sync).
+    win_loss = torch.zeros((), dtype=torch.float64, device=device)
+    win_gn = torch.zeros((), dtype=torch.float64, device=device)
+    win_k = 0
+    try:
+        with deterministic(device.type == "cpu"):
+            for step in range(cfg.steps):
+                idx = sampler.next()
+                sigma, noise = draw_sigma_noise(gen, cfg.batch, shape, sigma_data)
+                xb = X[idx]
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                    loss = edm_loss_from_draws(precond, xb, sigma, noise, sigma_data)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                else:
+                    gn = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+                lr = lr_at(step, cfg)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.step()
+                beta = ema_beta(step, cfg)
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema_params, params, 1.0 - beta)  # ema += (1 - beta) (p - ema)
+                win_loss += loss.detach().double()
+                win_gn += gn.detach().double()
+                win_k += 1
+                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                    line = {
+                        "step": step + 1,
+                        "nimg": (step + 1) * cfg.batch,
+                        "loss": float(win_loss) / win_k,  # mean over the steps since the last line
+                        "lr": lr,
+                        "grad_norm": float(win_gn) / win_k,  # before clipping, mean over the window
+                        "ema_beta": beta,
+                        "elapsed_s": round(time.perf_counter() - t0, 3),
+                    }
+                    stats.append(line)
+                    win_loss.zero_()
+                    win_gn.zero_()
+                    win_k = 0
+                    if f is not None:
+                        f.write(json.dumps(line) + "\n")
+                        f.flush()
+                    if progress:
+                        print(f"step {line['step']}/{cfg.steps}  loss {line['loss']:.4f}  lr {lr:.2e}  "
+                              f"grad {line['grad_norm']:.3f}  {line['elapsed_s']:.1f}s", file=sys.stderr)
+                    if callback is not None:
+                        callback(line)
+                    if not math.isfinite(line["loss"]):
+                        raise DiffauditError(f"training diverged at step {step + 1} (loss {line['loss']}); "
+                                             "lower --lr or raise the warm-up.")
+    finally:
+        if f is not None:
+            f.close()
+
+    ema = ema.cpu().eval()
+    net_out = precond.cpu().eval()
+    if out_dir is not None:
+        save_checkpoint(out_dir, ema, config)
+    return TrainResult(ema=ema, net=net_out, stats=stats, sigma_data=sigma_data, config=config, out_dir=out_dir)
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+@click.command("train")
+@click.option("--dataset", "dataset_spec", default=None, help="Dataset spec, e.g. 'hidden-manifold:d=32' or 'mcm:d=16'.")
+@click.option("--train", "train_path", default=None, type=click.Path(path_type=Path),
+              help="Train on samples from a file/folder (.npy, .npz, .pt, .safetensors, images) instead of --dataset.")
+@click.option("--n-train", type=int, default=None, help="Number of training samples (required with --dataset).")
+@click.option("--model", "model_spec", default="mlp:width=256,depth=4", show_default=True,
+              help="Network spec: 'mlp:width=256,depth=4' or 'unet:channels=32,levels=3,attention=true'.")
+@click.option("--steps", type=int, default=2000, show_default=True)
+@click.option("--batch", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the training set draw, init, batches and noise.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run folder for the checkpoint.")
+@click.option("--quiet", is_flag=True, help="No per-log progress lines.")
+def train_cmd(dataset_spec, train_path, n_train, model_spec, steps, batch, lr, seed, device, out_dir, quiet):
+    """Train an EDM denoiser and write a checkpoint that `diffaudit audit ckpt:DIR` reads.
+
+    \b
+    Examples:
+      diffaudit train --dataset hidden-manifold:d=32 --n-train 512 --steps 8000 --out runs/hm512
+      diffaudit train --train my_samples.npy --model mlp:width=128,depth=3 --out runs/mine
+    """
+    if (dataset_spec is None) == (train_path is None):
+        raise DiffauditError("give exactly one of --dataset SPEC or --train PATH.")
+    if dataset_spec is not None:
+        if n_train is None:
+            raise DiffauditError("--dataset needs --n-train N (the number of training samples to draw).")
+        if n_train < 2:
+            raise DiffauditError(f"--n-train must be >= 2, got {n_train}.")
+        from diffaudit.datasets.base import get_dataset
+
+        ds = get_dataset(dataset_spec)
+        x = ds.sample(int(n_train), seed)[0]
+        spec = ds.spec
+    else:
+        from diffaudit.datasets.loading import load_samples
+
+        x = load_samples(train_path)
+        if n_train is not None:
+            if n_train < 2 or n_train > len(x):
+                raise DiffauditError(f"--n-train {n_train} must be between 2 and the {len(x)} samples in {train_path}.")
+            x = x[:n_train]
+        spec = f"file:{train_path}"
+    cfg = TrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, device=device)
+    res = train(x, model_spec, cfg, out_dir=out_dir, progress=not quiet, dataset_spec=spec)
+    last = res.stats[-1]
+    click.echo(f"trained {res.config['model']} on n={res.config['n_train']} for {last['step']} steps "
+               f"(final loss {last['loss']:.4f}, {last['elapsed_s']:.1f}s); checkpoint in {out_dir}")

@@ -1,0 +1,334 @@
+"""Model adapters: "any model" enters the audit through ONE contract (``diffaudit.models.Model``).
+
+``load_model(spec, train=..., dataset=..., device=...)`` turns a spec string into a ``Model``, the way
+k-diffusion's ``external.py`` wraps foreign models into one ``D(x, sigma)``:
+
+``samples:PATH``
+    Pre-generated samples (black box; any format ``load_samples`` reads: .npy/.npz/.pt/.safetensors or
+    an image folder). ``sample(n, seed)`` returns the FIRST ``n`` rows in file order and ignores
+    ``seed`` (the samples are what they are; a seeded subset would silently make two audits of the same
+    file differ). Asking for more rows than the file holds is an error. ``n_available`` tells callers
+    how many there are.
+``entry:pkg.module:factory``
+    ``factory()`` (called with no arguments) returns an object with the contract (a ``sample(n, seed)``
+    method, optionally ``denoise``/``shape``), or ``factory`` itself is a plain ``sample(n, seed)``
+    function (it is wrapped). Import errors and a missing attribute are user errors.
+``ckpt:PATH``
+    A diffaudit checkpoint folder (``model.safetensors`` + ``config.json``, see ``diffaudit.models.checkpoint``).
+``diffusers:PATH``
+    A local diffusers pipeline folder (``model_index.json`` with ``unet/`` holding a ``UNet2DModel`` and
+    ``scheduler/`` holding a DDPM-type scheduler with ``alphas_cumprod``), or a bare ``UNet2DModel``
+    folder next to a ``scheduler`` folder. Wrapped to the EDM denoiser as k-diffusion's
+    ``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser`` do: sigma_t = sqrt((1 - abar_t) / abar_t);
+    a continuous sigma maps to a fractional timestep by linear interpolation in log sigma;
+    c_in = 1 / sqrt(1 + sigma^2); epsilon prediction: D = x - sigma * eps; v prediction:
+    D = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) * v; sample prediction: D = net output.
+    Sampled with the shared EDM Heun sampler over the sigma range the scheduler covers.
+``control:oracle|gaussian|memorizer``
+    The analytic controls (``diffaudit.models.controls``), fitted to ``train`` (oracle needs ``dataset``). The
+    gaussian is NOT clipped to [-1, 1] on images: it is the moments-only control, and clipping changes
+    its mean and covariance (on 16 x 16 sprites: FD 4x the real-data floor instead of 1.4x).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from pathlib import Path
+
+import numpy as np
+
+from diffaudit.errors import DiffauditError
+from diffaudit.models.contract import DenoiserModel, Model
+
+FORMS = ("samples:PATH", "entry:pkg.module:factory", "ckpt:PATH", "diffusers:PATH",
+         "control:oracle|gaussian|memorizer")
+
+__all__ = ["FORMS", "load_model", "SamplesModel", "FunctionModel", "DiffusersModel", "model_name"]
+
+
+def _forms() -> str:
+    return ", ".join(FORMS)
+
+
+def model_name(spec: str) -> str:
+    """A short, file-name-safe name for a spec (used in default report folder names)."""
+    kind, _, rest = str(spec).partition(":")
+    tail = Path(rest.rstrip("/\\")).name if kind in ("samples", "ckpt", "diffusers") else rest
+    tail = tail.split(":")[-1] if kind == "entry" else tail
+    raw = f"{kind}-{tail}" if tail else kind
+    safe = "".join(c if (c.isalnum() or c in "-_.") else "-" for c in raw).strip("-.")
+    return (safe or "model")[:60]
+
+
+def load_model(spec: str, *, train=None, dataset=None, device: str = "auto", num_steps: int | None = None) -> Model:
+    """Build a ``Model`` from ``spec`` (forms in the module docstring). Unknown form -> ``DiffauditError``.
+
+    ``train``: the training set in the normal form (controls are fitted to it); ``dataset``: the
+    synthetic dataset (the oracle control samples it); ``num_steps``: Heun steps for denoiser models.
+    """
+    spec = str(spec).strip()
+    kind, sep, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if not sep or not rest.strip():
+        raise DiffauditError(f"model spec {spec!r} is not understood; use one of: {_forms()}.")
+    rest = rest.strip()
+    steps = {} if num_steps is None else {"num_steps": int(num_steps)}
+    if kind == "samples":
+        return SamplesModel(rest)
+    if kind == "entry":
+        return _load_entry(rest)
+    if kind == "ckpt":
+        from diffaudit.models.checkpoint import CheckpointModel
+        from diffaudit.device import resolve_device
+
+        m = CheckpointModel(rest, device=str(resolve_device(device)), **steps)
+        m.name = f"ckpt:{rest}"
+        return m
+    if kind == "diffusers":
+        return DiffusersModel(rest, device=device, **steps)
+    if kind == "control":
+        from diffaudit.models.controls import make_control
+
+        name = rest.lower()
+        if name not in ("oracle", "gaussian", "memorizer"):
+            raise DiffauditError(f"unknown control {rest!r} in model spec {spec!r}; use control:oracle, control:gaussian or control:memorizer.")
+        if name == "oracle" and dataset is None:
+            raise DiffauditError("model control:oracle samples the true generator, so it needs --dataset SPEC (synthetic data).")
+        kw = {} if name == "oracle" else dict(steps)
+        if name == "gaussian":
+            kw["clip"] = None  # keep the training mean/covariance exactly (clipping images to [-1, 1] changes both)
+        m = make_control(name, train=train, dataset=dataset, **kw)
+        m.name = f"control:{name}"
+        return m
+    raise DiffauditError(f"model spec {spec!r} has unknown form {kind!r}; use one of: {_forms()}.")
+
+
+# --------------------------------------------------------------------------------------------- samples
+
+
+class SamplesModel(Model):
+    """Pre-generated samples as a black-box model: ``sample(n, seed)`` = the first n rows (seed ignored)."""
+
+    def __init__(self, path, key: str | None = None):
+        from diffaudit.datasets.loading import load_samples
+
+        self.path = str(path)
+        self.x = load_samples(path, key=key, name=f"generated samples {path}")
+        self.shape = tuple(self.x.shape[1:])
+        self.name = f"samples:{path}"
+
+    @property
+    def n_available(self) -> int:
+        return len(self.x)
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        n = int(n)
+        if n > len(self.x):
+            raise DiffauditError(
+                f"generated samples {self.path} hold {len(self.x)} samples but {n} were requested; "
+                f"pass --n-samples {len(self.x)} or less, or generate more."
+            )
+        return self.x[:n]
+
+
+# --------------------------------------------------------------------------------------------- entry
+
+
+class FunctionModel(Model):
+    """A plain ``sample(n, seed)`` function as a model (black box; the shape is learnt on first call)."""
+
+    def __init__(self, fn, name: str):
+        self.fn = fn
+        self.name = name
+        self.shape = ()
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        x = np.asarray(_call_user(self.fn, self.name, int(n), int(seed)))
+        self.shape = tuple(x.shape[1:])
+        return x
+
+
+class _ObjectModel(Model):
+    """An object with a ``sample`` method (and maybe ``denoise``) behind the contract."""
+
+    def __init__(self, obj, name: str):
+        self.obj = obj
+        self.name = name
+        self.shape = tuple(getattr(obj, "shape", ()) or ())
+        if callable(getattr(obj, "denoise", None)):
+            self.denoise = self._denoise  # instance attribute: has_denoiser looks at the type
+            self._white_box = True
+        else:
+            self._white_box = False
+        if callable(getattr(obj, "sample_from_noise", None)):
+            self.sample_from_noise = obj.sample_from_noise
+
+    @property
+    def has_denoiser(self) -> bool:
+        return self._white_box
+
+    def _denoise(self, x, sigma):
+        return np.asarray(self.obj.denoise(x, sigma), dtype=np.float64)
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        x = np.asarray(_call_user(self.obj.sample, self.name, int(n), int(seed)))
+        self.shape = tuple(x.shape[1:])
+        return x
+
+
+def _call_user(fn, name: str, n: int, seed: int):
+    try:
+        return fn(n, seed)
+    except DiffauditError:
+        raise
+    except TypeError as e:
+        raise DiffauditError(f"model {name}: calling sample(n, seed) failed ({e}); the entry point must accept (n, seed).") from None
+
+
+def _load_entry(target: str) -> Model:
+    module_name, sep, attr = target.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise DiffauditError(f"model spec 'entry:{target}' needs the form entry:pkg.module:factory.")
+    name = f"entry:{target}"
+    try:
+        mod = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or the module raising while it is imported
+        raise DiffauditError(f"model spec {name!r}: cannot import {module_name!r} ({type(e).__name__}: {e}); check the module path and PYTHONPATH.") from None
+    obj = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise DiffauditError(f"model spec {name!r}: module {module_name!r} has no attribute {attr!r}.")
+        obj = getattr(obj, part)
+    if isinstance(obj, Model):
+        return obj
+    if not callable(obj):
+        raise DiffauditError(f"model spec {name!r}: {attr!r} is not callable; point to a factory or a sample(n, seed) function.")
+    if _is_sample_function(obj):
+        return FunctionModel(obj, name)
+    try:
+        made = obj()
+    except DiffauditError:
+        raise
+    except TypeError as e:
+        raise DiffauditError(f"model spec {name!r}: calling {attr}() failed ({e}); a factory takes no arguments.") from None
+    if isinstance(made, Model):
+        made.name = getattr(made, "name", None) or name
+        return made
+    if callable(getattr(made, "sample", None)):
+        return _ObjectModel(made, name)
+    raise DiffauditError(f"model spec {name!r}: {attr}() returned {type(made).__name__}, which has no sample(n, seed) method.")
+
+
+def _is_sample_function(fn) -> bool:
+    """A function taking (n, seed) [two positional parameters] is a sampler; a zero-argument one a factory."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    if inspect.isclass(fn):
+        return False
+    req = [p for p in sig.parameters.values()
+           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return len(req) >= 1
+
+
+# --------------------------------------------------------------------------------------------- diffusers
+
+
+def _find_parts(path: Path) -> tuple[Path, Path]:
+    if not path.is_dir():
+        raise DiffauditError(f"diffusers model {path}: no such folder; pass a pipeline folder saved with save_pretrained.")
+    candidates = [(path / "unet", path / "scheduler"), (path, path / "scheduler"), (path, path.parent / "scheduler")]
+    for unet, sched in candidates:
+        if (unet / "config.json").is_file() and (sched / "scheduler_config.json").is_file():
+            return unet, sched
+    raise DiffauditError(
+        f"diffusers model {path}: expected unet/config.json and scheduler/scheduler_config.json inside; "
+        "save the pipeline with pipeline.save_pretrained(PATH)."
+    )
+
+
+class DiffusersModel(DenoiserModel):
+    """A diffusers ``UNet2DModel`` + DDPM-type scheduler as an EDM denoiser D(x, sigma) (k-diffusion style).
+
+    ``sigmas_`` (T,) = sqrt((1 - alphas_cumprod) / alphas_cumprod) ascending with t; a sigma between
+    two of them maps to the fractional timestep interpolated linearly in log sigma (k-diffusion
+    ``DiscreteSchedule.sigma_to_t``), clamped to the covered range.
+    """
+
+    def __init__(self, path, *, device: str = "auto", num_steps: int = 32, batch_size: int = 256, sigma_data: float = 0.5):
+        try:
+            import diffusers
+        except ImportError:
+            raise DiffauditError("the diffusers: adapter needs the optional 'diffusers' package; pip install 'diffaudit[diffusers]'.") from None
+        import torch
+
+        from diffaudit.device import resolve_device
+        from diffaudit.models.sampler import SamplerConfig
+
+        path = Path(os.fspath(path)).expanduser()
+        unet_dir, sched_dir = _find_parts(path)
+        try:
+            unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=None)
+            sched_cfg = diffusers.DDPMScheduler.load_config(str(sched_dir))
+            cls_name = sched_cfg.get("_class_name", "DDPMScheduler")
+            sched_cls = getattr(diffusers, cls_name, None) or diffusers.DDPMScheduler
+            scheduler = sched_cls.from_config(sched_cfg)
+        except DiffauditError:
+            raise
+        except Exception as e:
+            raise DiffauditError(f"diffusers model {path}: cannot load it ({type(e).__name__}: {str(e)[:160]}); is it a UNet2DModel pipeline?") from None
+        ac = getattr(scheduler, "alphas_cumprod", None)
+        if ac is None:
+            raise DiffauditError(f"diffusers model {path}: scheduler {cls_name} has no alphas_cumprod; only DDPM-type discrete schedulers are supported.")
+        ac = np.asarray(torch.as_tensor(ac).double().cpu().numpy(), dtype=np.float64)
+        self.prediction_type = str(getattr(scheduler.config, "prediction_type", "epsilon"))
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise DiffauditError(f"diffusers model {path}: prediction_type {self.prediction_type!r} is not supported.")
+        self.sigmas_ = np.sqrt((1.0 - ac) / ac)
+        self.log_sigmas_ = np.log(self.sigmas_)
+        self.device = resolve_device(device)
+        self.unet = unet.to(self.device).eval()
+        for p in self.unet.parameters():
+            p.requires_grad_(False)
+        c = int(unet.config.in_channels)
+        size = unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        super().__init__((c, int(h), int(w)), sigma_data=sigma_data, num_steps=num_steps, batch_size=batch_size)
+        base = SamplerConfig.for_data(sigma_data, num_steps=num_steps)
+        self.sampler_config = SamplerConfig(
+            num_steps=num_steps, sigma_min=max(base.sigma_min, float(self.sigmas_.min())),
+            sigma_max=min(base.sigma_max, float(self.sigmas_.max())), rho=base.rho,
+        )
+        self.name = f"diffusers:{path}"
+
+    def sigma_to_t(self, sigma: float) -> float:
+        """Fractional timestep of ``sigma`` (interpolated in log sigma; clamped to the schedule)."""
+        ls = np.log(np.clip(float(sigma), self.sigmas_.min(), self.sigmas_.max()))
+        return float(np.interp(ls, self.log_sigmas_, np.arange(len(self.sigmas_), dtype=np.float64)))
+
+    def denoise(self, x: np.ndarray, sigma: float) -> np.ndarray:
+        import torch
+
+        x = np.asarray(x, dtype=np.float64)
+        if tuple(x.shape[1:]) != self.shape:
+            raise DiffauditError(f"diffusers model: input of shape {x.shape} does not match its sample shape {self.shape}.")
+        sigma = float(np.asarray(sigma).reshape(-1)[0]) if np.ndim(sigma) else float(sigma)
+        t = self.sigma_to_t(sigma)
+        c_in = 1.0 / np.sqrt(1.0 + sigma**2)
+        out = np.empty_like(x)
+        with torch.no_grad():
+            for i in range(0, len(x), self.batch_size):
+                xb = x[i : i + self.batch_size]
+                inp = torch.from_numpy((xb * c_in).astype(np.float32)).to(self.device)
+                tt = torch.full((len(xb),), t, dtype=torch.float32, device=self.device)
+                y = self.unet(inp, tt).sample.double().cpu().numpy()
+                if self.prediction_type == "epsilon":
+                    out[i : i + len(xb)] = xb - sigma * y
+                elif self.prediction_type == "v_prediction":
+                    out[i : i + len(xb)] = xb / (1.0 + sigma**2) - sigma / np.sqrt(1.0 + sigma**2) * y
+                else:
+                    out[i : i + len(xb)] = y
+        return out

@@ -1,0 +1,562 @@
+"""Data-scaling sweeps: train and audit one model per cell, resumably, on local processes or Ray.
+
+Layout of a sweep folder ``DIR``::
+
+    DIR/sweep.json               spec copy + every cell's record, written before any cell starts
+    DIR/cells/<cell-id>/         one complete cell (renamed into place only when finished):
+        cell.json                the cell's record (config, budget, derived seeds, device, threads)
+        report.json              diffaudit.report/1 (as ``diffaudit audit``), plus a "sweep" section
+        metrics.parquet          from run_audit
+        checkpoint/              model.safetensors + config.json (trained cells)
+    DIR/cells/.<cell-id>.*.tmp   a cell being written (removed on resume)
+
+A cell is complete iff ``DIR/cells/<cell-id>/report.json`` exists: cells are built in a temporary
+sibling folder and renamed in one ``os.replace`` (``diffaudit.fileio.atomic_directory``), so a kill -9 at
+any moment leaves either a complete cell or a temp folder that the next run deletes. Every cell's
+numbers depend only on its own record (seeds per cell, fixed thread count per worker), never on the
+order in which cells run, so a resumed sweep ends with the same results as an uninterrupted one.
+
+Training runs cell by cell (one ``diffaudit.train.train`` per cell). The vmap trainer
+(``diffaudit.harness.vmap``) is not used: on CPU it measured no faster than a loop for the 3 x 256 MLP
+of the presets (0.84x for 8 models), and a group's numbers would depend on its composition.
+
+Executors: ``local`` runs cells in this process (``workers == 1``) or in a spawn process pool, each
+worker with a fixed torch thread count (one GPU per worker on CUDA); ``ray`` submits each cell as a
+task with ``num_cpus`` = threads and ``num_gpus`` = 1 on CUDA, to ``ray.init(address=...)`` or a local
+instance. On a cluster, ``DIR`` must be on a file system that every node sees under the same path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+
+from diffaudit.errors import DiffauditError
+from diffaudit.fileio import atomic_directory, atomic_write_json
+from diffaudit.sweeps.spec import (
+    CELL_SCHEMA,
+    SPEC_SCHEMA,
+    Cell,
+    SweepSpec,
+    derive_seed,
+    expand,
+    load_preset,
+    load_spec,
+)
+
+CellFn = Callable[[dict, Path, str], dict]
+
+
+# ------------------------------------------------------------------------------------------ one cell
+
+
+def _fd_floor(ds, record: dict, holdout: np.ndarray) -> float | None:
+    """Data-vs-data Frechet distance at the audit's sample sizes: a fresh draw of ``n_samples`` true
+    samples against the same holdout. FD is biased upwards by finite samples; this is the value a
+    perfect model would get, i.e. the noise floor of ``probes.convergence.fd``."""
+    try:
+        from diffaudit.probes.convergence import frechet_distance
+    except ImportError:
+        return None
+    fresh = ds.sample(int(record["n_samples"]), derive_seed(record["seed"], "floor"))[0]
+    a = fresh.reshape(len(fresh), -1)
+    b = holdout.reshape(len(holdout), -1)
+    r = frechet_distance(a, b)
+    return float(getattr(r, "value", getattr(r, "fd", r)))
+
+
+def _train_model(record: dict, x: np.ndarray, device: str, out_dir: Path | None, seed: int):
+    from diffaudit.models.checkpoint import CheckpointModel
+    from diffaudit.harness.train import TrainConfig, train
+
+    cfg = TrainConfig(steps=int(record["steps"]), seed=int(seed), device=device, **record["train"])
+    res = train(x, record["model"], cfg, out_dir=out_dir, progress=False, dataset_spec=record["dataset_spec"])
+    model = CheckpointModel(precond=res.ema, config=res.config, device="cpu" if device == "cpu" else device,
+                            num_steps=int(record["sampler_steps"]))
+    return model, res
+
+
+def _reproducibility(model_a, model_b, record: dict) -> dict:
+    """Disjoint-split reproducibility (Zhang et al. 2023; Kadkhodaie et al. 2024): two models trained on
+    disjoint sets of the same size, sampled from the same noise (``diffaudit.sweeps.reproducibility``)."""
+    from diffaudit.sweeps.reproducibility import disjoint_reproducibility
+
+    r = disjoint_reproducibility(model_a, model_b, int(record["n_samples"]), seed=derive_seed(record["seed"], "repro"))
+    return {"rp": {"value": float(r.rp), "ci": None if r.rp_ci is None else [float(v) for v in r.rp_ci]},
+            "mean_similarity": float(r.mean_similarity), "threshold": float(r.threshold), "n": int(r.n)}
+
+
+def _audit(model, x_train, x_hold, ds, record: dict, out_dir: Path, device: str) -> dict:
+    """``run_audit`` into ``out_dir`` (report.json, metrics.parquet, copies, HTML land in the cell folder)."""
+    import dataclasses
+
+    from diffaudit.pipeline.run import AuditConfig, run_audit
+
+    opts = dict(record["audit_options"])
+    fields = {f.name for f in dataclasses.fields(AuditConfig)}
+    unknown = sorted(set(opts) - fields)
+    if unknown:
+        raise DiffauditError(f"[audit] options {', '.join(unknown)} are not AuditConfig fields; "
+                             f"valid: {', '.join(sorted(fields))}.")
+    opts.setdefault("n_samples", int(record["n_samples"]))
+    opts.setdefault("seed", int(record["seed"]))
+    opts.setdefault("device", "cpu" if device == "cpu" else device)
+    opts["kid_subset_size"] = min(int(opts.get("kid_subset_size", 1000)), int(record["n_samples"]),
+                                  int(record["n_holdout"]))
+    cfg = AuditConfig(**opts)
+    sub = out_dir / "audit"  # run_audit builds its own folder atomically; its files are moved up
+    report = run_audit(model, train=x_train, holdout=x_hold, dataset=ds, config=cfg, out_dir=sub,
+                       model_spec=record["model"], inputs={"sweep_cell": record["cell_id"]})
+    for p in sub.iterdir():
+        os.replace(p, out_dir / p.name)
+    sub.rmdir()
+    return report
+
+
+def compute_cell(record: dict, out_dir: Path, device: str = "cpu") -> dict:
+    """Train (or fit the control) and audit one cell into ``out_dir`` (an empty folder); return its report.
+
+    This is the default cell function; ``run_sweep(cell_fn=...)`` takes any function with the same
+    signature that writes ``report.json`` into ``out_dir``.
+    """
+    from diffaudit.datasets.base import get_dataset
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    ds = get_dataset(record["dataset"], **record["params"])
+    x_train = ds.sample(int(record["n_train"]), int(record["seed"]))[0]
+    x_hold = ds.sample(int(record["n_holdout"]), int(record["holdout_seed"]))[0]
+    timings["data"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    train_info: dict = {"steps": int(record["steps"]), "budget": record["budget"]}
+    model_b = None
+    if record["model"].startswith("control:"):
+        from diffaudit.models.controls import make_control
+
+        model = make_control(record["model"].split(":", 1)[1], train=x_train, dataset=ds,
+                             num_steps=int(record["sampler_steps"]))
+    else:
+        model, res = _train_model(record, x_train, device, out_dir / "checkpoint", int(record["seed"]))
+        if res.stats:
+            train_info["final_loss"] = float(res.stats[-1]["loss"])
+        if record["reproducibility"]:
+            x_b = ds.sample(int(record["n_train"]), derive_seed(record["seed"], "half-b"))[0]
+            # its own initialisation too: agreement must come from the data, not from a shared init
+            model_b, _ = _train_model(record, x_b, device, out_dir / "checkpoint_b", derive_seed(record["seed"], "half-b"))
+    timings["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report = _audit(model, x_train, x_hold, ds, record, out_dir, device)
+    timings["audit"] = time.perf_counter() - t
+    t = time.perf_counter()
+    floor = _fd_floor(ds, record, x_hold)
+    timings["floor"] = time.perf_counter() - t
+    extra: dict = {}
+    if model_b is not None:
+        t = time.perf_counter()
+        extra["reproducibility"] = _reproducibility(model, model_b, record)
+        timings["reproducibility"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    report = dict(report)
+    report["sweep"] = {
+        "cell_id": record["cell_id"],
+        "cell": {k: record[k] for k in ("dataset", "params", "dataset_spec", "d", "n_train", "seed", "model",
+                                        "model_label", "n_samples", "n_holdout")},
+        "train": train_info,
+        "fd_floor": None if floor is None else {"value": floor, "ci": None},
+        **extra,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    atomic_write_json(out_dir / "report.json", _jsonable(report))
+    return report
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def cell_dir(out: Path, cell_id: str) -> Path:
+    return Path(out) / "cells" / cell_id
+
+
+def is_complete(out: Path, cell_id: str) -> bool:
+    return (cell_dir(out, cell_id) / "report.json").is_file()
+
+
+def run_one(record: dict, out: str, device: str = "cpu", threads: int = 0, cell_fn: CellFn | None = None) -> dict:
+    """Run one cell into ``out/cells/<id>`` atomically (skips a complete one). Returns a status dict."""
+    out = Path(out)
+    cid = record["cell_id"]
+    if is_complete(out, cid):
+        return {"cell_id": cid, "status": "skipped", "seconds": 0.0}
+    if threads:
+        with contextlib.suppress(ImportError):
+            import torch
+
+            torch.set_num_threads(int(threads))
+        with contextlib.suppress(ImportError, AttributeError):
+            import faiss
+
+            faiss.omp_set_num_threads(int(threads))
+    fn = cell_fn or compute_cell
+    t0 = time.perf_counter()
+    final = cell_dir(out, cid)
+    try:
+        # overwrite: a folder without report.json under the final name is not a cell; replace it
+        with atomic_directory(final, overwrite=True) as tmp:
+            atomic_write_json(tmp / "cell.json", {**record, "device": device, "threads": int(threads)})
+            fn(record, tmp, device)
+            if not (tmp / "report.json").is_file():
+                raise RuntimeError(f"cell function wrote no report.json for {cid}")
+    except DiffauditError as e:
+        return {"cell_id": cid, "status": "failed", "error": str(e), "seconds": time.perf_counter() - t0}
+    except Exception as e:  # a bug of ours or a diverged run: report, keep the other cells going
+        return {"cell_id": cid, "status": "failed", "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(), "seconds": time.perf_counter() - t0}
+    return {"cell_id": cid, "status": "done", "seconds": time.perf_counter() - t0}
+
+
+def run_unit(records: list[dict], out: str, device: str = "cpu", threads: int = 0,
+             cell_fn: CellFn | None = None) -> list[dict]:
+    """A unit of work for an executor: one or more cells, run in order."""
+    return [run_one(r, out, device, threads, cell_fn) for r in records]
+
+
+# ------------------------------------------------------------------------------------------ the sweep
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    n_cells: int
+    already_complete: int
+    done: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    cell_seconds: dict = field(default_factory=dict)
+
+
+def clean_stale(out: Path) -> int:
+    """Delete temp folders left by a killed run (``cells/.<id>.*.tmp`` / ``.old``)."""
+    cells = Path(out) / "cells"
+    k = 0
+    if cells.is_dir():
+        for p in cells.iterdir():
+            if p.name.startswith(".") and (p.name.endswith(".tmp") or p.name.endswith(".old")):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                k += 1
+    return k
+
+
+@contextlib.contextmanager
+def _sweep_lock(out: Path):
+    """One sweep process per folder (an flock, released by the kernel even after kill -9)."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / ".lock", "w")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DiffauditError(f"another sweep is running in {out}; wait for it or pass a new --out.") from None
+        yield
+    finally:
+        f.close()
+
+
+def _sweep_doc(spec: SweepSpec, cells: list[Cell]) -> dict:
+    from diffaudit import __version__
+    from diffaudit.hashing import params_sha256
+
+    return {
+        "schema": SPEC_SCHEMA,
+        "cell_schema": CELL_SCHEMA,
+        "name": spec.name,
+        "spec": spec.raw,
+        "spec_sha256": params_sha256(spec.raw),
+        "cells": [c.record() for c in cells],
+        "diffaudit_version": __version__,
+    }
+
+
+def prepare(spec: SweepSpec, out: Path, resume: bool) -> list[dict]:
+    """Check the folder, write sweep.json, clean stale temps; return every cell's record."""
+    out = Path(out)
+    cells = expand(spec)
+    records = [c.record() for c in cells]
+    doc = _sweep_doc(spec, cells)
+    sj = out / "sweep.json"
+    existing_cells = (out / "cells").is_dir() and any(not p.name.startswith(".") for p in (out / "cells").iterdir())
+    if sj.is_file():
+        try:
+            old = json.loads(sj.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        old_ids = [c.get("cell_id") for c in old.get("cells", [])]
+        if old_ids and old_ids != [r["cell_id"] for r in records] and existing_cells:
+            raise DiffauditError(f"{out} holds a different sweep (its sweep.json lists other cells); pass a new --out.")
+    if existing_cells and not resume:
+        raise DiffauditError(f"{out} already holds sweep cells; pass --resume to finish that sweep or a new --out.")
+    atomic_write_json(sj, doc)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
+    return records
+
+
+def default_workers(device: str) -> int:
+    if device.startswith("cuda") or device == "auto":
+        with contextlib.suppress(ImportError):
+            import torch
+
+            if torch.cuda.is_available():
+                return max(1, torch.cuda.device_count())
+    return max(1, os.cpu_count() or 1)
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        with contextlib.suppress(ImportError):
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _worker_init(threads: int, gpu_queue) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    if gpu_queue is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    prog = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                    disable=not enabled, transient=False)
+    return prog
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: str | Path,
+    *,
+    executor: str = "local",
+    workers: int | None = None,
+    resume: bool = False,
+    ray_address: str | None = None,
+    device: str = "cpu",
+    cell_fn: CellFn | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> SweepResult:
+    """Run (or finish) a sweep into ``out``. ``cell_fn(record, tmp_dir, device)`` computes one cell
+    (default ``compute_cell``); with ``workers == 1`` cells run in this process, in order."""
+    out = Path(out)
+    if executor not in ("local", "ray"):
+        raise DiffauditError(f"--executor {executor!r}: choose local or ray.")
+    if workers is not None and workers < 1:
+        raise DiffauditError(f"--workers must be >= 1, got {workers}.")
+    if threads is not None and threads < 1:
+        raise DiffauditError(f"--threads must be >= 1, got {threads}.")
+    if out.exists() and not out.is_dir():
+        raise DiffauditError(f"--out {out} is a file; pass a folder for the sweep.")
+    device = _resolve_device(device)
+    with _sweep_lock(out):
+        records = prepare(spec, out, resume)
+        pending = [r for r in records if not is_complete(out, r["cell_id"])]
+        res = SweepResult(out=out, n_cells=len(records), already_complete=len(records) - len(pending))
+        t0 = time.perf_counter()
+        n_workers = workers or default_workers(device)
+        # torch threads per worker: fixed by the command (not by how many cells are left), so a resumed
+        # run computes every cell with the same thread count as an uninterrupted one
+        threads = int(threads or max(1, (os.cpu_count() or 1) // n_workers))
+        units = [[r] for r in pending]
+        with _progress(len(records), res.already_complete, progress) as prog:
+            task = prog.add_task("", total=len(records), completed=res.already_complete)
+
+            def on_done(statuses: list[dict]) -> None:
+                for s in statuses:
+                    if s["status"] == "failed":
+                        res.failed.append(s)
+                        prog.console.print(f"[red]cell {s['cell_id']} failed:[/red] {s['error']}")
+                    elif s["status"] == "done":
+                        res.done.append(s["cell_id"])
+                        res.cell_seconds[s["cell_id"]] = s["seconds"]
+                    prog.update(task, advance=1, description=s["cell_id"][:48])
+
+            if executor == "ray":
+                _run_ray(units, out, device, threads, cell_fn, ray_address, on_done, n_workers)
+            elif n_workers == 1:
+                for u in units:
+                    on_done(run_unit(u, str(out), device, threads, cell_fn))
+            else:
+                _run_pool(units, out, device, threads, cell_fn, min(n_workers, len(units)), on_done)
+        res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _run_pool(units, out, device, threads, cell_fn, n_proc, on_done) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    if not units:
+        return
+    ctx = mp.get_context("spawn")
+    gpu_queue = None
+    if device.startswith("cuda"):
+        import torch
+
+        gpu_queue = ctx.Manager().Queue()
+        for i in range(n_proc):
+            gpu_queue.put(i % max(1, torch.cuda.device_count()))
+    with ProcessPoolExecutor(max_workers=n_proc, mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads, gpu_queue)) as pool:
+        futs = {pool.submit(run_unit, u, str(out), device, threads, cell_fn): u for u in units}
+        for f in as_completed(futs):
+            try:
+                on_done(f.result())
+            except Exception as e:  # the worker process died (OOM, signal)
+                on_done([{"cell_id": r["cell_id"], "status": "failed", "error": f"worker died: {e}", "seconds": 0.0}
+                         for r in futs[f]])
+
+
+def _run_ray(units, out, device, threads, cell_fn, address, on_done, n_workers) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise DiffauditError("--executor ray needs Ray; install it with pip install 'diffaudit[ray]'.") from None
+    if not units:
+        return
+    started = False
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+            else:
+                ray.init(num_cpus=n_workers * threads, ignore_reinit_error=True, log_to_driver=False,
+                         include_dashboard=False)
+        except ConnectionError as e:
+            raise DiffauditError(f"--ray-address {address}: could not connect to a Ray cluster ({e}); "
+                                 "start one with 'ray start --head' or omit --ray-address.") from None
+        started = True
+    try:
+        gpus = 1 if device.startswith("cuda") else 0
+        remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(_ray_unit)
+        futs = {remote.remote(u, str(out.resolve()), device, threads, cell_fn): u for u in units}
+        pending = list(futs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for f in done:
+                try:
+                    on_done(ray.get(f))
+                except Exception as e:  # the task's worker died
+                    on_done([{"cell_id": r["cell_id"], "status": "failed", "error": f"ray task failed: {e}",
+                              "seconds": 0.0} for r in futs[f]])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_unit(records, out, device, threads, cell_fn):
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    return run_unit(records, out, device, threads, cell_fn)
+
+
+# ------------------------------------------------------------------------------ one cell, for the demo
+
+
+def train_and_audit_cell(dataset_spec: str, n_train: int, model_spec: str, steps: int, seed: int, out_dir,
+                         *, n_samples: int = 2000, n_holdout: int = 2000, sampler_steps: int = 32,
+                         train: dict | None = None, audit_options: dict | None = None, device: str = "cpu") -> dict:
+    """Train ``model_spec`` on ``dataset.sample(n_train, seed)`` for ``steps`` steps and audit it, as a
+    sweep cell would; writes ``out_dir`` atomically (report.json, metrics.parquet, checkpoint/) and
+    returns the report dict. ``out_dir`` must not exist yet."""
+    from diffaudit.datasets.base import get_dataset, parse_spec
+
+    name, params = parse_spec(dataset_spec)
+    get_dataset(name, **params)
+    cell = Cell(dataset=name, params=params, n_train=int(n_train), seed=int(seed), model=model_spec,
+                steps=int(steps), budget={"rule": "steps", "steps": int(steps)}, train=dict(train or {}),
+                n_samples=int(n_samples), n_holdout=int(n_holdout), sampler_steps=int(sampler_steps),
+                audit_options=dict(audit_options or {}), reproducibility=False)
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise DiffauditError(f"{out_dir} already exists; pass a new folder for the cell.")
+    record = cell.record()
+    with atomic_directory(out_dir) as tmp:
+        atomic_write_json(tmp / "cell.json", {**record, "device": device})
+        report = compute_cell(record, tmp, device)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+@click.command("sweep")
+@click.argument("spec_path", required=False, type=click.Path(path_type=Path))
+@click.option("--preset", type=click.Choice(["quick", "paper"]), default=None,
+              help="A built-in spec instead of SPEC: quick (CPU, minutes) or paper (GPU-sized).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Sweep folder (DIR/cells/<id>/...).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", default=None, help="Address of a running Ray cluster (default: start a local one).")
+@click.option("--resume", is_flag=True, help="Finish a sweep in an existing --out (completed cells are kept).")
+@click.option("--workers", type=int, default=None, help="Parallel cells (default: CPU cores, or GPUs on CUDA).")
+@click.option("--threads", type=int, default=None,
+              help="Torch threads per worker (default: CPU cores / workers). Keep it fixed when resuming.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def sweep_cmd(spec_path, preset, out, executor, ray_address, resume, workers, threads, device, quiet):
+    """Train and audit one model per (dataset, d, n, seed) cell of a sweep spec.
+
+    \b
+    Examples:
+      diffaudit sweep --preset quick --out runs/quick
+      diffaudit sweep my_sweep.toml --out runs/big --executor ray --ray-address auto
+      diffaudit sweep my_sweep.toml --out runs/big --resume      # after an interruption
+      diffaudit thresholds runs/quick
+    """
+    if (spec_path is None) == (preset is None):
+        raise DiffauditError("give exactly one of SPEC.toml or --preset quick|paper.")
+    spec = load_preset(preset) if preset else load_spec(spec_path)
+    res = run_sweep(spec, out, executor=executor, workers=workers, resume=resume, ray_address=ray_address,
+                    device=device, progress=not quiet, threads=threads)
+    click.echo(f"sweep {spec.name}: {res.n_cells} cells, {res.already_complete} already complete, "
+               f"{len(res.done)} computed in {res.seconds:.1f}s, {len(res.failed)} failed; results in {out}")
+    if res.failed:
+        for f in res.failed[:5]:
+            click.echo(f"  failed {f['cell_id']}: {f['error']}", err=True)
+        click.echo(f"rerun with --resume to retry the {len(res.failed)} failed cell(s).", err=True)
+        return 1
+    return 0

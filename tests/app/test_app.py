@@ -1,0 +1,427 @@
+"""The Streamlit app (diffaudit.app): every page through ``streamlit.testing.v1.AppTest`` on results made by
+real small runs of the CLI (two audits and a tiny sweep + thresholds, built once per session), plus the
+data layer against a plain json.load reference, the empty/missing/corrupt cases and path safety."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from diffaudit.app import data  # noqa: E402
+
+APP = Path(data.__file__).resolve().parent
+PAGES = {"home": APP / "Home.py", "overview": APP / "pages" / "1_Overview.py", "audit": APP / "pages" / "2_Audit.py",
+         "scaling": APP / "pages" / "3_Scaling.py", "compare": APP / "pages" / "4_Compare.py"}
+
+SWEEP_SPEC = """
+name = "app-fixture"
+n = [32, 64, 128]
+seeds = [0, 1]
+model = "mlp:width=16,depth=2"
+controls = ["gaussian"]
+
+[[dataset]]
+name = "hidden-manifold"
+params = { d = [8, 16], D = 2 }
+
+[budget]
+rule = "steps"
+steps = 20
+
+[train]
+batch = 32
+warmup_steps = 2
+
+[audit]
+n_samples = 100
+n_holdout = 100
+sampler_steps = 4
+options = { n_boot = 2, kid_subsets = 3, mia_n = 30, mia_draws = 1 }
+"""
+N_CELLS = 2 * 3 * 2 * 2  # d x n x seeds x (model + gaussian)
+
+_BUILT: dict[str, Path] = {}
+
+
+def _cli(args: list[str], cache: Path) -> None:
+    env = {**os.environ, "DIFFAUDIT_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "diffaudit", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, f"diffaudit {' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+
+
+def build_results(tmp_path_factory) -> Path:
+    """Real runs through the CLI, once per test session (shared with test_app_browser.py)."""
+    if "root" in _BUILT:
+        return _BUILT["root"]
+    root = tmp_path_factory.mktemp("app-results")
+    cache = tmp_path_factory.mktemp("app-cache")
+    _cli(["audit", "--model", "control:memorizer", "--dataset", "hidden-manifold:d=8", "--n-train", "128",
+          "--n-samples", "150", "--num-steps", "8", "--out", str(root / "audits" / "memorizer-hm"), "--no-progress"], cache)
+    _cli(["audit", "--model", "control:memorizer", "--dataset", "sprites:oracle_steps=30", "--n-train", "64",
+          "--n-samples", "48", "--num-steps", "6", "--out", str(root / "audits" / "memorizer-sprites"), "--no-progress"], cache)
+    spec = root.parent / "app-fixture.toml"
+    spec.write_text(SWEEP_SPEC)
+    _cli(["sweep", str(spec), "--out", str(root / "sweeps" / "tiny"), "--quiet", "--workers", "2"], cache)
+    _cli(["thresholds", str(root / "sweeps" / "tiny"), "--n-boot", "20"], cache)
+    _BUILT["root"] = root
+    return root
+
+
+@pytest.fixture(scope="session")
+def results(tmp_path_factory) -> Path:
+    return build_results(tmp_path_factory)
+
+
+def page(name: str, roots, query: dict | None = None, monkeypatch=None) -> AppTest:
+    monkeypatch.setenv(data.ENV_RESULTS, os.pathsep.join(str(r) for r in roots))
+    at = AppTest.from_file(str(PAGES[name]), default_timeout=120)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def report_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "report.json").read_text())
+
+
+def texts(at: AppTest, kind: str) -> list[str]:
+    return [e.value for e in getattr(at, kind)]
+
+
+def figures(at: AppTest) -> list[dict]:
+    out = []
+    for el in at.get("plotly_chart"):
+        out.append(json.loads(el.proto.spec))
+    return out
+
+
+def arr(v) -> np.ndarray:
+    """A plotly array, also in its binary form {"dtype", "bdata"}."""
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+    return np.asarray(v, dtype=float)
+
+
+# ------------------------------------------------------------------------------------------- data layer
+
+
+def test_overview_matches_plain_json_reference(results):
+    df, problems, missing = data.overview([results])
+    assert problems == [] and missing == []
+    files = sorted(results.rglob("report.json"))
+    assert len(df) == len(files) == 2 + N_CELLS
+    assert (df["kind"] == "sweep cell").sum() == N_CELLS
+    for f in files:
+        rep = json.loads(f.read_text())
+        row = df[df["path"] == str(f.parent.resolve())].iloc[0]
+        for g, k in data.METRICS:
+            m = rep["probes"].get(g, {}).get(k)
+            if m is None:
+                assert pd.isna(row[f"{g}.{k}"])
+            else:
+                assert row[f"{g}.{k}"] == pytest.approx(m["value"], rel=1e-12, abs=0)
+                if m.get("ci"):
+                    assert (row[f"{g}.{k}.lo"], row[f"{g}.{k}.hi"]) == pytest.approx(tuple(m["ci"]))
+        for v in data.VERDICTS:
+            assert row[f"v_{v}"] == rep["verdict"][v]
+        if "sweep" in rep:
+            cell = rep["sweep"]["cell"]
+            assert (row["n_train"], row["d"], row["seed"], row["model_label"]) == (
+                cell["n_train"], cell["d"], cell["seed"], cell["model_label"])
+            assert row["sweep"] == "sweeps/tiny"
+            fd, floor = rep["probes"]["convergence"]["fd"]["value"], rep["sweep"]["fd_floor"]["value"]
+            assert row["fd_ratio"] == pytest.approx(min(1.0, floor / fd))
+        else:
+            assert row["n_train"] == rep["inputs"]["n_train"]
+
+
+@pytest.mark.parametrize("bad", ["0:../../etc", "0:/etc", "0:audits/../../..", "../audits", "/etc/passwd", "9:audits",
+                                 "0:audits\\..\\..", "0:audits/\x00", "", "x:audits", "0:audits"])
+def test_resolve_run_refuses_ids_outside_the_root(results, bad):
+    # "0:audits" is inside the root but is not a run (no report.json): refused as well
+    with pytest.raises(data.UnsafePathError):
+        data.resolve_run(bad, [results])
+
+
+def test_symlink_out_of_the_root_is_refused(results, tmp_path):
+    outside = tmp_path / "outside"
+    shutil.copytree(results / "audits" / "memorizer-hm", outside / "run")
+    root = tmp_path / "root"
+    shutil.copytree(results / "audits" / "memorizer-hm", root / "ok")
+    (root / "link").symlink_to(outside / "run", target_is_directory=True)
+    df, problems, _ = data.overview([root])
+    assert df["run_id"].tolist() == ["0:ok"]  # the symlinked folder is not followed
+    assert data.resolve_run("0:ok", [root]) == root / "ok"
+    with pytest.raises(data.UnsafePathError):
+        data.resolve_run("0:link", [root])
+    with pytest.raises(data.UnsafePathError):
+        data.artifact(root / "ok", "../../etc/passwd", [root])
+
+
+# ------------------------------------------------------------------------------------------- pages
+
+
+def test_home_page(results, monkeypatch):
+    at = page("home", [results], monkeypatch=monkeypatch)
+    assert texts(at, "title") == ["diffaudit"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics == {"runs": str(2 + N_CELLS), "audits": "2", "sweep cells": str(N_CELLS), "sweeps": "1"}
+
+
+def test_overview_page_filters_and_paginates(results, monkeypatch):
+    at = page("overview", [results], monkeypatch=monkeypatch)
+    assert texts(at, "title") == ["Overview"]
+    table = at.dataframe[0].value
+    assert len(table) == 2 + N_CELLS  # default page size 50
+    at.multiselect(key="ov_kind").set_value(["audit"]).run()
+    table = at.dataframe[0].value
+    assert sorted(table["run_id"]) == ["0:audits/memorizer-hm", "0:audits/memorizer-sprites"]
+    for _, r in table.iterrows():
+        rep = report_of(results / r["run_id"].split(":", 1)[1])
+        assert r["copy rate"] == pytest.approx(rep["probes"]["memorization"]["copy_rate"]["value"])
+        assert r["threshold 1"] == rep["verdict"]["convergence"]
+        assert r["open"] == "Audit?run=" + r["run_id"].replace(":", "%3A").replace("/", "%2F")
+    at.multiselect(key="ov_kind").set_value([]).run()
+    at.selectbox(key="ov_size").set_value(25).run()
+    at.number_input(key="ov_page").set_value(2).run()
+    assert len(at.dataframe[0].value) == 2 + N_CELLS - 25
+
+
+def test_audit_page_vector_run(results, monkeypatch):
+    run = results / "audits" / "memorizer-hm"
+    rep = report_of(run)
+    at = page("audit", [results], {"run": "0:audits/memorizer-hm"}, monkeypatch)
+    assert texts(at, "title") == ["Audit"]
+    assert texts(at, "header") == ["control:memorizer on hidden-manifold"]
+    assert any(rep["inputs"]["dataset"] in c for c in texts(at, "caption"))
+    assert not at.error
+    md = " ".join(texts(at, "markdown"))
+    for v in data.VERDICTS:  # the memorizer: copies everything, so memorization fails
+        assert {"pass": "PASS", "fail": "FAIL", "n/a": "n/a"}[rep["verdict"][v]] in md
+    assert rep["verdict"]["memorization"] == "fail"
+    shown = at.dataframe[0].value.set_index("name")
+    for name in data.PUBLIC_METRICS:
+        g, k = name.split(".")
+        m = rep["probes"][g][k]
+        if m is None:
+            assert pd.isna(shown.loc[name, "value"])
+        else:
+            assert shown.loc[name, "value"] == pytest.approx(m["value"])
+    assert shown.loc["memorization.copy_rate", "value"] == 1.0
+    subs = texts(at, "subheader")
+    assert subs[:4] == ["Verdicts", "Metrics", "Samples", "Copy gallery"]
+    assert "Per-factor fidelity" in subs and "Membership inference" in subs
+    titles = [f["layout"].get("title", {}).get("text", "") for f in figures(at)]
+    assert any("PCA" in t for t in titles)
+    pca = next(f for f in figures(at) if "PCA" in f["layout"]["title"]["text"])
+    copies = next(t for t in pca["data"] if t["name"] == "generated (copy)")
+    n_copy_pts = pd.read_parquet(run / "pca.parquet").query("set == 'generated' and is_copy").shape[0]
+    assert len(arr(copies["x"])) == n_copy_pts > 0
+    # most-copied training items agree with a pandas reference on copies.parquet
+    cp = pd.read_parquet(run / "copies.parquet")
+    ref = cp[cp["is_copy"]].groupby("nn_index").size().sort_values(ascending=False)
+    mc = at.dataframe[2].value
+    assert mc["copies"].iloc[0] == ref.iloc[0]
+
+
+def test_audit_page_image_run_shows_thumbnails_and_gallery(results, monkeypatch):
+    run = results / "audits" / "memorizer-sprites"
+    at = page("audit", [results], {"run": "0:audits/memorizer-sprites"}, monkeypatch)
+    with np.load(run / "thumbs.npz") as z:
+        n_pairs = len(z["pairs_generated"])
+    assert len(at.get("image")) == 1 + n_pairs  # the sample grid + one image per stored pair
+    assert "Per-factor fidelity" in texts(at, "subheader")
+    at.radio(key="audit_gallery_sort").set_value("d1").run()
+    assert not at.exception
+    at.selectbox(key="audit_copies_sort").set_value("d1 (desc)").run()
+    assert not at.exception
+    d1 = at.dataframe[1].value["d1"].to_numpy()
+    assert np.all(np.diff(d1) <= 0)
+
+
+@pytest.mark.parametrize("bad", ["0:../../../etc", "/etc/passwd", "0:audits/../../x", "7:audits/memorizer-hm"])
+def test_audit_page_refuses_path_traversal(results, monkeypatch, bad):
+    at = page("audit", [results], {"run": bad}, monkeypatch)
+    assert any(e.startswith("Refused:") for e in texts(at, "error"))
+    assert texts(at, "header")[0].startswith("control:")  # falls back to a run from the list, nothing else read
+
+
+def test_scaling_page(results, monkeypatch):
+    at = page("scaling", [results], monkeypatch=monkeypatch)
+    assert texts(at, "title") == ["Scaling"]
+    at.selectbox(key="sc_metric").set_value("memorization.copy_rate").run()
+    at.selectbox(key="sc_d").set_value(8).run()
+    assert not at.exception
+    subs = texts(at, "subheader")
+    assert subs == ["copy rate against n", "Phase diagram (n × d)", "Exponents: log n* against log d"]
+    figs = figures(at)
+    curve = figs[0]
+    df, _, _ = data.overview([results])
+    cells = df[(df["kind"] == "sweep cell") & (df["d"] == 8)]
+    for label in ("gaussian", "model"):
+        tr = next(t for t in curve["data"] if t["name"] == f"{label} (mean over seeds)")
+        ref = cells[cells["model_label"] == label].groupby("n_train")["memorization.copy_rate"].mean()
+        assert arr(tr["x"]).tolist() == [32.0, 64.0, 128.0]
+        np.testing.assert_allclose(arr(tr["y"]), ref.to_numpy())
+    assert curve["layout"]["xaxis"]["type"] == "log"
+    heat = figs[1]["data"][0]
+    assert heat["type"] == "heatmap" and heat["y"] == ["8", "16"] and heat["x"] == ["32", "64", "128"]
+    thr = json.loads((results / "sweeps" / "tiny" / "thresholds.json").read_text())
+    notes = at.dataframe[0].value["note"].tolist()
+    assert thr["groups"][0]["n1_star"]["message"] in notes
+
+
+def test_scaling_page_draws_fitted_thresholds(results, monkeypatch, tmp_path):
+    # the real sweep, with its thresholds.json edited so that n1* and n2* lie inside the grid
+    sweep = tmp_path / "root" / "tiny"
+    shutil.copytree(results / "sweeps" / "tiny", sweep)
+    thr = json.loads((sweep / "thresholds.json").read_text())
+    for g in thr["groups"]:
+        g["n1_star"].update(status="fit", n_star=50.0 * g["d"] / 8, n_star_ci=[40.0 * g["d"] / 8, 60.0 * g["d"] / 8])
+        g["n2_star"].update(status="fit", n_star=100.0, n_star_ci=[80.0, 120.0])
+    thr["exponents"] = [{"dataset": "hidden-manifold", "params": {"D": 2}, "model": "model", "metric": "fd_ratio",
+                         "threshold": 1, "d": [8, 16], "n_star": [50.0, 100.0], "b": 1.0, "c": float(np.log(50 / 8)),
+                         "b_ci": [0.8, 1.2], "status": "fit", "message": "n* ~ d^1.00"}]
+    (sweep / "thresholds.json").write_text(json.dumps(thr))
+    at = page("scaling", [tmp_path / "root"], monkeypatch=monkeypatch)
+    at.selectbox(key="sc_d").set_value(8).run()
+    curve, _, expo = figures(at)
+    xs = sorted(s["x0"] for s in curve["layout"]["shapes"] if s["type"] == "line")
+    assert xs == [50.0, 50.0, 100.0, 100.0]  # n1* and n2* of both models
+    rects = sorted((s["x0"], s["x1"]) for s in curve["layout"]["shapes"] if s["type"] == "rect")
+    assert rects[0] == (40.0, 60.0)
+    fit = next(t for t in expo["data"] if t["name"].startswith("model fd_ratio"))
+    np.testing.assert_allclose(arr(fit["y"]), [50.0, 100.0])
+
+
+def test_compare_page(results, monkeypatch):
+    a, b = "0:audits/memorizer-hm", "0:audits/memorizer-sprites"
+    at = page("compare", [results], {"runs": [a, b]}, monkeypatch)
+    assert texts(at, "title") == ["Compare"]
+    assert texts(at, "subheader") == ["Verdicts", "Metrics", "Overlaid curves"]
+    table = at.dataframe[2].value
+    assert len(table.columns) == 2
+    for col, rid in zip(table.columns, (a, b), strict=True):
+        rep = report_of(results / rid.split(":", 1)[1])
+        m = rep["probes"]["memorization"]["copy_rate"]
+        assert table.loc["copy rate", col].startswith(f"{m['value']:.4g}")
+        fd = rep["probes"]["convergence"]["fd_train_holdout"]
+        assert table.loc["FD noise floor (train vs holdout)", col] == f"{fd['value']:.4g} [{fd['ci'][0]:.4g}, {fd['ci'][1]:.4g}]"
+    names = {t["name"] for f in figures(at) for t in f["data"]}
+    assert {n for n in names if n.startswith(("A:", "B:"))} and len(figures(at)) >= 3
+    at = page("compare", [results], {"runs": [a, "0:../../etc/passwd"]}, monkeypatch)
+    assert any(e.startswith("Refused:") for e in texts(at, "error"))
+
+
+# ------------------------------------------------------------------------------------------- robustness
+
+
+@pytest.mark.parametrize("name", list(PAGES))
+def test_empty_root_shows_a_friendly_empty_state(tmp_path, monkeypatch, name):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    at = page(name, [empty], monkeypatch=monkeypatch)
+    assert any("No audits or sweep cells found" in i for i in texts(at, "info"))
+    assert not at.error
+
+
+def test_missing_root_is_named(tmp_path, monkeypatch):
+    at = page("overview", [tmp_path / "nope"], monkeypatch=monkeypatch)
+    assert any("does not exist" in w and "nope" in w for w in texts(at, "warning"))
+    assert any("No audits or sweep cells found" in i for i in texts(at, "info"))
+
+
+def test_corrupt_and_partial_runs_are_skipped_with_a_warning(results, tmp_path, monkeypatch):
+    root = tmp_path / "mixed"
+    good = results / "audits" / "memorizer-hm"
+    shutil.copytree(good, root / "good")
+    shutil.copytree(good, root / "truncated")
+    txt = (good / "report.json").read_text()
+    (root / "truncated" / "report.json").write_text(txt[: len(txt) // 2])
+    shutil.copytree(good, root / "partial")
+    (root / "partial" / "report.json").unlink()
+    shutil.copytree(good, root / "wrong-schema")
+    (root / "wrong-schema" / "report.json").write_text(json.dumps({"schema": "something/9"}))
+    (root / ".good.1234.tmp").mkdir()  # an atomic write in progress: ignored silently
+    (root / ".good.1234.tmp" / "metrics.parquet").write_bytes(b"")
+    df, problems, _ = data.overview([root])
+    assert df["run_id"].tolist() == ["0:good"]
+    assert sorted(Path(p.path).name for p in problems) == ["partial", "truncated", "wrong-schema"]
+    for name in ("overview", "audit", "compare"):
+        at = page(name, [root], monkeypatch=monkeypatch)
+        warns = " ".join(texts(at, "warning"))
+        for bad in ("partial", "truncated", "wrong-schema"):
+            assert f"{root / bad}" in warns
+    at = page("overview", [root], monkeypatch=monkeypatch)
+    assert at.metric[0].value == "1"
+
+
+def test_corrupt_parquet_inside_a_run_is_a_warning_not_a_crash(results, tmp_path, monkeypatch):
+    root = tmp_path / "r"
+    shutil.copytree(results / "audits" / "memorizer-hm", root / "run")
+    (root / "run" / "copies.parquet").write_bytes(b"PAR1 not really parquet")
+    (root / "run" / "metrics.parquet").write_bytes(b"garbage")
+    at = page("audit", [root], {"run": "0:run"}, monkeypatch)
+    warns = " ".join(texts(at, "warning"))
+    assert "copies.parquet skipped" in warns and "metrics.parquet skipped" in warns
+    rep = report_of(root / "run")
+    shown = at.dataframe[0].value.set_index("name")  # metrics fall back to report.json
+    assert shown.loc["convergence.kid", "value"] == pytest.approx(rep["probes"]["convergence"]["kid"]["value"])
+
+
+def test_symlinked_artifact_out_of_the_root_is_refused_on_the_page(results, tmp_path, monkeypatch):
+    root = tmp_path / "r"
+    shutil.copytree(results / "audits" / "memorizer-hm", root / "run")
+    secret = tmp_path / "secret.parquet"
+    shutil.copy(root / "run" / "copies.parquet", secret)
+    (root / "run" / "copies.parquet").unlink()
+    (root / "run" / "copies.parquet").symlink_to(secret)
+    at = page("audit", [root], {"run": "0:run"}, monkeypatch)
+    assert any("copies.parquet skipped" in w and "outside" in w for w in texts(at, "warning"))
+    assert "Most-copied training items" not in " ".join(texts(at, "markdown"))
+
+
+def test_overview_cache_follows_file_changes(results, tmp_path, monkeypatch):
+    root = tmp_path / "live"
+    shutil.copytree(results / "audits" / "memorizer-hm", root / "a")
+    at = page("overview", [root], monkeypatch=monkeypatch)
+    assert at.metric[0].value == "1"
+    shutil.copytree(results / "audits" / "memorizer-sprites", root / "b")
+    at.run()
+    assert at.metric[0].value == "2"
+    rep = report_of(root / "a")
+    rep["probes"]["memorization"]["copy_rate"]["value"] = 0.123
+    (root / "a" / "report.json").write_text(json.dumps(rep))
+    at.run()
+    assert 0.123 in at.dataframe[0].value["copy rate"].tolist()
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def test_app_command_binds_localhost_by_default(tmp_path):
+    from diffaudit.cli.app import entry_script, streamlit_argv
+
+    argv = streamlit_argv(8600, "127.0.0.1")
+    assert argv[argv.index("--server.address") + 1] == "127.0.0.1"
+    assert argv[argv.index("--server.port") + 1] == "8600"
+    assert argv[argv.index("--browser.gatherUsageStats") + 1] == "false"
+    assert entry_script().is_file() and (entry_script().parent / "pages" / "2_Audit.py").is_file()
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    r = subprocess.run([sys.executable, "-m", "diffaudit", "app", "--results", str(f)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: --results") and "Traceback" not in r.stderr
