@@ -45,13 +45,13 @@ oracle's training (the sprites have no random structure).
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
 
 from diffaudit.datasets.base import Dataset, Factor, check_n, check_samples, register
 from diffaudit.errors import DiffauditError
+from diffaudit.paths import cache_root
 
 SHAPES = ("square", "ellipse", "triangle")
 PERIODS = np.array([np.pi / 2, np.pi, 2 * np.pi / 3])  # rotational symmetry of each shape
@@ -121,7 +121,7 @@ def _render_shape(s: int, scale, theta, posx, posy, size: int) -> np.ndarray:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("DIFFAUDIT_CACHE_DIR") or Path.home() / ".cache" / "diffaudit")
+    return cache_root()
 
 
 _ORACLES: dict[str, object] = {}

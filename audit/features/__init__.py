@@ -71,8 +71,8 @@ import numpy as np
 from diffaudit.errors import DiffauditError
 from diffaudit.fileio import atomic_path, atomic_write_json
 from diffaudit.hashing import array_sha256, cache_key, params_sha256
+from diffaudit.paths import cache_root
 
-ENV_CACHE = "DIFFAUDIT_CACHE_DIR"
 ENV_INCEPTION = "DIFFAUDIT_INCEPTION_WEIGHTS"
 ENV_CLIP = "DIFFAUDIT_CLIP_WEIGHTS"
 ENV_DINOV2 = "DIFFAUDIT_DINOV2_WEIGHTS"
@@ -944,7 +944,7 @@ DinoViT = _LazyDinoViT()
 
 def default_cache_dir() -> Path:
     """``$DIFFAUDIT_CACHE_DIR`` or ``~/.cache/diffaudit``."""
-    return Path(os.environ.get(ENV_CACHE) or "~/.cache/diffaudit").expanduser()
+    return cache_root()
 
 
 def feature_cache_path(x: np.ndarray, embedder: Embedder, cache_dir=None) -> Path:

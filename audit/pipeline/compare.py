@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from diffaudit.errors import DiffauditError
+from diffaudit.fileio import jsonable
 
 # metric name -> what it reports (help text and the table's order)
 METRICS: dict[str, str] = {
@@ -115,15 +116,6 @@ def run_metrics(gen, ref, metrics: list[str], *, seed: int = 0, n_boot: int = 0,
     return {m: out[m] for m in metrics if m in out}
 
 
-def _jsonable(obj):
-    """Replace non-finite floats by None (JSON has no NaN) recursively."""
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
@@ -222,7 +214,7 @@ def compare_cmd(gen, ref, feature_spec, metrics_spec, json_out, seed, gen_key, r
                           kid_size=kid_size, kl_ridge=kl_ridge, budget_mib=budget_mib)
     doc = {"schema": "diffaudit.compare/1", "gen": str(gen), "ref": str(ref), "features": feature_spec,
            "embedder": emb["id"], "random_init": emb["random_init"], "n_gen": int(len(f_gen)),
-           "n_ref": int(len(f_ref)), "dim": int(f_gen.shape[1]), "seed": seed, "metrics": _jsonable(results)}
+           "n_ref": int(len(f_ref)), "dim": int(f_gen.shape[1]), "seed": seed, "metrics": jsonable(results)}
     if json_out is not None:
         from diffaudit.fileio import atomic_write_json
 

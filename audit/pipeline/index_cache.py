@@ -9,7 +9,6 @@ Cache folder: ``$DIFFAUDIT_CACHE_DIR/faiss`` (default ``~/.cache/diffaudit/faiss
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,14 @@ import numpy as np
 from diffaudit.errors import DiffauditError
 from diffaudit.fileio import atomic_path
 from diffaudit.hashing import array_sha256, cache_key, params_sha256
+from diffaudit.paths import cache_root
 
 INDEX_FORMAT = 1  # bump when build_index changes what it builds
 _BUILD_KEYS = ("index", "metric", "nlist", "seed", "train_size")
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("DIFFAUDIT_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "diffaudit"
-    )
-    return Path(root) / "faiss"
+    return cache_root("faiss")
 
 
 def index_path(xb: np.ndarray, params: dict[str, Any]) -> Path:

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from diffaudit.errors import DiffauditError
+from diffaudit.fileio import atomic_directory, jsonable
 
 SCHEMA = "diffaudit.report/1"
 
@@ -78,23 +79,10 @@ def build_report(*, probes: dict, verdict: dict, reasons: dict, thresholds: dict
         "timings": dict(timings),
         "inputs": inputs,
         "skipped": skipped,
-        "details": _jsonable(details),
+        "details": jsonable(details),
     }
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if np.isfinite(v) else None
-    return obj
 
 
 def metric_rows(report: dict) -> list[dict]:
@@ -157,7 +145,7 @@ def _data_uri(png: bytes) -> str:
 def write_report_dir(out_dir: Path, report: dict, art: dict, *, overwrite: bool = False,
                      t_report_start: float | None = None) -> Path:
     """Write the whole report directory atomically (see the module docstring)."""
-    from diffaudit.fileio import atomic_directory
+
 
     t0 = t_report_start or time.perf_counter()
     out_dir = Path(out_dir)

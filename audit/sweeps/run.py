@@ -42,7 +42,7 @@ import click
 import numpy as np
 
 from diffaudit.errors import DiffauditError
-from diffaudit.fileio import atomic_directory, atomic_write_json
+from diffaudit.fileio import atomic_directory, atomic_write_json, jsonable
 from diffaudit.sweeps.spec import (
     CELL_SCHEMA,
     SPEC_SCHEMA,
@@ -76,8 +76,8 @@ def _fd_floor(ds, record: dict, holdout: np.ndarray) -> float | None:
 
 
 def _train_model(record: dict, x: np.ndarray, device: str, out_dir: Path | None, seed: int):
-    from diffaudit.models.checkpoint import CheckpointModel
     from diffaudit.harness.train import TrainConfig, train
+    from diffaudit.models.checkpoint import CheckpointModel
 
     cfg = TrainConfig(steps=int(record["steps"]), seed=int(seed), device=device, **record["train"])
     res = train(x, record["model"], cfg, out_dir=out_dir, progress=False, dataset_spec=record["dataset_spec"])
@@ -176,22 +176,10 @@ def compute_cell(record: dict, out_dir: Path, device: str = "cpu") -> dict:
         **extra,
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
-    atomic_write_json(out_dir / "report.json", _jsonable(report))
+    atomic_write_json(out_dir / "report.json", jsonable(report))
     return report
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def cell_dir(out: Path, cell_id: str) -> Path:

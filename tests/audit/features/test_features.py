@@ -379,7 +379,7 @@ def test_cache_key_covers_input_id_and_params(images, tmp_path, monkeypatch):
     d2.mean = (0.5, 0.5, 0.5)
     assert d1.id == d2.id and feature_cache_path(images, d1, tmp_path) != feature_cache_path(images, d2, tmp_path)
     # default folder from the environment, argument wins
-    monkeypatch.setenv(feat.ENV_CACHE, str(tmp_path / "env"))
+    monkeypatch.setenv("DIFFAUDIT_CACHE_DIR", str(tmp_path / "env"))
     assert str(feature_cache_path(images, e)).startswith(str(tmp_path / "env"))
     f = embed_cached(images, e)
     assert feature_cache_path(images, e).is_file()
