@@ -14,37 +14,48 @@ No Streamlit here (the benchmark and the tests call it directly); ``diffaudit.ap
   not a ``diffaudit.report/1`` document, becomes a ``Problem`` (shown as a warning) instead of a row.
 - Per-run artifacts (``metrics.parquet``, ``copies.parquet``, ``pca.parquet``) are read by DuckDB too;
   ``thumbs.npz`` with ``numpy.load(allow_pickle=False)``.
+- Which metrics exist, their labels, units, better direction and groups: ``diffaudit.report.schema``, read
+  here and by the pages; the app keeps no list of its own. A report written before a metric existed shows
+  it as missing ("—"); ``fd_ratio`` is the one metric the app derives for such reports (same definition).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from diffaudit.errors import DiffauditError
+from diffaudit.report import schema
+from diffaudit.report.html import ordered_metrics
 
-SCHEMA = "diffaudit.report/1"
+SCHEMA = schema.SCHEMA
 ENV_RESULTS = "DIFFAUDIT_RESULTS"
 DEFAULT_ROOT = "reports"
 REPORT = "report.json"
 # Files that make a folder look like a run (a folder with some of them but no report.json is partial).
 RUN_FILES = (REPORT, "metrics.parquet", "copies.parquet", "report.html")
 # Artifact files the app may open inside a run folder (nothing else is ever read).
-ARTIFACTS = ("report.json", "metrics.parquet", "copies.parquet", "pca.parquet", "thumbs.npz", "samples.png",
-             "train.png", "report.html", "cell.json")
-MAX_DEPTH = 6  # how deep below a root runs are looked for (root/sweep/cells/<id> is depth 3)
-VERDICTS = ("convergence", "generalization", "memorization")
-# Public metrics of diffaudit.report/1 (group, key) + a few extras the pages plot.
-METRICS: tuple[tuple[str, str], ...] = (
-    ("convergence", "fd"), ("convergence", "fd_train_holdout"), ("convergence", "kid"),
-    ("convergence", "precision"), ("convergence", "recall"), ("convergence", "density"),
-    ("convergence", "coverage"), ("factors", "validity"), ("factors", "novel_valid_rate"),
-    ("memorization", "copy_rate"), ("memorization", "unique_train_copied"),
-    ("convergence", "fd_equal_n"), ("convergence", "fd_gen_train"), ("memorization", "mia_auc"),
+ARTIFACTS = (
+    "report.json",
+    "metrics.parquet",
+    "copies.parquet",
+    "pca.parquet",
+    "thumbs.npz",
+    "samples.png",
+    "train.png",
+    "report.html",
+    "cell.json",
 )
-PUBLIC_METRICS = tuple(f"{g}.{k}" for g, k in METRICS[:11])
+MAX_DEPTH = 6  # how deep below a root runs are looked for (root/sweep/cells/<id> is depth 3)
+VERDICTS = schema.VERDICTS
+# Every single-valued metric of the schema as (group, name), in schema order: the overview's value columns.
+# Families (``factors.w1_*``: one per factor of a dataset) are shown per run from metrics.parquet instead.
+METRICS: tuple[tuple[str, str], ...] = tuple((m.group, m.name) for m in schema.METRICS if not m.is_family)
+PUBLIC_METRICS = tuple(m.key for m in schema.METRICS if m.public)
+FD_RATIO = "convergence.fd_ratio"
 
 
 class UnsafePathError(DiffauditError):
@@ -79,7 +90,9 @@ def configured_roots() -> list[Path]:
 class Scan:
     """What is under the roots: report files (with their stat, for cache keys) and problems."""
 
-    reports: tuple[tuple[int, str, str, int, int], ...]  # (root index, rel dir, abs report path, mtime_ns, size)
+    reports: tuple[
+        tuple[int, str, str, int, int], ...
+    ]  # (root index, rel dir, abs report path, mtime_ns, size)
     problems: tuple[Problem, ...]
     missing_roots: tuple[str, ...]
 
@@ -120,7 +133,9 @@ def scan(roots: list[Path]) -> Scan:
                 rp = rroot / rel / REPORT if rel != "." else rroot / REPORT
                 # folders are never entered through symlinks, so only a symlinked file can leave the root
                 if e.is_symlink() and not _inside(rp, rroot):
-                    problems.append(Problem(str(folder), "report.json points outside the results root; refused"))
+                    problems.append(
+                        Problem(str(folder), "report.json points outside the results root; refused")
+                    )
                     continue
                 try:
                     st = rp.stat()
@@ -130,7 +145,11 @@ def scan(roots: list[Path]) -> Scan:
                 reports.append((i, "" if rel == "." else rel, str(rp), st.st_mtime_ns, st.st_size))
                 continue  # a run folder holds no nested runs
             if depth > 0 and any(n in names for n in RUN_FILES[1:]):
-                problems.append(Problem(str(folder), "incomplete run folder: no report.json (interrupted or partial copy)"))
+                problems.append(
+                    Problem(
+                        str(folder), "incomplete run folder: no report.json (interrupted or partial copy)"
+                    )
+                )
                 continue
             if depth >= MAX_DEPTH:
                 continue
@@ -152,16 +171,29 @@ def scan(roots: list[Path]) -> Scan:
 
 _VALUE_COLUMNS = [(f"{g}.{k}", f"$.probes.{g}.{k}") for g, k in METRICS]
 _STR_PATHS = {
-    "schema": "$.schema", "created": "$.created", "model": "$.inputs.model", "dataset_spec": "$.inputs.dataset",
-    "features": "$.inputs.features.id", "v_convergence": "$.verdict.convergence",
-    "v_generalization": "$.verdict.generalization", "v_memorization": "$.verdict.memorization",
-    "cell_dataset": "$.sweep.cell.dataset", "cell_dataset_spec": "$.sweep.cell.dataset_spec",
-    "model_label": "$.sweep.cell.model_label", "cell_model": "$.sweep.cell.model", "cell_id": "$.sweep.cell_id",
+    "schema": "$.schema",
+    "created": "$.created",
+    "model": "$.inputs.model",
+    "dataset_spec": "$.inputs.dataset",
+    "features": "$.inputs.features.id",
+    "v_convergence": "$.verdict.convergence",
+    "v_generalization": "$.verdict.generalization",
+    "v_memorization": "$.verdict.memorization",
+    "cell_dataset": "$.sweep.cell.dataset",
+    "cell_dataset_spec": "$.sweep.cell.dataset_spec",
+    "model_label": "$.sweep.cell.model_label",
+    "cell_model": "$.sweep.cell.model",
+    "cell_id": "$.sweep.cell_id",
 }
 _NUM_PATHS = {
-    "cell_d": "$.sweep.cell.d", "cell_n_train": "$.sweep.cell.n_train", "cell_seed": "$.sweep.cell.seed",
-    "n_train_in": "$.inputs.n_train", "n_generated": "$.inputs.n_generated", "seed_in": "$.inputs.seeds.sample",
-    "fd_floor": "$.sweep.fd_floor.value", "steps": "$.sweep.train.steps", "total_s": "$.timings.total",
+    "cell_d": "$.sweep.cell.d",
+    "cell_n_train": "$.sweep.cell.n_train",
+    "cell_seed": "$.sweep.cell.seed",
+    "n_train_in": "$.inputs.n_train",
+    "n_generated": "$.inputs.n_generated",
+    "seed_in": "$.inputs.seeds.sample",
+    "steps": "$.sweep.train.steps",
+    "total_s": "$.timings.total",
 }
 
 
@@ -194,9 +226,28 @@ def load_overview(scan_result: Scan, roots: list[Path], con=None):
     import pandas as pd
 
     problems = list(scan_result.problems)
-    cols = ["run_id", "root", "rel", "path", "kind", "sweep", "cell_id", "created", "model", "model_label",
-            "dataset", "dataset_spec", "d", "n_train", "seed", "n_generated", "features", "steps", "fd_floor",
-            "fd_ratio", "total_s", *(f"v_{v}" for v in VERDICTS)]
+    cols = [
+        "run_id",
+        "root",
+        "rel",
+        "path",
+        "kind",
+        "sweep",
+        "cell_id",
+        "created",
+        "model",
+        "model_label",
+        "dataset",
+        "dataset_spec",
+        "d",
+        "n_train",
+        "seed",
+        "n_generated",
+        "features",
+        "steps",
+        "total_s",
+        *(f"v_{v}" for v in VERDICTS),
+    ]
     for name, _ in _VALUE_COLUMNS:
         cols += [name, f"{name}.lo", f"{name}.hi"]
     if not scan_result.reports:
@@ -209,26 +260,39 @@ def load_overview(scan_result: Scan, roots: list[Path], con=None):
         raw = con.cursor().execute(_OVERVIEW_SQL, [[p for _, p in paths], files]).df()
         ok = [isinstance(v, list | tuple) or hasattr(v, "__array__") for v in raw["l"]]
         blank = [None] * len(paths)
-        df = pd.DataFrame([list(v) if k else blank for v, k in zip(raw["l"], ok, strict=True)],
-                          columns=[c for c, _ in paths])
+        df = pd.DataFrame(
+            [list(v) if k else blank for v, k in zip(raw["l"], ok, strict=True)],
+            columns=[c for c, _ in paths],
+        )
         df.insert(0, "ok", ok)
         df.insert(0, "filename", raw["filename"].to_numpy())
-        num = [*_NUM_PATHS, *(c for c, _ in paths[len(_STR_PATHS) + len(_NUM_PATHS) + 1:])]
+        num = [*_NUM_PATHS, *(c for c, _ in paths[len(_STR_PATHS) + len(_NUM_PATHS) + 1 :])]
         df[num] = df[num].apply(pd.to_numeric, errors="coerce")
     finally:
         if own:
             con.close()
-    meta = pd.DataFrame({"filename": files, "root_i": [r[0] for r in scan_result.reports],
-                         "rel": [r[1] for r in scan_result.reports]})
+    meta = pd.DataFrame(
+        {
+            "filename": files,
+            "root_i": [r[0] for r in scan_result.reports],
+            "rel": [r[1] for r in scan_result.reports],
+        }
+    )
     df = meta.merge(df, on="filename", how="left")
     bad_json = df["ok"].isna() | ~df["ok"].fillna(False).astype(bool)
     for f in df.loc[bad_json, "filename"]:
-        problems.append(Problem(str(Path(f).parent), "report.json is not valid JSON (truncated or corrupt); skipped"))
+        problems.append(
+            Problem(str(Path(f).parent), "report.json is not valid JSON (truncated or corrupt); skipped")
+        )
     df = df[~bad_json]
     bad_schema = (df["schema"] != SCHEMA) | df["v_convergence"].isna()
     for _, r in df[bad_schema].iterrows():
-        problems.append(Problem(str(Path(r["filename"]).parent),
-                                f"report.json is not a {SCHEMA} report (schema {r['schema']!r}, or no verdict); skipped"))
+        problems.append(
+            Problem(
+                str(Path(r["filename"]).parent),
+                f"report.json is not a {SCHEMA} report (schema {r['schema']!r}, or no verdict); skipped",
+            )
+        )
     df = df[~bad_schema].copy()
     out: dict = {}
     out["run_id"] = [f"{i}:{rel}" for i, rel in zip(df["root_i"], df["rel"], strict=True)]
@@ -243,7 +307,9 @@ def load_overview(scan_result: Scan, roots: list[Path], con=None):
     out["model"] = df["cell_model"].fillna(df["model"])
     out["model_label"] = df["model_label"].fillna(df["model"])
     out["dataset_spec"] = df["cell_dataset_spec"].fillna(df["dataset_spec"])
-    out["dataset"] = df["cell_dataset"].fillna(df["dataset_spec"].map(lambda s: s.split(":", 1)[0] if isinstance(s, str) else None))
+    out["dataset"] = df["cell_dataset"].fillna(
+        df["dataset_spec"].map(lambda s: s.split(":", 1)[0] if isinstance(s, str) else None)
+    )
     vec_d = df["sample_shape"].map(_vector_dim)
     out["d"] = df["cell_d"].fillna(vec_d).astype("Int64")
     out["n_train"] = df["cell_n_train"].fillna(df["n_train_in"]).astype("Int64")
@@ -251,16 +317,32 @@ def load_overview(scan_result: Scan, roots: list[Path], con=None):
     out["n_generated"] = df["n_generated"].astype("Int64")
     out["features"] = df["features"]
     out["steps"] = df["steps"].astype("Int64")
-    out["fd_floor"] = df["fd_floor"]
-    fd = df["convergence.fd"]
-    out["fd_ratio"] = (df["fd_floor"] / fd).clip(0, 1).where(fd > 0, 1.0).where(fd.notna() & df["fd_floor"].notna())
     out["total_s"] = df["total_s"]
     for v in VERDICTS:
         out[f"v_{v}"] = df[f"v_{v}"].fillna("n/a")
     for name, _ in _VALUE_COLUMNS:
         for c in (name, f"{name}.lo", f"{name}.hi"):
             out[c] = df[c]
+    out[FD_RATIO] = fd_ratio(
+        df[FD_RATIO], df["convergence.fd_equal_n"], df["convergence.fd"], df["convergence.fd_train_holdout"]
+    )
     return pd.DataFrame(out, index=df.index)[cols].reset_index(drop=True), problems
+
+
+def fd_ratio(reported, fd_equal_n, fd, floor):
+    """``convergence.fd_ratio`` (FD / its real-vs-real floor; lower is better): the reported value, else,
+    for reports written before the metric existed, the same ratio from the report's own FDs.
+
+    Arguments are aligned pandas Series (NaN = not in the report). The metric divides the FD at equal n
+    (``fd_equal_n``) by the floor measured at that n; older reports without ``fd_equal_n`` use ``fd``. A
+    floor of 0 gives no ratio (NaN), as in the audit. This is the app's only derived metric.
+    """
+    import pandas as pd
+
+    num = pd.to_numeric(fd_equal_n, errors="coerce").fillna(pd.to_numeric(fd, errors="coerce"))
+    den = pd.to_numeric(floor, errors="coerce")
+    derived = (num / den).where(den > 0)
+    return pd.to_numeric(reported, errors="coerce").fillna(derived)
 
 
 def _vector_dim(shape: str | None) -> float | None:
@@ -304,7 +386,9 @@ def resolve_run(run_id: str, roots: list[Path]) -> Path:
         raise UnsafePathError(f"run id {run_id[:80]!r} contains a forbidden character; refused.")
     head, sep, rel = run_id.partition(":")
     if not sep or not head.isdigit() or int(head) >= len(roots):
-        raise UnsafePathError(f"run id {run_id[:80]!r} is not of the form <root index>:<folder>; pick a run from the Overview page.")
+        raise UnsafePathError(
+            f"run id {run_id[:80]!r} is not of the form <root index>:<folder>; pick a run from the Overview page."
+        )
     parts = PurePosixPath(rel).parts
     if rel.startswith("/") or any(p == ".." for p in parts) or (len(rel) > 1 and rel[1] == ":"):
         raise UnsafePathError(f"run id {run_id[:80]!r} points outside the results folder; refused.")
@@ -313,7 +397,9 @@ def resolve_run(run_id: str, roots: list[Path]) -> Path:
     if not _inside(path, root):
         raise UnsafePathError(f"run id {run_id[:80]!r} resolves outside the results folder; refused.")
     if not (path / REPORT).is_file():
-        raise UnsafePathError(f"run id {run_id[:80]!r} names no run (no report.json there); pick one from the Overview page.")
+        raise UnsafePathError(
+            f"run id {run_id[:80]!r} names no run (no report.json there); pick one from the Overview page."
+        )
     return path
 
 
@@ -376,14 +462,90 @@ def metrics_table(run_dir: Path, report: dict, con=None, use_parquet: bool = Tru
 
     p = run_dir / "metrics.parquet"
     if use_parquet and p.is_file():
-        return read_parquet(p, "SELECT name, \"group\", value, ci_lo, ci_hi FROM {src}", con=con)
+        return read_parquet(p, 'SELECT name, "group", value, ci_lo, ci_hi FROM {src}', con=con)
     rows = []
     for g, grp in (report.get("probes") or {}).items():
         for k, m in (grp or {}).items():
             ci = (m or {}).get("ci") or [None, None]
-            rows.append({"name": f"{g}.{k}", "group": g, "value": None if m is None else m.get("value"),
-                         "ci_lo": ci[0], "ci_hi": ci[1]})
+            rows.append(
+                {
+                    "name": f"{g}.{k}",
+                    "group": g,
+                    "value": None if m is None else m.get("value"),
+                    "ci_lo": ci[0],
+                    "ci_hi": ci[1],
+                }
+            )
     return pd.DataFrame(rows, columns=["name", "group", "value", "ci_lo", "ci_hi"])
+
+
+def metric_view(mt):
+    """The metrics table of one run described by the schema, in schema order: every schema row (missing
+    ones with NaN values, so an older report shows them as missing), family members and unknown names.
+
+    ``mt``: ``metrics_table``'s frame. Adds ``metric`` (label), ``unit``, ``better``, ``informs``
+    (the verdict it informs), ``public`` and ``help``; ``convergence.fd_ratio`` is filled by ``fd_ratio``.
+    """
+    import pandas as pd
+
+    by_name = mt.drop_duplicates("name").set_index("name")
+    rows = []
+    for key, m in ordered_metrics(mt["name"].tolist(), every_row=True):
+        r = by_name.loc[key] if key in by_name.index else None
+        rows.append(
+            {
+                "name": key,
+                "group": key.partition(".")[0],
+                "metric": schema.label(key),
+                **{c: (None if r is None else r[c]) for c in ("value", "ci_lo", "ci_hi")},
+                "unit": m.unit if m else "",
+                "better": (m.better or "") if m else "",
+                "informs": (m.threshold or "") if m else "",
+                "public": bool(m and m.public),
+                "help": m.help if m else "not a row of the metric schema",
+            }
+        )
+    out = pd.DataFrame(
+        rows,
+        columns=[
+            "name",
+            "group",
+            "metric",
+            "value",
+            "ci_lo",
+            "ci_hi",
+            "unit",
+            "better",
+            "informs",
+            "public",
+            "help",
+        ],
+    )
+    for c in ("value", "ci_lo", "ci_hi"):
+        out[c] = pd.to_numeric(out[c], errors="coerce")
+    val = out.set_index("name")["value"]
+    i = out.index[out["name"] == FD_RATIO]
+    out.loc[i, "value"] = fd_ratio(
+        val[[FD_RATIO]],
+        val[["convergence.fd_equal_n"]],
+        val[["convergence.fd"]],
+        val[["convergence.fd_train_holdout"]],
+    ).to_numpy()
+    return out
+
+
+_PLOTLY_SRC = re.compile(rb"<script type='text/javascript' src='([^']+)'>")
+
+
+def html_plotly_src(path: Path) -> str | None:
+    """The shared plotly.js a report.html loads (sweep cells), or None when the page is self-contained."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16384)  # the <script> sits in <head>, after ~1.5 kB of CSS
+    except OSError:
+        return None
+    m = _PLOTLY_SRC.search(head)
+    return m.group(1).decode("ascii", "replace") if m else None
 
 
 def most_copied(copies_path: Path, limit: int = 20, con=None):
@@ -392,19 +554,32 @@ def most_copied(copies_path: Path, limit: int = 20, con=None):
         copies_path,
         "SELECT nn_index AS train_index, count(*) FILTER (WHERE is_copy) AS copies, count(*) AS nearest_of, "
         "min(d1) AS min_d1, min(ratio) AS min_ratio FROM {src} GROUP BY nn_index "
-        "ORDER BY copies DESC, nearest_of DESC, train_index LIMIT ?", con=con, params=[int(limit)])
+        "ORDER BY copies DESC, nearest_of DESC, train_index LIMIT ?",
+        con=con,
+        params=[int(limit)],
+    )
 
 
 def copies_page(copies_path: Path, order: str, page: int, page_size: int, only_copies: bool, con=None):
     """One page of copies.parquet sorted by ``order`` (a column name from a fixed list) and its row count."""
-    allowed = {"ratio": "ratio ASC, d1 ASC", "d1": "d1 ASC, ratio ASC", "d2": "d2 ASC", "index": "\"index\" ASC",
-               "ratio (desc)": "ratio DESC", "d1 (desc)": "d1 DESC"}
+    allowed = {
+        "ratio": "ratio ASC, d1 ASC",
+        "d1": "d1 ASC, ratio ASC",
+        "d2": "d2 ASC",
+        "index": '"index" ASC',
+        "ratio (desc)": "ratio DESC",
+        "d1 (desc)": "d1 DESC",
+    }
     if order not in allowed:
         raise DiffauditError(f"sort key {order!r} unknown; use one of {', '.join(allowed)}.")
     where = "WHERE is_copy" if only_copies else ""
     n = int(read_parquet(copies_path, f"SELECT count(*) AS n FROM {{src}} {where}", con=con)["n"].iloc[0])
-    df = read_parquet(copies_path, f"SELECT * FROM {{src}} {where} ORDER BY {allowed[order]} LIMIT ? OFFSET ?", con=con,
-                      params=[int(page_size), int(page) * int(page_size)])
+    df = read_parquet(
+        copies_path,
+        f"SELECT * FROM {{src}} {where} ORDER BY {allowed[order]} LIMIT ? OFFSET ?",
+        con=con,
+        params=[int(page_size), int(page) * int(page_size)],
+    )
     return df, n
 
 

@@ -15,25 +15,43 @@ import streamlit as st
 
 from diffaudit.app import data
 from diffaudit.errors import DiffauditError
+from diffaudit.report import schema
 
-VERDICT_BADGE = {"pass": ":green-background[**PASS**]", "fail": ":red-background[**FAIL**]", "n/a": ":gray-background[n/a]"}
+VERDICT_BADGE = {
+    "pass": ":green-background[**PASS**]",
+    "fail": ":red-background[**FAIL**]",
+    "n/a": ":gray-background[n/a]",
+}
 VERDICT_ICON = {"pass": "✔ pass", "fail": "✘ fail", "n/a": "– n/a"}
-_VERDICT_CSS = {"pass": "background-color: #d9f2dd; color: #1b5e20", "fail": "background-color: #fbdada; color: #8e1b1b",
-                "n/a": "color: #777"}
+_VERDICT_CSS = {
+    "pass": "background-color: #d9f2dd; color: #1b5e20",
+    "fail": "background-color: #fbdada; color: #8e1b1b",
+    "n/a": "color: #777",
+}
 
 
 def verdict_style(v) -> str:
     """CSS for a verdict cell of a pandas Styler (the overview's verdict badges)."""
     return _VERDICT_CSS.get(v, "")
-LABELS = {
-    "convergence.fd": "FD (generated vs holdout)", "convergence.fd_train_holdout": "FD noise floor (train vs holdout)",
-    "convergence.kid": "KID", "convergence.precision": "precision", "convergence.recall": "recall",
-    "convergence.density": "density", "convergence.coverage": "coverage", "factors.validity": "validity",
-    "factors.novel_valid_rate": "novel-valid rate", "memorization.copy_rate": "copy rate",
-    "memorization.unique_train_copied": "unique training items copied", "convergence.fd_equal_n": "FD at equal n",
-    "convergence.fd_gen_train": "FD (generated vs train)", "memorization.mia_auc": "membership-inference AUC",
-    "fd_ratio": "FD floor / FD (threshold 1)", "memorization.auth_pct": "authenticity (AuthPct)",
-}
+
+
+def label(key: str) -> str:
+    """A metric's short label from the schema (``group.name``; family members get their factor's name)."""
+    return schema.label(key)
+
+
+def direction(key: str) -> str:
+    """``"lower is better"`` / ``"higher is better"`` from the schema, or "" for a context metric."""
+    m = schema.get(key)
+    return f"{m.better} is better" if m is not None and m.better else ""
+
+
+def axis_title(key: str) -> str:
+    """Label with its better direction, for plot axes."""
+    d = direction(key)
+    return f"{label(key)} ({d})" if d else label(key)
+
+
 PAGE_SIZES = (25, 50, 100, 250)
 
 
@@ -66,9 +84,13 @@ def load_runs() -> tuple[pd.DataFrame, list[data.Problem], list[str]]:
 
 def show_problems(problems: list[data.Problem], missing: list[str]) -> None:
     for m in missing:
-        st.warning(f"Results folder `{m}` does not exist (yet). Run `diffaudit audit …` or `diffaudit sweep …` to fill it.")
+        st.warning(
+            f"Results folder `{m}` does not exist (yet). Run `diffaudit audit …` or `diffaudit sweep …` to fill it."
+        )
     if problems:
-        with st.expander(f"{len(problems)} run folder(s) skipped", expanded=len(problems) <= 3, icon=":material/warning:"):
+        with st.expander(
+            f"{len(problems)} run folder(s) skipped", expanded=len(problems) <= 3, icon=":material/warning:"
+        ):
             for p in problems:
                 st.warning(f"Skipped `{p.path}`: {p.reason}.")
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from diffaudit.errors import DiffauditError
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
@@ -103,3 +105,18 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """Fail early (before any work) when the output folder ``out`` exists or cannot be created."""
+    out = Path(out)
+    if out.exists():
+        raise DiffauditError(f"output folder {out} already exists; pass another --out or remove it.")
+    p = out.parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise DiffauditError(f"output folder {out} cannot be created: {p} is a file, not a folder; pass a writable --out.")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise DiffauditError(f"output folder {out} cannot be created: {p} is not writable; pass a writable --out.")
+    return out

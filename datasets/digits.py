@@ -39,6 +39,7 @@ def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
 class Digits(Dataset):
     name = "digits"
     kind = "image"
+    residual_is_relative = True  # project()'s residual ||x - x_nn|| / ||x|| is scale-free
     n_total = 1797
 
     def __init__(self):
@@ -56,13 +57,17 @@ class Digits(Dataset):
         """(x (n, 1, 8, 8) float32, z (n, 1) float64 labels): prefix of a seeded permutation."""
         n = check_n(n, self.name)
         if n > self.n_total:
-            raise DiffauditError(f"digits: n={n} exceeds the {self.n_total} real images; ask for n <= {self.n_total}.")
+            raise DiffauditError(
+                f"digits: n={n} exceeds the {self.n_total} real images; ask for n <= {self.n_total}."
+            )
         x, y = load_digits_images()
         idx = np.random.default_rng([_SAMPLE_SALT, int(seed)]).permutation(self.n_total)[:n]
         return x[idx].copy(), y[idx, None].astype(np.float64)
 
     def generate(self, z: np.ndarray) -> np.ndarray:
-        raise DiffauditError("digits: there is no generator for real handwritten digits; use sample(n, seed) to draw real images.")
+        raise DiffauditError(
+            "digits: there is no generator for real handwritten digits; use sample(n, seed) to draw real images."
+        )
 
     def project(self, x: np.ndarray, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """(label of the nearest real digit (n, 1), residual (n,) = ||x - x_nn|| / ||x||)."""

@@ -7,7 +7,9 @@ Oracle ``project``: the linear least-squares fit of atanh(clip(x)) on A = F / sq
 starting point (atanh amplifies errors near saturation); Levenberg-Marquardt iterations then minimise
 the x-space error ||x - tanh(A c)||^2 per sample, vectorised over samples (batched D x D solves).
 ``residual`` is the RMS per-dimension distance sqrt(mean_j (x_j - tanh(A c_hat)_j)^2) to the
-manifold point found: ~1e-8 on true float32 samples.
+manifold point found: ~1e-8 on true float32 samples. ``relative_residual`` gives the scale-free form
+||x - tanh(A c_hat)|| / ||x|| (the data mean is 0: tanh is odd and c symmetric), which the validity
+probe thresholds.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ class HiddenManifold(Dataset):
 
     def __init__(self, d: int = 32, D: int = 4, seed: int = 0):
         if int(d) < 1 or int(D) < 1 or int(D) > int(d):
-            raise DiffauditError(f"hidden-manifold: need 1 <= D <= d, got d={d}, D={D}; pick a latent dimension D no larger than d.")
+            raise DiffauditError(
+                f"hidden-manifold: need 1 <= D <= d, got d={d}, D={D}; pick a latent dimension D no larger than d."
+            )
         self.d, self.D, self.seed = int(d), int(D), int(seed)
         self._params = {"d": self.d, "D": self.D, "seed": self.seed}
         rng = np.random.default_rng(self.seed)
@@ -79,3 +83,11 @@ class HiddenManifold(Dataset):
             c[ok], t[ok], cost[ok] = c_new[ok], t_new[ok], cost_new[ok]
             mu = np.where(ok, mu * 0.3, mu * 10.0).clip(1e-12, 1e8)
         return c, np.sqrt(cost / self.d)
+
+    def relative_residual(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(c_hat (n, D), ||x - tanh(A c_hat)|| / ||x||): the distance to the manifold relative to the
+        sample's distance from the data mean 0 (scale-free: ~1e-8 on true samples, ~sqrt(1 - D/d) for
+        isotropic noise of any size)."""
+        c, rms = self.project(x)
+        nrm = np.linalg.norm(check_samples(x, self.shape, self.name), axis=1)
+        return c, rms * np.sqrt(self.d) / np.maximum(nrm, 1e-12)

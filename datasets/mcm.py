@@ -34,18 +34,28 @@ _SAMPLE_SALT = 0x3C3
 class MixedCumulant(Dataset):
     name = "mcm"
     kind = "vector"
+    residual_is_relative = True  # project()'s residual is 0 (full-dimensional density): trivially scale-free
 
-    def __init__(self, d: int = 16, beta_u: float = 4.0, beta_v: float = 4.0, correlated: bool = False, seed: int = 0):
+    def __init__(
+        self, d: int = 16, beta_u: float = 4.0, beta_v: float = 4.0, correlated: bool = False, seed: int = 0
+    ):
         if int(d) < 2:
             raise DiffauditError(f"mcm: d={d} is too small; the two orthogonal spikes need d >= 2.")
         if float(beta_u) < 0 or float(beta_v) < 0:
-            raise DiffauditError(f"mcm: beta_u={beta_u}, beta_v={beta_v} must be >= 0; pass non-negative signal strengths.")
+            raise DiffauditError(
+                f"mcm: beta_u={beta_u}, beta_v={beta_v} must be >= 0; pass non-negative signal strengths."
+            )
         if not isinstance(correlated, (bool, np.bool_)):
             raise DiffauditError(f"mcm: correlated={correlated!r} must be true or false.")
         self.d, self.beta_u, self.beta_v = int(d), float(beta_u), float(beta_v)
         self.correlated, self.seed = bool(correlated), int(seed)
-        self._params = {"d": self.d, "beta_u": self.beta_u, "beta_v": self.beta_v,
-                        "correlated": self.correlated, "seed": self.seed}
+        self._params = {
+            "d": self.d,
+            "beta_u": self.beta_u,
+            "beta_v": self.beta_v,
+            "correlated": self.correlated,
+            "seed": self.seed,
+        }
         Q, _ = np.linalg.qr(np.random.default_rng(self.seed).standard_normal((self.d, 2)))
         self.u, self.v = Q[:, 0].copy(), Q[:, 1].copy()  # orthonormal (d,)
         self._s = 1.0 / np.sqrt(1.0 + self.beta_v)  # S v = s v
@@ -71,7 +81,9 @@ class MixedCumulant(Dataset):
     def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(x (n, d) float32, z (n, 2) float64 = [lambda, nu coded 0/1]); nested prefixes in n."""
         n = check_n(n, self.name)
-        g = np.random.default_rng([_SAMPLE_SALT, int(seed)]).standard_normal((n, self.d + 2))  # row-wise stream
+        g = np.random.default_rng([_SAMPLE_SALT, int(seed)]).standard_normal(
+            (n, self.d + 2)
+        )  # row-wise stream
         lam = g[:, 0]
         nu = np.sign(np.abs(lam) - 0.6745) if self.correlated else np.where(g[:, 1] >= 0, 1.0, -1.0)
         nu = np.where(nu == 0, 1.0, nu)

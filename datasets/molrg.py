@@ -26,11 +26,14 @@ _SAMPLE_SALT = 0x10126
 class MixtureLowRank(Dataset):
     name = "molrg"
     kind = "vector"
+    residual_is_relative = True  # project()'s residual ||x - U_k U_k^T x|| / ||x|| is scale-free
 
     def __init__(self, d: int = 32, K: int = 4, r: int = 2, sigma: float = 0.0, seed: int = 0):
         d, K, r = int(d), int(K), int(r)
         if K < 1 or r < 1 or K * r > d:
-            raise DiffauditError(f"molrg: K={K} components of rank r={r} need K*r <= d={d}; lower K or r, or raise d.")
+            raise DiffauditError(
+                f"molrg: K={K} components of rank r={r} need K*r <= d={d}; lower K or r, or raise d."
+            )
         if float(sigma) < 0:
             raise DiffauditError(f"molrg: sigma={sigma} must be >= 0.")
         self.d, self.K, self.r, self.sigma, self.seed = d, K, r, float(sigma), int(seed)

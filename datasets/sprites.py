@@ -81,7 +81,7 @@ def render(z: np.ndarray, size: int = 16, block: int = 512) -> np.ndarray:
 
 def _render_shape(s: int, scale, theta, posx, posy, size: int) -> np.ndarray:
     """(m, size, size) float32 images of shape ``s`` from per-image (m,) parameters."""
-    c = (np.arange(size, dtype=np.float32) + 0.5)  # pixel centres, pixel units
+    c = np.arange(size, dtype=np.float32) + 0.5  # pixel centres, pixel units
     R = (R_MAX * size) * np.asarray(scale, np.float64)
     cx = (MARGIN + (1 - 2 * MARGIN) * np.asarray(posx, np.float64)) * size
     cy = (MARGIN + (1 - 2 * MARGIN) * np.asarray(posy, np.float64)) * size
@@ -156,7 +156,8 @@ def _make_net(size: int):
     return nn.Sequential(
         *layers,
         nn.Flatten(),
-        nn.Linear(ch * 16, 128), nn.ReLU(),
+        nn.Linear(ch * 16, 128),
+        nn.ReLU(),
         nn.Linear(128, 12),  # 3 shape logits, scale, posX, posY, (cos k theta, sin k theta) per shape
     )
 
@@ -165,9 +166,17 @@ def _make_net(size: int):
 class Sprites(Dataset):
     name = "sprites"
     kind = "image"
+    residual_is_relative = True  # project()'s residual ||x - render(z_hat)|| / ||x|| is scale-free
 
-    def __init__(self, size: int = 16, grid: bool = False, holdout_region: str = "none", split: str = "train",
-                 oracle_steps: int = 1500, seed: int = 0):
+    def __init__(
+        self,
+        size: int = 16,
+        grid: bool = False,
+        holdout_region: str = "none",
+        split: str = "train",
+        oracle_steps: int = 1500,
+        seed: int = 0,
+    ):
         if int(size) not in (16, 32):
             raise DiffauditError(f"sprites: size={size} is not supported; use size=16 or size=32.")
         region = str(holdout_region).lower()
@@ -175,17 +184,27 @@ class Sprites(Dataset):
             shape, _, quad = region.partition("-")
             if shape not in SHAPES or quad not in QUADRANTS:
                 valid = [f"{s}-{q}" for s in SHAPES for q in QUADRANTS]
-                raise DiffauditError(f"sprites: holdout_region={holdout_region!r} is unknown; use 'none' or one of {', '.join(valid)}.")
+                raise DiffauditError(
+                    f"sprites: holdout_region={holdout_region!r} is unknown; use 'none' or one of {', '.join(valid)}."
+                )
         if split not in ("train", "all", "heldout"):
             raise DiffauditError(f"sprites: split={split!r} is unknown; use 'train', 'all' or 'heldout'.")
         if split == "heldout" and region == "none":
-            raise DiffauditError("sprites: split='heldout' needs a holdout_region, e.g. holdout_region=triangle-topleft.")
+            raise DiffauditError(
+                "sprites: split='heldout' needs a holdout_region, e.g. holdout_region=triangle-topleft."
+            )
         if int(oracle_steps) < 1:
             raise DiffauditError(f"sprites: oracle_steps={oracle_steps} must be a positive integer.")
         self.size, self.grid, self.holdout_region, self.split = int(size), bool(grid), region, split
         self.oracle_steps, self.seed = int(oracle_steps), int(seed)
-        self._params = {"size": self.size, "grid": self.grid, "holdout_region": region, "split": split,
-                        "oracle_steps": self.oracle_steps, "seed": self.seed}
+        self._params = {
+            "size": self.size,
+            "grid": self.grid,
+            "holdout_region": region,
+            "split": split,
+            "oracle_steps": self.oracle_steps,
+            "seed": self.seed,
+        }
 
     # ----------------------------------------------------------------------------- contract
     @property
@@ -211,7 +230,9 @@ class Sprites(Dataset):
     def sample_region(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Samples of the held-out region only (the prior restricted to it)."""
         if self.holdout_region == "none":
-            raise DiffauditError("sprites: sample_region needs a holdout_region, e.g. 'sprites:holdout_region=triangle-topleft'.")
+            raise DiffauditError(
+                "sprites: sample_region needs a holdout_region, e.g. 'sprites:holdout_region=triangle-topleft'."
+            )
         n = check_n(n, self.name)
         z = self._draw(n, seed, "heldout")
         return self.generate(z), z
@@ -219,7 +240,9 @@ class Sprites(Dataset):
     def generate(self, z: np.ndarray) -> np.ndarray:
         z = np.asarray(z, dtype=np.float64)
         if z.ndim != 2 or z.shape[1] != 5:
-            raise DiffauditError(f"sprites: factors have shape {z.shape}, expected (n, 5) = [shape, scale, orientation, posX, posY].")
+            raise DiffauditError(
+                f"sprites: factors have shape {z.shape}, expected (n, 5) = [shape, scale, orientation, posX, posY]."
+            )
         return render(z, self.size)
 
     def in_holdout_region(self, z: np.ndarray) -> np.ndarray:
@@ -242,8 +265,10 @@ class Sprites(Dataset):
         shape = np.minimum((U[:, 0] * 3).astype(np.int64), 2)
         period = PERIODS[shape]
         if self.grid:
+
             def snap(u, k):
                 return np.minimum((u * k).astype(np.int64), k - 1)
+
             scale = 0.5 + 0.5 * snap(U[:, 1], GRID["scale"]) / (GRID["scale"] - 1)
             theta = period * snap(U[:, 2], GRID["orientation"]) / GRID["orientation"]
             px = snap(U[:, 3], GRID["pos"]) / (GRID["pos"] - 1)
@@ -267,8 +292,15 @@ class Sprites(Dataset):
     # ----------------------------------------------------------------------------- oracle
     def oracle_params(self) -> dict:
         """Everything that changes the trained oracle (its cache key)."""
-        return {"renderer": RENDER_VERSION, "oracle": ORACLE_VERSION, "size": self.size,
-                "steps": self.oracle_steps, "batch": 128, "lr": 2e-3, "seed": self.seed}
+        return {
+            "renderer": RENDER_VERSION,
+            "oracle": ORACLE_VERSION,
+            "size": self.size,
+            "steps": self.oracle_steps,
+            "batch": 128,
+            "lr": 2e-3,
+            "seed": self.seed,
+        }
 
     def oracle_path(self) -> Path:
         from diffaudit.hashing import params_sha256
@@ -318,12 +350,23 @@ class Sprites(Dataset):
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
         opt = torch.optim.Adam(net.parameters(), lr=p["lr"])
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p["lr"], total_steps=p["steps"], pct_start=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=p["lr"], total_steps=p["steps"], pct_start=0.1
+        )
         rng = np.random.default_rng([0x0AC1E, p["seed"]])
         net.train()
         for _ in range(p["steps"]):
             U = rng.random((p["batch"], 5))
-            z = np.stack([np.minimum((U[:, 0] * 3).astype(np.int64), 2), 0.5 + 0.5 * U[:, 1], U[:, 2], U[:, 3], U[:, 4]], 1)
+            z = np.stack(
+                [
+                    np.minimum((U[:, 0] * 3).astype(np.int64), 2),
+                    0.5 + 0.5 * U[:, 1],
+                    U[:, 2],
+                    U[:, 3],
+                    U[:, 4],
+                ],
+                1,
+            )
             z[:, 2] *= PERIODS[z[:, 0].astype(np.int64)]
             x = torch.from_numpy(render(z, self.size))
             t = torch.from_numpy(self._targets(z)).float()
@@ -361,10 +404,20 @@ class Sprites(Dataset):
         i = np.arange(len(out))
         k = 2 * np.pi / PERIODS[shape]
         theta = np.mod(np.arctan2(out[i, 7 + 2 * shape], out[i, 6 + 2 * shape]) / k, PERIODS[shape])
-        return np.stack([shape.astype(np.float64), np.clip(0.5 + 0.5 * out[:, 3], 0.5, 1.0), theta,
-                         np.clip(out[:, 4], 0, 1), np.clip(out[:, 5], 0, 1)], 1)
+        return np.stack(
+            [
+                shape.astype(np.float64),
+                np.clip(0.5 + 0.5 * out[:, 3], 0.5, 1.0),
+                theta,
+                np.clip(out[:, 4], 0, 1),
+                np.clip(out[:, 5], 0, 1),
+            ],
+            1,
+        )
 
-    def project(self, x: np.ndarray, n_iter: int = 10, min_prob: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    def project(
+        self, x: np.ndarray, n_iter: int = 10, min_prob: float = 0.05
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(z_hat (n, 5), residual (n,) = ||x - render(z_hat)|| / ||x||): CNN + render-and-compare LM."""
         import torch
 
@@ -404,8 +457,15 @@ class Sprites(Dataset):
         lo = np.array([0.5, -np.inf, 0.0, 0.0])
         hi = np.array([1.0, np.inf, 1.0, 1.0])
         # finite-difference steps worth ~0.3 pixel of motion each
-        h = np.stack([np.full(len(z), 0.3 / (R_MAX * S)), 0.3 / (R_MAX * S * z[:, 1]),
-                      np.full(len(z), 0.3 / ((1 - 2 * MARGIN) * S)), np.full(len(z), 0.3 / ((1 - 2 * MARGIN) * S))], 1)
+        h = np.stack(
+            [
+                np.full(len(z), 0.3 / (R_MAX * S)),
+                0.3 / (R_MAX * S * z[:, 1]),
+                np.full(len(z), 0.3 / ((1 - 2 * MARGIN) * S)),
+                np.full(len(z), 0.3 / ((1 - 2 * MARGIN) * S)),
+            ],
+            1,
+        )
 
         def resid(zz, rows):
             return render(zz, S).reshape(len(zz), -1) - xf[rows]

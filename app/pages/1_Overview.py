@@ -18,35 +18,64 @@ c[3].metric("skipped folders", len(problems))
 
 flt = ui.filters_ui(df, "ov")
 sel = ui.apply_filters(df, flt)
-sort_by = st.selectbox("sort by", ["run_id", "created", "n_train", "d", "convergence.fd", "memorization.copy_rate",
-                                   "factors.novel_valid_rate"], key="ov_sort")
+sort_by = st.selectbox(
+    "sort by",
+    [
+        "run_id",
+        "created",
+        "n_train",
+        "d",
+        "convergence.fd",
+        "memorization.copy_rate",
+        "factors.novel_valid_rate",
+    ],
+    key="ov_sort",
+)
 sel = sel.sort_values(sort_by, kind="stable", na_position="last")
 size, page = ui.pagination_ui(len(sel), "ov")
-view = sel.iloc[page * size:(page + 1) * size].copy()
+view = sel.iloc[page * size : (page + 1) * size].copy()
 
 verdict_cols = {"convergence": "threshold 1", "generalization": "threshold 2", "memorization": "memorization"}
-metric_cols = ("convergence.fd", "convergence.fd_train_holdout", "factors.novel_valid_rate", "memorization.copy_rate")
+metric_cols = (
+    "convergence.fd",
+    "convergence.fd_train_holdout",
+    data.FD_RATIO,
+    "factors.novel_valid_rate",
+    "memorization.copy_rate",
+)
 table = view[["model_label", "dataset", "d", "n_train", "seed"]].copy()
 table.insert(0, "open", ["Audit?run=" + quote(r, safe="") for r in view["run_id"]])
 for v, label in verdict_cols.items():
     table[label] = view[f"v_{v}"]
 for m in metric_cols:
-    table[ui.LABELS[m]] = view[m]
+    table[ui.label(m)] = view[m]
 table["kind"] = view["kind"]
 table["run_id"] = view["run_id"]
 table["created"] = view["created"]
 styled = table.style.map(ui.verdict_style, subset=list(verdict_cols.values()))
 st.dataframe(
-    styled, hide_index=True, width="stretch",
+    styled,
+    hide_index=True,
+    width="stretch",
     column_config={
-        "open": st.column_config.LinkColumn("open", display_text="open ↗", help="Open this run on the Audit page"),
+        "open": st.column_config.LinkColumn(
+            "open", display_text="open ↗", help="Open this run on the Audit page"
+        ),
         "model_label": st.column_config.TextColumn("model"),
         "d": st.column_config.NumberColumn("d", format="%d"),
         "n_train": st.column_config.NumberColumn("n_train", format="%d"),
-        **{ui.LABELS[m]: st.column_config.NumberColumn(ui.LABELS[m], format="%.4g") for m in metric_cols},
+        **{
+            ui.label(m): st.column_config.NumberColumn(
+                ui.label(m), format="%.4g", help=ui.direction(m) or None
+            )
+            for m in metric_cols
+        },
     },
 )
-st.caption(f"Showing {len(view)} of {len(sel)} matching runs ({len(df)} in total). "
-           f"Public metrics: {', '.join(data.PUBLIC_METRICS)}.")
-st.download_button("Download the filtered table (CSV)", sel.to_csv(index=False).encode(), "diffaudit-runs.csv",
-                   "text/csv")
+st.caption(
+    f"Showing {len(view)} of {len(sel)} matching runs ({len(df)} in total). "
+    f"Public metrics: {', '.join(data.PUBLIC_METRICS)}."
+)
+st.download_button(
+    "Download the filtered table (CSV)", sel.to_csv(index=False).encode(), "diffaudit-runs.csv", "text/csv"
+)

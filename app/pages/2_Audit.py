@@ -7,6 +7,7 @@ import streamlit as st
 
 from diffaudit.app import data, ui
 from diffaudit.errors import DiffauditError
+from diffaudit.report import images
 
 ui.setup("audit")
 st.title("Audit")
@@ -32,17 +33,22 @@ except DiffauditError as e:
 row = df[df["run_id"] == run_id].iloc[0]
 inp = rep.get("inputs") or {}
 st.header(f"{inp.get('model', row['model'])} on {row['dataset']}")
-st.caption(f"run `{run_id}` · folder `{run_dir}` · data `{row['dataset_spec']}` · created {rep.get('created', '?')} · "
-           f"{inp.get('n_generated')} generated / {inp.get('n_train')} train / {inp.get('n_holdout')} holdout · "
-           f"features `{(inp.get('features') or {}).get('id')}`")
+st.caption(
+    f"run `{run_id}` · folder `{run_dir}` · data `{row['dataset_spec']}` · created {rep.get('created', '?')} · "
+    f"{inp.get('n_generated')} generated / {inp.get('n_train')} train / {inp.get('n_holdout')} holdout · "
+    f"features `{(inp.get('features') or {}).get('id')}`"
+)
 if (inp.get("features") or {}).get("random_init"):
     st.warning("Features come from a randomly initialised network (plumbing test): the numbers mean nothing.")
 
 # ------------------------------------------------------------------------------------------ verdicts
 st.subheader("Verdicts")
 cols = st.columns(3)
-names = {"convergence": "Threshold 1 · convergence", "generalization": "Threshold 2 · generalization",
-         "memorization": "Memorization"}
+names = {
+    "convergence": "Threshold 1 · convergence",
+    "generalization": "Threshold 2 · generalization",
+    "memorization": "Memorization",
+}
 verdict, reasons = rep.get("verdict") or {}, rep.get("reasons") or {}
 for c, k in zip(cols, names, strict=True):
     v = verdict.get(k, "n/a")
@@ -60,35 +66,83 @@ try:
 except DiffauditError as e:
     st.warning(f"metrics.parquet skipped: {e}")
     mt = data.metrics_table(run_dir, rep, use_parquet=False)  # the values in report.json
-key = {f"{g}.{k}" for g, k in data.METRICS}
-mt["metric"] = [ui.LABELS.get(n, n) for n in mt["name"]]
-mt["value [95 % interval]"] = [ui.fmt(v, lo, hi) for v, lo, hi in zip(mt["value"], mt["ci_lo"], mt["ci_hi"], strict=True)]
-mt["public"] = [n in data.PUBLIC_METRICS for n in mt["name"]]
+mt = data.metric_view(mt)  # labels, units, directions, groups: the metric schema
+mt["value [95 % interval]"] = [
+    ui.fmt(v, lo, hi) for v, lo, hi in zip(mt["value"], mt["ci_lo"], mt["ci_hi"], strict=True)
+]
+mt["better"] = mt["better"].map({"lower": "↓ lower", "higher": "↑ higher"}).fillna("")
+mt["informs"] = (
+    mt["informs"]
+    .map({"convergence": "threshold 1", "generalization": "threshold 2", "memorization": "memorization"})
+    .fillna("")
+)
 left, right = st.columns([3, 2])
 with left:
     show_all = st.toggle("show every metric (not only the public ones)", value=False, key="audit_all_metrics")
     shown = mt if show_all else mt[mt["public"]]
-    st.dataframe(shown[["name", "metric", "value [95 % interval]", "value", "ci_lo", "ci_hi"]], hide_index=True,
-                 width="stretch")
+    st.dataframe(
+        shown[
+            [
+                "group",
+                "metric",
+                "value [95 % interval]",
+                "better",
+                "informs",
+                "unit",
+                "help",
+                "name",
+                "value",
+                "ci_lo",
+                "ci_hi",
+            ]
+        ],
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "informs": st.column_config.TextColumn("informs verdict"),
+            "help": st.column_config.TextColumn("what it measures"),
+        },
+    )
+    st.caption(
+        "Metrics, labels and directions come from the metric schema; '—' = not measured in this run "
+        "(or not yet part of the report when it was written)."
+    )
 with right:
-    rates = mt[mt["name"].isin(["convergence.precision", "convergence.recall", "convergence.coverage",
-                                "factors.validity", "factors.novel_valid_rate", "memorization.copy_rate",
-                                "memorization.auth_pct"]) & mt["value"].notna()]
+    # rates in [0, 1] that are public or inform a verdict (schema unit "rate"), on one axis
+    rates = mt[(mt["unit"] == "rate") & (mt["public"] | (mt["informs"] != "")) & mt["value"].notna()]
     if len(rates):
         err_hi = (rates["ci_hi"] - rates["value"]).fillna(0).clip(lower=0)
         err_lo = (rates["value"] - rates["ci_lo"]).fillna(0).clip(lower=0)
-        fig = go.Figure(go.Bar(x=rates["metric"], y=rates["value"],
-                               error_y={"type": "data", "array": err_hi, "arrayminus": err_lo}))
-        fig.update_layout(title="Rates with 95 % intervals", yaxis_range=[0, 1.05], height=330,
-                          margin={"t": 40, "b": 10})
+        fig = go.Figure(
+            go.Bar(
+                x=rates["metric"],
+                y=rates["value"],
+                error_y={"type": "data", "array": err_hi, "arrayminus": err_lo},
+            )
+        )
+        fig.update_layout(
+            title="Rates with 95 % intervals", yaxis_range=[0, 1.05], height=330, margin={"t": 40, "b": 10}
+        )
         st.plotly_chart(fig, width="stretch")
-    fds = mt[mt["name"].isin(["convergence.fd", "convergence.fd_train_holdout", "convergence.fd_gen_train"])
-             & mt["value"].notna()]
+    fds = mt[
+        mt["name"].isin(["convergence.fd", "convergence.fd_train_holdout", "convergence.fd_gen_train"])
+        & mt["value"].notna()
+    ]
     if len(fds):
-        fig = go.Figure(go.Bar(x=fds["metric"], y=fds["value"],
-                               error_y={"type": "data", "array": (fds["ci_hi"] - fds["value"]).fillna(0).clip(lower=0),
-                                        "arrayminus": (fds["value"] - fds["ci_lo"]).fillna(0).clip(lower=0)}))
-        fig.update_layout(title="Fréchet distance vs the real-data noise floor", height=300, margin={"t": 40, "b": 10})
+        fig = go.Figure(
+            go.Bar(
+                x=fds["metric"],
+                y=fds["value"],
+                error_y={
+                    "type": "data",
+                    "array": (fds["ci_hi"] - fds["value"]).fillna(0).clip(lower=0),
+                    "arrayminus": (fds["value"] - fds["ci_lo"]).fillna(0).clip(lower=0),
+                },
+            )
+        )
+        fig.update_layout(
+            title="Fréchet distance vs the real-data noise floor", height=300, margin={"t": 40, "b": 10}
+        )
         st.plotly_chart(fig, width="stretch")
 
 # ------------------------------------------------------------------------------------------ samples
@@ -102,29 +156,14 @@ if tp is not None:
         st.warning(f"thumbs.npz skipped: {e}")
 
 
-def grid(imgs: np.ndarray, cols: int = 16, up: int = 4, pad: int = 2) -> np.ndarray:
-    """(n, h, w, c) uint8 -> one (H, W, c) uint8 mosaic, nearest-neighbour upscaled."""
-    n, h, w, c = imgs.shape
-    cols = max(1, min(cols, n))
-    rows = -(-n // cols)
-    H, W = h * up, w * up
-    canvas = np.full((rows * (H + pad) + pad, cols * (W + pad) + pad, c), 255, np.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        canvas[pad + r * (H + pad): pad + r * (H + pad) + H, pad + q * (W + pad): pad + q * (W + pad) + W] = \
-            imgs[i].repeat(up, 0).repeat(up, 1)
-    return canvas[..., 0] if c == 1 else canvas
-
-
-def upscale_for(img: np.ndarray) -> int:
-    return max(1, 48 // max(img.shape[1], img.shape[2]))
-
-
 copies_path = ui.artifact(run_dir, "copies.parquet")
 pca_path = ui.artifact(run_dir, "pca.parquet")
 if thumbs is not None and "generated" in thumbs and len(thumbs["generated"]):
     g = thumbs["generated"]
-    st.image(grid(g, up=upscale_for(g)), caption=f"first {len(g)} generated samples (thumbnails stored by the audit)")
+    st.image(
+        images.mosaic(g, cols=16),
+        caption=f"first {len(g)} generated samples (thumbnails stored by the audit)",
+    )
 elif pca_path is not None:
     try:
         pca = data.read_parquet(pca_path, con=con)
@@ -134,14 +173,32 @@ elif pca_path is not None:
             if name == "generated":
                 p = p[~p["is_copy"]]
             if len(p):
-                fig.add_trace(go.Scattergl(x=p["pc1"], y=p["pc2"], mode="markers", name=name,
-                                           marker={"size": 4, "opacity": 0.5, "color": colour}))
+                fig.add_trace(
+                    go.Scattergl(
+                        x=p["pc1"],
+                        y=p["pc2"],
+                        mode="markers",
+                        name=name,
+                        marker={"size": 4, "opacity": 0.5, "color": colour},
+                    )
+                )
         p = pca[(pca["set"] == "generated") & pca["is_copy"]]
         if len(p):
-            fig.add_trace(go.Scattergl(x=p["pc1"], y=p["pc2"], mode="markers", name="generated (copy)",
-                                       marker={"size": 7, "symbol": "x", "color": "#d62728"}))
-        fig.update_layout(title="2-D PCA of generated / train / holdout features, coloured by copy flag",
-                          xaxis_title="PC 1", yaxis_title="PC 2", height=460)
+            fig.add_trace(
+                go.Scattergl(
+                    x=p["pc1"],
+                    y=p["pc2"],
+                    mode="markers",
+                    name="generated (copy)",
+                    marker={"size": 7, "symbol": "x", "color": "#d62728"},
+                )
+            )
+        fig.update_layout(
+            title="2-D PCA of generated / train / holdout features, coloured by copy flag",
+            xaxis_title="PC 1",
+            yaxis_title="PC 2",
+            height=460,
+        )
         st.plotly_chart(fig, width="stretch")
     except DiffauditError as e:
         st.warning(f"pca.parquet skipped: {e}")
@@ -154,36 +211,62 @@ if copies_path is None:
     st.info("This run has no copies.parquet (no nearest-neighbour data).")
 else:
     det = (rep.get("details") or {}).get("memorization") or {}
-    st.caption(f"Copy rule `{det.get('rule', '?')}`: ratio d₁/d₂ below {ui.fmt(det.get('ratio_threshold'))} "
-               f"(d₁, d₂: distances to the nearest and second-nearest training item)"
-               + (f", d₁ below the holdout 1 % quantile {det['holdout_threshold']:.4g}" if det.get("holdout_threshold") else "")
-               + ".")
+    st.caption(
+        f"Copy rule `{det.get('rule', '?')}`: ratio d₁/d₂ below {ui.fmt(det.get('ratio_threshold'))} "
+        f"(d₁, d₂: distances to the nearest and second-nearest training item)"
+        + (
+            f", d₁ below the holdout 1 % quantile {det['holdout_threshold']:.4g}"
+            if det.get("holdout_threshold")
+            else ""
+        )
+        + "."
+    )
     try:
         if thumbs is not None and "pairs_generated" in thumbs and len(thumbs["pairs_generated"]):
             gi = thumbs["pairs_generated_index"].astype(np.int64)
-            pairs = data.read_parquet(copies_path, "SELECT * FROM {src} WHERE \"index\" IN (SELECT unnest(?))",
-                                      con=con, params=[gi.tolist()]).set_index("index")
-            order = st.radio("sort the gallery by", ["ratio", "d1"], horizontal=True, key="audit_gallery_sort")
+            pairs = data.read_parquet(
+                copies_path,
+                'SELECT * FROM {src} WHERE "index" IN (SELECT unnest(?))',
+                con=con,
+                params=[gi.tolist()],
+            ).set_index("index")
+            order = st.radio(
+                "sort the gallery by", ["ratio", "d1"], horizontal=True, key="audit_gallery_sort"
+            )
             info = pairs.loc[gi]
-            rank = np.lexsort((info["d1"].to_numpy(), info["ratio"].to_numpy())) if order == "ratio" else \
-                np.lexsort((info["ratio"].to_numpy(), info["d1"].to_numpy()))
+            rank = (
+                np.lexsort((info["d1"].to_numpy(), info["ratio"].to_numpy()))
+                if order == "ratio"
+                else np.lexsort((info["ratio"].to_numpy(), info["d1"].to_numpy()))
+            )
             per_row = 4
             for start in range(0, len(rank), per_row):
                 cs = st.columns(per_row)
-                for c, j in zip(cs, rank[start:start + per_row], strict=False):
+                for c, j in zip(cs, rank[start : start + per_row], strict=False):
                     pair = np.stack([thumbs["pairs_generated"][j], thumbs["pairs_train"][j]])
                     r = info.iloc[j]
-                    c.image(grid(pair, cols=2, up=upscale_for(pair)),
-                            caption=f"generated #{gi[j]} | train #{int(r['nn_index'])} · d₁ {r['d1']:.3g} · "
-                                    f"ratio {r['ratio']:.2f}{' · COPY' if bool(r['is_copy']) else ''}")
+                    c.image(
+                        images.mosaic(pair, cols=2),
+                        caption=f"generated #{gi[j]} | train #{int(r['nn_index'])} · d₁ {r['d1']:.3g} · "
+                        f"ratio {r['ratio']:.2f}{' · COPY' if bool(r['is_copy']) else ''}",
+                    )
         c1, c2 = st.columns([3, 2])
         with c1:
             st.markdown("**Nearest training item of every generated sample**")
             o1, o2 = st.columns(2)
-            order = o1.selectbox("sort by", ["ratio", "d1", "d2", "index", "ratio (desc)", "d1 (desc)"], key="audit_copies_sort")
+            order = o1.selectbox(
+                "sort by",
+                ["ratio", "d1", "d2", "index", "ratio (desc)", "d1 (desc)"],
+                key="audit_copies_sort",
+            )
             only = o2.toggle("copies only", value=False, key="audit_copies_only")
-            n_all = int(data.read_parquet(copies_path, "SELECT count(*) AS n FROM {src}" + (" WHERE is_copy" if only else ""),
-                                          con=con)["n"].iloc[0])
+            n_all = int(
+                data.read_parquet(
+                    copies_path,
+                    "SELECT count(*) AS n FROM {src}" + (" WHERE is_copy" if only else ""),
+                    con=con,
+                )["n"].iloc[0]
+            )
             size, page = ui.pagination_ui(n_all, "audit_copies")
             page_df, n_rows = data.copies_page(copies_path, order, page, size, only, con=con)
             st.dataframe(page_df, hide_index=True, width="stretch")
@@ -194,15 +277,24 @@ else:
             top = mc[mc["copies"] > 0]
             if len(top):
                 fig = go.Figure(go.Bar(x=top["train_index"].astype(str), y=top["copies"]))
-                fig.update_layout(height=260, xaxis_title="training item", yaxis_title="generated copies",
-                                  margin={"t": 10, "b": 10}, xaxis_type="category")
+                fig.update_layout(
+                    height=260,
+                    xaxis_title="training item",
+                    yaxis_title="generated copies",
+                    margin={"t": 10, "b": 10},
+                    xaxis_type="category",
+                )
                 st.plotly_chart(fig, width="stretch")
         d = data.read_parquet(copies_path, "SELECT d1, ratio, is_copy FROM {src}", con=con)
         fig = go.Figure(go.Histogram(x=d["ratio"], nbinsx=50, name="ratio d₁/d₂"))
         if det.get("ratio_threshold") is not None:
             fig.add_vline(x=float(det["ratio_threshold"]), line_dash="dash", annotation_text="copy threshold")
-        fig.update_layout(title="Ratio d₁/d₂ of generated samples (small = copy-like)", height=300,
-                          xaxis_title="d₁/d₂", margin={"t": 40, "b": 10})
+        fig.update_layout(
+            title="Ratio d₁/d₂ of generated samples (small = copy-like)",
+            height=300,
+            xaxis_title="d₁/d₂",
+            margin={"t": 40, "b": 10},
+        )
         st.plotly_chart(fig, width="stretch")
     except DiffauditError as e:
         st.warning(f"copies.parquet skipped: {e}")
@@ -216,18 +308,30 @@ else:
     names = fac.get("factor_names") or sorted((fac.get("wasserstein_rel") or {}).keys())
     w1 = fac.get("wasserstein_rel") or {}
     ks = fac.get("ks") or {}
-    ff = pd.DataFrame({"factor": names, "relative W1": [w1.get(n) for n in names], "KS": [ks.get(n) for n in names]})
-    fig = go.Figure([go.Bar(x=ff["factor"], y=ff["relative W1"], name="relative W₁"),
-                     go.Bar(x=ff["factor"], y=ff["KS"], name="KS statistic")])
-    fig.update_layout(barmode="group", height=320, title="Recovered factors of valid samples vs the true prior (0 = identical)",
-                      margin={"t": 40, "b": 10})
+    ff = pd.DataFrame(
+        {"factor": names, "relative W1": [w1.get(n) for n in names], "KS": [ks.get(n) for n in names]}
+    )
+    fig = go.Figure(
+        [
+            go.Bar(x=ff["factor"], y=ff["relative W1"], name="relative W₁"),
+            go.Bar(x=ff["factor"], y=ff["KS"], name="KS statistic"),
+        ]
+    )
+    fig.update_layout(
+        barmode="group",
+        height=320,
+        title="Recovered factors of valid samples vs the true prior (0 = identical)",
+        margin={"t": 40, "b": 10},
+    )
     c1, c2 = st.columns([3, 2])
     c1.plotly_chart(fig, width="stretch")
     with c2:
         st.dataframe(ff, hide_index=True, width="stretch")
         if fac.get("tau") is not None:
-            st.caption(f"validity threshold τ = {fac['tau']:.3g} on the oracle-projection residual; "
-                       f"coverage of the factor space {fac.get('reference_coverage', float('nan')):.2g} (reference)")
+            st.caption(
+                f"validity threshold τ = {fac['tau']:.3g} on the oracle-projection residual; "
+                f"coverage of the factor space {fac.get('reference_coverage', float('nan')):.2g} (reference)"
+            )
 
 # ------------------------------------------------------------------------------------------ membership
 mia = (rep.get("details") or {}).get("membership")
@@ -237,14 +341,23 @@ if mia:
     if roc and roc.get("fpr") and roc.get("tpr"):
         fig = go.Figure(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name="ROC"))
         fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot"}, name="chance"))
-        fig.update_layout(title="Membership-inference ROC", xaxis_title="false-positive rate",
-                          yaxis_title="true-positive rate", height=360)
+        fig.update_layout(
+            title="Membership-inference ROC",
+            xaxis_title="false-positive rate",
+            yaxis_title="true-positive rate",
+            height=360,
+        )
         st.plotly_chart(fig, width="stretch")
     if mia.get("sigmas") and mia.get("auc"):
         fig = go.Figure(go.Scatter(x=mia["sigmas"], y=mia["auc"], mode="lines+markers", name="AUC"))
         fig.add_hline(y=0.5, line_dash="dot", annotation_text="chance")
-        fig.update_layout(title="Loss-threshold attack: AUC per noise level σ", xaxis_type="log", xaxis_title="σ",
-                          yaxis_title="AUC", height=320)
+        fig.update_layout(
+            title="Loss-threshold attack: AUC per noise level σ",
+            xaxis_type="log",
+            xaxis_title="σ",
+            yaxis_title="AUC",
+            height=320,
+        )
         st.plotly_chart(fig, width="stretch")
 
 # ------------------------------------------------------------------------------------------ the rest
@@ -263,4 +376,15 @@ with st.expander("Timings and inputs"):
         st.json(rep["sweep"], expanded=False)
 html_path = ui.artifact(run_dir, "report.html")
 if html_path is not None:
-    st.download_button("Download the self-contained report.html", html_path.read_bytes(), "report.html", "text/html")
+    shared = data.html_plotly_src(html_path)
+    st.download_button(
+        "Download report.html" if shared else "Download the self-contained report.html",
+        html_path.read_bytes(),
+        "report.html",
+        "text/html",
+    )
+    if shared:  # sweep cells share one plotly.js per sweep folder
+        st.caption(
+            f"This page loads plotly.js from `{shared}` (one copy per sweep): open it inside the sweep "
+            "folder, or copy that file beside it."
+        )

@@ -12,18 +12,24 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from diffaudit.app import data, ui
+from diffaudit.report import schema
 
 ui.setup("scaling")
 st.title("Scaling")
 df, _ = ui.require_runs()
 cells = df[(df["kind"] == "sweep cell") & df["n_train"].notna()].copy()
 if cells.empty:
-    st.info("No sweep cells under the results folders. Run a sweep first, e.g. "
-            "`diffaudit sweep --preset quick --out reports/quick`, then `diffaudit thresholds reports/quick`.", icon=":material/inbox:")
+    st.info(
+        "No sweep cells under the results folders. Run a sweep first, e.g. "
+        "`diffaudit sweep --preset quick --out reports/quick`, then `diffaudit thresholds reports/quick`.",
+        icon=":material/inbox:",
+    )
     st.stop()
 
 cells["sweep_key"] = cells["sweep"].astype(str) + "  (in " + cells["root"] + ")"
-METRIC_CHOICES = ["fd_ratio", *data.PUBLIC_METRICS, "convergence.fd_equal_n", "memorization.mia_auc"]
+# The sweep's transition metrics first (schema rows marked n1 / n2), then FD / floor, then every other row.
+_FIRST = [schema.sweep_metric("n1").key, schema.sweep_metric("n2").key, data.FD_RATIO]
+METRIC_CHOICES = list(dict.fromkeys(_FIRST + [f"{g}.{k}" for g, k in data.METRICS]))
 
 
 def scaling_ui(cells: pd.DataFrame) -> dict:
@@ -33,14 +39,22 @@ def scaling_ui(cells: pd.DataFrame) -> dict:
     dataset = c[1].selectbox("dataset", sorted(sub["dataset"].dropna().unique()), key="sc_dataset")
     sub = sub[sub["dataset"] == dataset]
     avail = [m for m in METRIC_CHOICES if m in sub and sub[m].notna().any()]
-    metric = c[2].selectbox("metric", avail, format_func=lambda m: ui.LABELS.get(m, m), key="sc_metric")
-    models = c[3].multiselect("models", sorted(sub["model_label"].dropna().unique()),
-                              default=sorted(sub["model_label"].dropna().unique()), key="sc_models")
+    metric = c[2].selectbox("metric", avail, format_func=ui.label, key="sc_metric")
+    models = c[3].multiselect(
+        "models",
+        sorted(sub["model_label"].dropna().unique()),
+        default=sorted(sub["model_label"].dropna().unique()),
+        key="sc_models",
+    )
     return {"sweep": sweep, "dataset": dataset, "metric": metric, "models": models}
 
 
 p = scaling_ui(cells)
-sub = cells[(cells["sweep_key"] == p["sweep"]) & (cells["dataset"] == p["dataset"]) & cells["model_label"].isin(p["models"])]
+sub = cells[
+    (cells["sweep_key"] == p["sweep"])
+    & (cells["dataset"] == p["dataset"])
+    & cells["model_label"].isin(p["models"])
+]
 metric = p["metric"]
 if sub.empty or metric is None:
     st.info("Nothing to plot for this choice.")
@@ -51,10 +65,12 @@ thr_path = data.sweep_file(sweep_rel, root, "thresholds.json")
 thr = data.read_json_file(thr_path) if thr_path is not None else None
 groups = [g for g in (thr or {}).get("groups", []) if g.get("dataset") == p["dataset"]]
 if thr_path is None:
-    st.caption(f"No thresholds.json in this sweep yet: run `diffaudit thresholds {root / sweep_rel}` for fitted n₁*, n₂*.")
+    st.caption(
+        f"No thresholds.json in this sweep yet: run `diffaudit thresholds {root / sweep_rel}` for fitted n₁*, n₂*."
+    )
 
 # ---------------------------------------------------------------------------------------- curves
-st.subheader(f"{ui.LABELS.get(metric, metric)} against n")
+st.subheader(f"{ui.label(metric)} against n")
 d_values = sorted(int(v) for v in sub["d"].dropna().unique())
 d_pick = st.selectbox("d", d_values or [None], key="sc_d") if d_values else None
 curve = sub[sub["d"] == d_pick] if d_pick is not None else sub
@@ -62,16 +78,38 @@ palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 fig = go.Figure()
 for k, (model, grp) in enumerate(curve.groupby("model_label", sort=True)):
     colour = palette[k % len(palette)]
-    agg = grp.groupby("n_train")[metric].agg(["mean", "min", "max", "count"]).dropna(subset=["mean"]).sort_index()
+    agg = (
+        grp.groupby("n_train")[metric]
+        .agg(["mean", "min", "max", "count"])
+        .dropna(subset=["mean"])
+        .sort_index()
+    )
     if agg.empty:
         continue
     x = agg.index.astype(float).to_numpy()
     if (agg["count"] > 1).any():
-        fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([agg["max"], agg["min"][::-1]]),
-                                 fill="toself", fillcolor=colour, opacity=0.18, line={"width": 0}, hoverinfo="skip",
-                                 name=f"{model}: seeds (min–max)", showlegend=True))
-    fig.add_trace(go.Scatter(x=x, y=agg["mean"], mode="lines+markers", name=f"{model} (mean over seeds)",
-                             line={"color": colour}))
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([x, x[::-1]]),
+                y=np.concatenate([agg["max"], agg["min"][::-1]]),
+                fill="toself",
+                fillcolor=colour,
+                opacity=0.18,
+                line={"width": 0},
+                hoverinfo="skip",
+                name=f"{model}: seeds (min–max)",
+                showlegend=True,
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=agg["mean"],
+            mode="lines+markers",
+            name=f"{model} (mean over seeds)",
+            line={"color": colour},
+        )
+    )
     for g in groups:
         if g.get("model") != model or (d_pick is not None and g.get("d") != d_pick):
             continue
@@ -81,10 +119,20 @@ for k, (model, grp) in enumerate(curve.groupby("model_label", sort=True)):
                 ci = s.get("n_star_ci")
                 if ci:
                     fig.add_vrect(x0=ci[0], x1=ci[1], fillcolor=colour, opacity=0.12, line_width=0)
-                fig.add_vline(x=s["n_star"], line_dash=dash, line_color=colour,
-                              annotation_text=f"{label} {model} = {s['n_star']:.0f}", annotation_position="top")
-fig.update_layout(xaxis_type="log", xaxis_title="training-set size n (log)", yaxis_title=ui.LABELS.get(metric, metric),
-                  height=440, legend={"orientation": "h", "y": -0.2})
+                fig.add_vline(
+                    x=s["n_star"],
+                    line_dash=dash,
+                    line_color=colour,
+                    annotation_text=f"{label} {model} = {s['n_star']:.0f}",
+                    annotation_position="top",
+                )
+fig.update_layout(
+    xaxis_type="log",
+    xaxis_title="training-set size n (log)",
+    yaxis_title=ui.axis_title(metric),
+    height=440,
+    legend={"orientation": "h", "y": -0.2},
+)
 st.plotly_chart(fig, width="stretch")
 if groups:
     rows = []
@@ -94,13 +142,34 @@ if groups:
         for key, label in (("n1_star", "n₁* (threshold 1)"), ("n2_star", "n₂* (threshold 2)")):
             s = g.get(key) or {}
             ci = s.get("n_star_ci")
-            rows.append({"model": g.get("model"), "d": g.get("d"), "threshold": label, "status": s.get("status"),
-                         "n*": s.get("n_star"), "95 % interval": f"[{ci[0]:.0f}, {ci[1]:.0f}]" if ci else "—",
-                         "note": s.get("message")})
-        rows.append({"model": g.get("model"), "d": g.get("d"), "threshold": "which first", "status": (g.get("order") or {}).get("first"),
-                     "n*": None, "95 % interval": "", "note": (g.get("order") or {}).get("statement")})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                 column_config={"n*": st.column_config.NumberColumn("n*", format="%.0f")})
+            rows.append(
+                {
+                    "model": g.get("model"),
+                    "d": g.get("d"),
+                    "threshold": label,
+                    "status": s.get("status"),
+                    "n*": s.get("n_star"),
+                    "95 % interval": f"[{ci[0]:.0f}, {ci[1]:.0f}]" if ci else "—",
+                    "note": s.get("message"),
+                }
+            )
+        rows.append(
+            {
+                "model": g.get("model"),
+                "d": g.get("d"),
+                "threshold": "which first",
+                "status": (g.get("order") or {}).get("first"),
+                "n*": None,
+                "95 % interval": "",
+                "note": (g.get("order") or {}).get("statement"),
+            }
+        )
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        width="stretch",
+        column_config={"n*": st.column_config.NumberColumn("n*", format="%.0f")},
+    )
 
 # ---------------------------------------------------------------------------------------- phase diagram
 st.subheader("Phase diagram (n × d)")
@@ -110,24 +179,44 @@ if ph["d"].nunique() < 1 or ph[metric].isna().all():
     st.info("No values of this metric to place on an n × d grid.")
 else:
     piv = ph.pivot_table(index="d", columns="n_train", values=metric, aggfunc="mean").sort_index()
-    fig = go.Figure(go.Heatmap(z=piv.to_numpy(), x=[str(int(v)) for v in piv.columns], y=[str(int(v)) for v in piv.index],
-                               colorscale="Viridis", colorbar={"title": ui.LABELS.get(metric, metric)[:18]},
-                               hovertemplate="n=%{x}<br>d=%{y}<br>value=%{z:.4g}<extra></extra>"))
-    fig.update_layout(xaxis_title="training-set size n", yaxis_title="dimension d", height=360,
-                      xaxis_type="category", yaxis_type="category")
+    fig = go.Figure(
+        go.Heatmap(
+            z=piv.to_numpy(),
+            x=[str(int(v)) for v in piv.columns],
+            y=[str(int(v)) for v in piv.index],
+            colorscale="Viridis",
+            colorbar={"title": ui.label(metric)[:18]},
+            hovertemplate="n=%{x}<br>d=%{y}<br>value=%{z:.4g}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        xaxis_title="training-set size n",
+        yaxis_title="dimension d",
+        height=360,
+        xaxis_type="category",
+        yaxis_type="category",
+    )
     st.plotly_chart(fig, width="stretch")
 
 # ---------------------------------------------------------------------------------------- exponents
 st.subheader("Exponents: log n* against log d")
 if thr is None:
-    st.info("Fitted thresholds appear here once `diffaudit thresholds DIR` has written thresholds.json for this sweep.")
+    st.info(
+        "Fitted thresholds appear here once `diffaudit thresholds DIR` has written thresholds.json for this sweep."
+    )
 else:
     fig = go.Figure()
     any_pt = False
     for k, g_model in enumerate(sorted({g.get("model") for g in groups})):
         for key, symbol, label in (("n1_star", "circle", "n₁*"), ("n2_star", "diamond", "n₂*")):
-            pts = [(g["d"], g[key]) for g in groups if g.get("model") == g_model and g.get("d") is not None
-                   and (g.get(key) or {}).get("status") == "fit" and g[key].get("n_star")]
+            pts = [
+                (g["d"], g[key])
+                for g in groups
+                if g.get("model") == g_model
+                and g.get("d") is not None
+                and (g.get(key) or {}).get("status") == "fit"
+                and g[key].get("n_star")
+            ]
             if not pts:
                 continue
             any_pt = True
@@ -135,22 +224,54 @@ else:
             ns = [q[1]["n_star"] for q in pts]
             lo = [n - (q[1]["n_star_ci"] or [n, n])[0] for q, n in zip(pts, ns, strict=True)]
             hi = [(q[1]["n_star_ci"] or [n, n])[1] - n for q, n in zip(pts, ns, strict=True)]
-            fig.add_trace(go.Scatter(x=dd, y=ns, mode="markers", marker={"symbol": symbol, "size": 10,
-                                     "color": palette[k % len(palette)]}, name=f"{label} {g_model}",
-                                     error_y={"type": "data", "array": hi, "arrayminus": lo}))
-    for e in (thr.get("exponents") or []):
+            fig.add_trace(
+                go.Scatter(
+                    x=dd,
+                    y=ns,
+                    mode="markers",
+                    marker={"symbol": symbol, "size": 10, "color": palette[k % len(palette)]},
+                    name=f"{label} {g_model}",
+                    error_y={"type": "data", "array": hi, "arrayminus": lo},
+                )
+            )
+    for e in thr.get("exponents") or []:
         if e.get("dataset") != p["dataset"] or e.get("status") != "fit" or not e.get("d"):
             continue
         xs = np.array([min(e["d"]), max(e["d"])], float)
-        fig.add_trace(go.Scatter(x=xs, y=np.exp(e["c"]) * xs ** e["b"], mode="lines", line={"dash": "dash"},
-                                 name=f"{e['model']} {e['metric']}: n* ∝ d^{e['b']:.2f}"))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=np.exp(e["c"]) * xs ** e["b"],
+                mode="lines",
+                line={"dash": "dash"},
+                name=f"{e['model']} {e['metric']}: n* ∝ d^{e['b']:.2f}",
+            )
+        )
     if any_pt:
-        fig.update_layout(xaxis_type="log", yaxis_type="log", xaxis_title="d (log)", yaxis_title="n* (log)", height=380)
+        fig.update_layout(
+            xaxis_type="log", yaxis_type="log", xaxis_title="d (log)", yaxis_title="n* (log)", height=380
+        )
         st.plotly_chart(fig, width="stretch")
     else:
-        st.info("No transition was located inside the grid for this dataset (see the table above), so there is no n* to plot.")
+        st.info(
+            "No transition was located inside the grid for this dataset (see the table above), so there is no n* to plot."
+        )
     ex = [e for e in (thr.get("exponents") or []) if e.get("dataset") == p["dataset"]]
     if ex:
-        st.dataframe(pd.DataFrame([{"model": e.get("model"), "metric": e.get("metric"), "status": e.get("status"),
-                                    "b": e.get("b"), "b 95 % interval": e.get("b_ci"), "note": e.get("message")} for e in ex]),
-                     hide_index=True, width="stretch")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "model": e.get("model"),
+                        "metric": e.get("metric"),
+                        "status": e.get("status"),
+                        "b": e.get("b"),
+                        "b 95 % interval": e.get("b_ci"),
+                        "note": e.get("message"),
+                    }
+                    for e in ex
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )

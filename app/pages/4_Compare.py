@@ -23,8 +23,13 @@ ids = df["run_id"].tolist()
 
 def compare_ui() -> list[str]:
     default = [r for r in asked if r in labels] or ids[:2]
-    return st.multiselect("runs to compare (two or more)", ids, default=default, format_func=lambda i: labels.get(i, i),
-                          key="cmp_runs")
+    return st.multiselect(
+        "runs to compare (two or more)",
+        ids,
+        default=default,
+        format_func=lambda i: labels.get(i, i),
+        key="cmp_runs",
+    )
 
 
 chosen = compare_ui()
@@ -44,31 +49,61 @@ for k, rid in enumerate(chosen):
         bits.append(f"d={r['d']}")
     short[rid] = f"{chr(65 + k) if k < 26 else k}: {' '.join(bits)}"
 sel = df.set_index("run_id").loc[chosen]
-st.dataframe(pd.DataFrame({"run": [short[r] for r in chosen], "run id": chosen,
-                           "dataset": sel["dataset_spec"].tolist()}), hide_index=True, width="stretch")
+st.dataframe(
+    pd.DataFrame(
+        {"run": [short[r] for r in chosen], "run id": chosen, "dataset": sel["dataset_spec"].tolist()}
+    ),
+    hide_index=True,
+    width="stretch",
+)
 
 st.subheader("Verdicts")
-verdicts = pd.DataFrame({short[r]: [sel.loc[r, f"v_{v}"] for v in data.VERDICTS] for r in chosen},
-                        index=["threshold 1 · convergence", "threshold 2 · generalization", "memorization"])
+verdicts = pd.DataFrame(
+    {short[r]: [sel.loc[r, f"v_{v}"] for v in data.VERDICTS] for r in chosen},
+    index=["threshold 1 · convergence", "threshold 2 · generalization", "memorization"],
+)
 st.dataframe(verdicts.style.map(ui.verdict_style), width="stretch")
 
 st.subheader("Metrics")
-names = [f"{g}.{k}" for g, k in data.METRICS]
-table = pd.DataFrame({short[r]: [ui.fmt(sel.loc[r, m], sel.loc[r, f"{m}.lo"], sel.loc[r, f"{m}.hi"]) for m in names]
-                      for r in chosen}, index=[ui.LABELS.get(m, m) for m in names])
+names = [f"{g}.{k}" for g, k in data.METRICS]  # every schema row; a run without one shows "—"
+table = pd.DataFrame(
+    {
+        "better": [ui.direction(m).replace(" is better", "") for m in names],
+        **{
+            short[r]: [ui.fmt(sel.loc[r, m], sel.loc[r, f"{m}.lo"], sel.loc[r, f"{m}.hi"]) for m in names]
+            for r in chosen
+        },
+    },
+    index=[ui.label(m) for m in names],
+)
 st.dataframe(table, width="stretch")
 
 st.subheader("Overlaid curves")
-rate_names = ["convergence.precision", "convergence.recall", "convergence.coverage", "factors.validity",
-              "factors.novel_valid_rate", "memorization.copy_rate"]
+rate_names = [
+    "convergence.precision",
+    "convergence.recall",
+    "convergence.coverage",
+    "factors.validity",
+    "factors.novel_valid_rate",
+    "memorization.copy_rate",
+]
 fig = go.Figure()
 for r in chosen:
     v = sel.loc[r, rate_names].astype(float)
     lo = sel.loc[r, [f"{m}.lo" for m in rate_names]].astype(float).to_numpy()
     hi = sel.loc[r, [f"{m}.hi" for m in rate_names]].astype(float).to_numpy()
-    fig.add_trace(go.Bar(x=[ui.LABELS[m] for m in rate_names], y=v.to_numpy(), name=short[r],
-                         error_y={"type": "data", "array": np.nan_to_num(hi - v.to_numpy()).clip(0),
-                                  "arrayminus": np.nan_to_num(v.to_numpy() - lo).clip(0)}))
+    fig.add_trace(
+        go.Bar(
+            x=[ui.label(m) for m in rate_names],
+            y=v.to_numpy(),
+            name=short[r],
+            error_y={
+                "type": "data",
+                "array": np.nan_to_num(hi - v.to_numpy()).clip(0),
+                "arrayminus": np.nan_to_num(v.to_numpy() - lo).clip(0),
+            },
+        )
+    )
 fig.update_layout(barmode="group", yaxis_range=[0, 1.05], height=360, title="Rates with 95 % intervals")
 st.plotly_chart(fig, width="stretch")
 
@@ -90,7 +125,9 @@ for r in chosen:
         if d is not None and len(d):
             y = np.arange(1, len(d) + 1) / len(d)
             ecdf_d1.add_trace(go.Scatter(x=np.sort(d["d1"].to_numpy()), y=y, mode="lines", name=short[r]))
-            ecdf_ratio.add_trace(go.Scatter(x=np.sort(d["ratio"].to_numpy()), y=y, mode="lines", name=short[r]))
+            ecdf_ratio.add_trace(
+                go.Scatter(x=np.sort(d["ratio"].to_numpy()), y=y, mode="lines", name=short[r])
+            )
     try:
         mia = (data.read_report(run_dir).get("details") or {}).get("membership")
     except DiffauditError:
@@ -98,14 +135,27 @@ for r in chosen:
     if mia and mia.get("sigmas") and mia.get("auc"):
         has_mia = True
         mia_fig.add_trace(go.Scatter(x=mia["sigmas"], y=mia["auc"], mode="lines+markers", name=short[r]))
-ecdf_d1.update_layout(title="Distance d₁ to the nearest training item (ECDF)", xaxis_title="d₁ (squared L2)",
-                      yaxis_title="share of generated samples", height=340)
-ecdf_ratio.update_layout(title="Ratio d₁/d₂ (ECDF; mass near 0 = copies)", xaxis_title="d₁/d₂",
-                         yaxis_title="share of generated samples", height=340)
+ecdf_d1.update_layout(
+    title="Distance d₁ to the nearest training item (ECDF)",
+    xaxis_title="d₁ (squared L2)",
+    yaxis_title="share of generated samples",
+    height=340,
+)
+ecdf_ratio.update_layout(
+    title="Ratio d₁/d₂ (ECDF; mass near 0 = copies)",
+    xaxis_title="d₁/d₂",
+    yaxis_title="share of generated samples",
+    height=340,
+)
 c1.plotly_chart(ecdf_d1, width="stretch")
 c2.plotly_chart(ecdf_ratio, width="stretch")
 if has_mia:
     mia_fig.add_hline(y=0.5, line_dash="dot")
-    mia_fig.update_layout(title="Membership-inference AUC per noise level", xaxis_type="log", xaxis_title="σ",
-                          yaxis_title="AUC", height=320)
+    mia_fig.update_layout(
+        title="Membership-inference AUC per noise level",
+        xaxis_type="log",
+        xaxis_title="σ",
+        yaxis_title="AUC",
+        height=320,
+    )
     st.plotly_chart(mia_fig, width="stretch")

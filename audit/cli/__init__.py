@@ -16,13 +16,13 @@ from diffaudit.errors import DiffauditError
 
 # name -> "module:attribute" of a click.Command. Add a line here when you add a subcommand.
 COMMANDS: dict[str, str] = {
-    "compare": "diffaudit.pipeline.compare:compare_cmd",
+    "compare": "diffaudit.cli.compare:compare_cmd",
     "audit": "diffaudit.cli.audit:audit_cmd",
-    "demo": "diffaudit.pipeline.demo:demo_cmd",
-    "embed": "diffaudit.features:embed_cmd",
-    "train": "diffaudit.harness.train:train_cmd",
-    "sweep": "diffaudit.sweeps.run:sweep_cmd",
-    "thresholds": "diffaudit.sweeps.thresholds:thresholds_cmd",
+    "demo": "diffaudit.cli.demo:demo_cmd",
+    "embed": "diffaudit.cli.embed:embed_cmd",
+    "train": "diffaudit.cli.train:train_cmd",
+    "sweep": "diffaudit.cli.sweep:sweep_cmd",
+    "thresholds": "diffaudit.cli.thresholds:thresholds_cmd",
     "app": "diffaudit.cli.app:app_cmd",
 }
 

@@ -26,10 +26,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 
+from diffaudit import __version__
+from diffaudit.device import resolve_device
 from diffaudit.errors import DiffauditError
+from diffaudit.fileio import atomic_write_json
+from diffaudit.harness.checkpoint import save_checkpoint
+from diffaudit.harness.edm import EDMPrecond, draw_sigma_noise, edm_loss_from_draws
+from diffaudit.harness.networks import build_network, parse_model_spec
+from diffaudit.hashing import array_sha256
 
 CHECKPOINT_FORMAT = "diffaudit.checkpoint/1"
 
@@ -77,13 +83,6 @@ class TrainResult:
     out_dir: Path | None = None
 
 
-def resolve_device(device: str):
-    """"auto" -> cuda if available else cpu; "cuda" without a GPU is a user mistake (``diffaudit.device``)."""
-    from diffaudit.device import resolve_device as _resolve
-
-    return _resolve(device)
-
-
 def check_training_data(x, name: str = "training data") -> np.ndarray:
     """(n, d) or (n, c, h, w) finite float array with n >= 2 and non-zero spread -> float32."""
     try:
@@ -110,7 +109,6 @@ def init_network(model_cfg, shape, seed: int):
     """The raw network F with initial weights from ``seed`` (global torch RNG left untouched)."""
     import torch
 
-    from diffaudit.harness.networks import build_network
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
@@ -197,7 +195,6 @@ def prepare_out_dir(out_dir, overwrite: bool) -> Path | None:
 
 
 def checkpoint_config(model_cfg, shape, sigma_data, n_train, train_cfg: TrainConfig, dataset_spec, data_sha256):
-    from diffaudit import __version__
 
     return {
         "format": CHECKPOINT_FORMAT,
@@ -232,11 +229,6 @@ def train(
     """
     import torch
 
-    from diffaudit.models.checkpoint import save_checkpoint
-    from diffaudit.harness.edm import EDMPrecond, draw_sigma_noise, edm_loss_from_draws
-    from diffaudit.fileio import atomic_write_json
-    from diffaudit.hashing import array_sha256
-    from diffaudit.harness.networks import parse_model_spec
 
     cfg = train_cfg or TrainConfig()
     cfg.check()
@@ -333,53 +325,3 @@ def train(
 
 
 # --- CLI ---------------------------------------------------------------------------------------
-
-
-@click.command("train")
-@click.option("--dataset", "dataset_spec", default=None, help="Dataset spec, e.g. 'hidden-manifold:d=32' or 'mcm:d=16'.")
-@click.option("--train", "train_path", default=None, type=click.Path(path_type=Path),
-              help="Train on samples from a file/folder (.npy, .npz, .pt, .safetensors, images) instead of --dataset.")
-@click.option("--n-train", type=int, default=None, help="Number of training samples (required with --dataset).")
-@click.option("--model", "model_spec", default="mlp:width=256,depth=4", show_default=True,
-              help="Network spec: 'mlp:width=256,depth=4' or 'unet:channels=32,levels=3,attention=true'.")
-@click.option("--steps", type=int, default=2000, show_default=True)
-@click.option("--batch", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the training set draw, init, batches and noise.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run folder for the checkpoint.")
-@click.option("--quiet", is_flag=True, help="No per-log progress lines.")
-def train_cmd(dataset_spec, train_path, n_train, model_spec, steps, batch, lr, seed, device, out_dir, quiet):
-    """Train an EDM denoiser and write a checkpoint that `diffaudit audit ckpt:DIR` reads.
-
-    \b
-    Examples:
-      diffaudit train --dataset hidden-manifold:d=32 --n-train 512 --steps 8000 --out runs/hm512
-      diffaudit train --train my_samples.npy --model mlp:width=128,depth=3 --out runs/mine
-    """
-    if (dataset_spec is None) == (train_path is None):
-        raise DiffauditError("give exactly one of --dataset SPEC or --train PATH.")
-    if dataset_spec is not None:
-        if n_train is None:
-            raise DiffauditError("--dataset needs --n-train N (the number of training samples to draw).")
-        if n_train < 2:
-            raise DiffauditError(f"--n-train must be >= 2, got {n_train}.")
-        from diffaudit.datasets.base import get_dataset
-
-        ds = get_dataset(dataset_spec)
-        x = ds.sample(int(n_train), seed)[0]
-        spec = ds.spec
-    else:
-        from diffaudit.datasets.loading import load_samples
-
-        x = load_samples(train_path)
-        if n_train is not None:
-            if n_train < 2 or n_train > len(x):
-                raise DiffauditError(f"--n-train {n_train} must be between 2 and the {len(x)} samples in {train_path}.")
-            x = x[:n_train]
-        spec = f"file:{train_path}"
-    cfg = TrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, device=device)
-    res = train(x, model_spec, cfg, out_dir=out_dir, progress=not quiet, dataset_spec=spec)
-    last = res.stats[-1]
-    click.echo(f"trained {res.config['model']} on n={res.config['n_train']} for {last['step']} steps "
-               f"(final loss {last['loss']:.4f}, {last['elapsed_s']:.1f}s); checkpoint in {out_dir}")

@@ -24,7 +24,17 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from diffaudit.device import resolve_device
 from diffaudit.errors import DiffauditError
+from diffaudit.harness.checkpoint import save_checkpoint
+from diffaudit.harness.edm import (
+    EDMPrecond,
+    draw_normals,
+    edm_loss_from_draws,
+    precondition,
+    sigma_from_normal,
+)
+from diffaudit.harness.networks import build_network, parse_model_spec
 from diffaudit.harness.train import (
     BatchSampler,
     TrainConfig,
@@ -36,8 +46,8 @@ from diffaudit.harness.train import (
     init_network,
     lr_at,
     make_generator,
-    resolve_device,
 )
+from diffaudit.hashing import array_sha256
 
 
 @dataclass
@@ -49,8 +59,6 @@ class MultiTrainResult:
 
     def precond(self, m: int):
         """Model m's EMA network as an ``EDMPrecond`` (eval mode, CPU)."""
-        from diffaudit.harness.edm import EDMPrecond
-        from diffaudit.harness.networks import build_network
 
         cfg = self.configs[m]
         net = build_network(self.model_spec, tuple(cfg["shape"]))
@@ -59,7 +67,6 @@ class MultiTrainResult:
 
     def save(self, m: int, out_dir) -> None:
         """Write model m as a normal checkpoint (``load_checkpoint``/``ckpt:`` read it)."""
-        from diffaudit.models.checkpoint import save_checkpoint
 
         save_checkpoint(out_dir, self.precond(m), self.configs[m])
 
@@ -78,9 +85,6 @@ def train_many(
     import torch
     from torch.func import functional_call, stack_module_state, vmap
 
-    from diffaudit.harness.edm import draw_normals, edm_loss_from_draws, precondition, sigma_from_normal
-    from diffaudit.hashing import array_sha256
-    from diffaudit.harness.networks import parse_model_spec
 
     cfg = train_cfg or TrainConfig()
     cfg.check()

@@ -24,8 +24,10 @@ k-diffusion's ``external.py`` wraps foreign models into one ``D(x, sigma)``:
     c_in = 1 / sqrt(1 + sigma^2); epsilon prediction: D = x - sigma * eps; v prediction:
     D = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) * v; sample prediction: D = net output.
     Sampled with the shared EDM Heun sampler over the sigma range the scheduler covers.
-``control:oracle|gaussian|memorizer``
-    The analytic controls (``diffaudit.models.controls``), fitted to ``train`` (oracle needs ``dataset``). The
+``control:NAME[:key=value,...]``
+    The analytic controls (``diffaudit.models.controls.CONTROLS``: oracle, gaussian, memorizer and the
+    failure modes shrunk, collapsed, interpolator, noisy-memorizer, mode-dropper), with parameters as
+    in ``control:shrunk:factor=0.3``; fitted to ``train`` (oracle and mode-dropper need ``dataset``). The
     gaussian is NOT clipped to [-1, 1] on images: it is the moments-only control, and clipping changes
     its mean and covariance (on 16 x 16 sprites: FD 4x the real-data floor instead of 1.4x).
 """
@@ -39,11 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
+from diffaudit.datasets.loading import load_samples
+from diffaudit.device import resolve_device
 from diffaudit.errors import DiffauditError
+from diffaudit.models.checkpoint import CheckpointModel
 from diffaudit.models.contract import DenoiserModel, Model
+from diffaudit.models.controls import CONTROLS, DENOISER_CONTROLS, make_control
+from diffaudit.models.sampler import SamplerConfig
 
 FORMS = ("samples:PATH", "entry:pkg.module:factory", "ckpt:PATH", "diffusers:PATH",
-         "control:oracle|gaussian|memorizer")
+         "control:NAME[:key=value,...]")
 
 __all__ = ["FORMS", "load_model", "SamplesModel", "FunctionModel", "DiffusersModel", "model_name"]
 
@@ -80,8 +87,6 @@ def load_model(spec: str, *, train=None, dataset=None, device: str = "auto", num
     if kind == "entry":
         return _load_entry(rest)
     if kind == "ckpt":
-        from diffaudit.models.checkpoint import CheckpointModel
-        from diffaudit.device import resolve_device
 
         m = CheckpointModel(rest, device=str(resolve_device(device)), **steps)
         m.name = f"ckpt:{rest}"
@@ -89,20 +94,38 @@ def load_model(spec: str, *, train=None, dataset=None, device: str = "auto", num
     if kind == "diffusers":
         return DiffusersModel(rest, device=device, **steps)
     if kind == "control":
-        from diffaudit.models.controls import make_control
 
-        name = rest.lower()
-        if name not in ("oracle", "gaussian", "memorizer"):
-            raise DiffauditError(f"unknown control {rest!r} in model spec {spec!r}; use control:oracle, control:gaussian or control:memorizer.")
-        if name == "oracle" and dataset is None:
-            raise DiffauditError("model control:oracle samples the true generator, so it needs --dataset SPEC (synthetic data).")
-        kw = {} if name == "oracle" else dict(steps)
+        name = rest.partition(":")[0].strip().lower()
+        if name not in CONTROLS:
+            raise DiffauditError(
+                f"unknown control {name!r} in model spec {spec!r}; use control:NAME with NAME one of: {', '.join(CONTROLS)}."
+            )
+        if name in ("oracle", "mode-dropper") and dataset is None:
+            raise DiffauditError(
+                f"model control:{name} samples the true generator, so it needs --dataset SPEC (synthetic data)."
+            )
+        kw = dict(steps) if name in DENOISER_CONTROLS else {}  # the others are black boxes: no sampler
         if name == "gaussian":
             kw["clip"] = None  # keep the training mean/covariance exactly (clipping images to [-1, 1] changes both)
-        m = make_control(name, train=train, dataset=dataset, **kw)
-        m.name = f"control:{name}"
+        m = make_control(rest, train=train, dataset=dataset, **kw)
+        tail = rest.partition(":")[2].strip()
+        m.name = f"control:{name}:{tail}" if tail else f"control:{name}"
         return m
     raise DiffauditError(f"model spec {spec!r} has unknown form {kind!r}; use one of: {_forms()}.")
+
+
+def as_model(obj, name: str | None = None) -> Model:
+    """Any Python model behind the contract: a ``Model``, an object with ``sample(n, seed)`` (and maybe
+    ``denoise``), or a ``sample(n, seed)`` function (the Python API's counterpart of ``entry:``)."""
+    if isinstance(obj, Model):
+        return obj
+    label = name or getattr(obj, "name", None) or type(obj).__name__
+    if callable(getattr(obj, "sample", None)):
+        return _ObjectModel(obj, label)
+    if callable(obj) and _is_sample_function(obj):
+        return FunctionModel(obj, getattr(obj, "__name__", label))
+    raise DiffauditError(f"model {label!r} has no sample(n, seed) method; pass a spec string, an object with "
+                         "sample(n, seed), or a sample(n, seed) function.")
 
 
 # --------------------------------------------------------------------------------------------- samples
@@ -112,7 +135,6 @@ class SamplesModel(Model):
     """Pre-generated samples as a black-box model: ``sample(n, seed)`` = the first n rows (seed ignored)."""
 
     def __init__(self, path, key: str | None = None):
-        from diffaudit.datasets.loading import load_samples
 
         self.path = str(path)
         self.x = load_samples(path, key=key, name=f"generated samples {path}")
@@ -265,8 +287,6 @@ class DiffusersModel(DenoiserModel):
             raise DiffauditError("the diffusers: adapter needs the optional 'diffusers' package; pip install 'diffaudit[diffusers]'.") from None
         import torch
 
-        from diffaudit.device import resolve_device
-        from diffaudit.models.sampler import SamplerConfig
 
         path = Path(os.fspath(path)).expanduser()
         unet_dir, sched_dir = _find_parts(path)

@@ -21,9 +21,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
 from diffaudit.errors import DiffauditError
+from diffaudit.fileio import atomic_write_json, atomic_write_text
+from diffaudit.models.adapters import load_model
+from diffaudit.pipeline.run import run_audit
+from diffaudit.pipeline.setup import synthetic_data
+from diffaudit.sweeps.run import train_and_audit_cell
 
 
 @dataclass(frozen=True)
@@ -64,34 +67,41 @@ TRAINED = (
 
 
 def explain(model: str, report: dict) -> str:
-    """One plain sentence: which threshold the model passed and why."""
+    """One plain sentence: where the model stands on each threshold, and the measurement behind it."""
     p, v = report["probes"], report["verdict"]
-    conv = p["convergence"]
-    fd, floor = (conv.get("fd_equal_n") or conv.get("fd")), conv.get("fd_train_holdout")
+    conv, fac, memo = p["convergence"], p["factors"], p["memorization"]
+    eps1 = (report.get("thresholds") or {}).get("eps1", 0.1)
     parts = []
-    if fd and floor and floor["value"] > 0:
-        ratio = fd["value"] / floor["value"]
+    e1 = conv.get("moment_error")
+    if e1 is not None:
+        fd_ratio = conv.get("fd_ratio")
+        fd = f"; FD {fd_ratio['value']:.1f}x real-vs-real" if fd_ratio else ""
         if v["convergence"] == "pass":
-            ci = floor.get("ci")
-            where = ("inside real data's own noise range" if ci and fd["value"] <= ci[1]
-                     else "within the stated factor of real-vs-real")
-            parts.append(f"FID as good as real data (FD {ratio:.1f}x real-vs-real, {where})")
+            parts.append(f"bulk statistics match the data (second-moment error E1 {e1['value']:.3f} <= {eps1:g}{fd})")
         else:
-            parts.append(f"FID {ratio:.1f}x worse than real data")
-    val = p["factors"].get("validity")
-    nv = p["factors"].get("novel_valid_rate")
-    cr = p["memorization"].get("copy_rate")
+            parts.append(f"bulk statistics off (second-moment error E1 {e1['value']:.3g} > {eps1:g}{fd})")
+    val, nv = fac.get("validity"), fac.get("novel_valid_rate")
+    cr = memo.get("copy_rate")
     c = 100 * cr["value"] if cr else float("nan")
     said_copies = False
     if val is not None and nv is not None:
+        why = (report.get("details") or {}).get("factors") or {}
         if v["generalization"] == "pass":
-            parts.append(f"and {100 * nv['value']:.0f} % of its samples are valid and novel")
+            parts.append(f"and {100 * nv['value']:.0f} % of its samples are valid and novel, with factors distributed "
+                         "like the truth")
         elif val["value"] < 0.5:
-            parts.append(f"but {100 * val['value']:.0f} % of its samples lie on the data manifold")
-        else:
+            parts.append(f"but only {100 * val['value']:.0f} % of its samples lie on the data manifold")
+        elif cr and cr["value"] > 0.5 * (1 - nv["value"]) and cr["value"] > 0.02:
             parts.append(f"but {c:.0f} % of its samples are copies of training items")
             said_copies = True
-    auc = p["memorization"].get("mia_auc")
+        elif why.get("factor_match") is False:
+            parts.append("but the factors of its novel samples are not distributed like the true ones"
+                         + (f" ({why['mismatch']})" if why.get("mismatch") else ""))
+        elif why.get("coverage_ok") is False:
+            parts.append("but its samples miss part of factor space")
+        else:
+            parts.append(f"but only {100 * nv['value']:.0f} % of its samples are valid and novel")
+    auc = memo.get("mia_auc")
     if v["memorization"] == "pass":
         parts.append(f"no memorization ({c:.1f} % copies)")
     elif said_copies:
@@ -105,27 +115,24 @@ def explain(model: str, report: dict) -> str:
 def run_demo(out: Path, *, cases=CASES, models=MODELS, trained=TRAINED, progress: bool = False, echo=None) -> list[dict]:
     """Audit every (case, model) and train-and-audit every trained case; write the reports, index.json and
     index.html under ``out``."""
-    from diffaudit.models.adapters import load_model
-    from diffaudit.pipeline.run import AuditConfig, dataset_split, run_audit
-    from diffaudit.datasets.base import get_dataset
-    from diffaudit.fileio import atomic_write_json, atomic_write_text
+    from diffaudit.pipeline.run import AuditConfig
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DiffauditError(f"demo output folder {out} already exists and is not empty; pass another --out.")
     entries = []
     for case in cases:
-        ds = get_dataset(case.dataset)
-        train, train_z, holdout, holdout_z = dataset_split(ds, case.n_train, case.n_samples, seed=0)
+        data = synthetic_data(case.dataset, case.n_train, case.n_samples, seed=0)
+        ds = data.dataset
         for name in models:
             t0 = time.perf_counter()
-            model = load_model(f"control:{name}", train=train, dataset=ds,
+            model = load_model(f"control:{name}", train=data.train, dataset=ds,
                                num_steps=case.num_steps if name == "memorizer" else None)
             cfg = AuditConfig(features="pixels", n_samples=case.n_samples, seed=0, progress=progress)
             folder = f"{case.label}-{name}"
-            rep = run_audit(model, train=train, holdout=holdout, dataset=ds, config=cfg, out_dir=out / folder,
-                            model_spec=f"control:{name}", train_z=train_z, holdout_z=holdout_z,
-                            inputs={"train": f"{ds.spec} n={case.n_train}", "holdout": f"{ds.spec} n={case.n_samples}"})
+            rep = run_audit(model, train=data.train, holdout=data.holdout, dataset=ds, config=cfg,
+                            out_dir=out / folder, model_spec=f"control:{name}", train_z=data.train_z,
+                            holdout_z=data.holdout_z, inputs=data.provenance)
             e = {"name": f"{case.label}/{name}", "dataset": ds.spec, "report": f"{folder}/report.json",
                  "html": f"{folder}/report.html", "verdict": rep["verdict"], "summary": explain(name, rep),
                  "seconds": round(time.perf_counter() - t0, 2)}
@@ -133,8 +140,6 @@ def run_demo(out: Path, *, cases=CASES, models=MODELS, trained=TRAINED, progress
             if echo:
                 echo(f"  {e['name']:<28} {e['seconds']:6.1f} s")
     for tc in trained:
-        from diffaudit.sweeps.run import train_and_audit_cell
-
         t0 = time.perf_counter()
         folder = f"{tc.label}-mlp-n{tc.n_train}"
         rep = train_and_audit_cell(tc.dataset, tc.n_train, tc.model, tc.steps, 0, out / folder,
@@ -168,48 +173,10 @@ def index_html(index: list[dict]) -> str:
         "table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.35em .7em;text-align:left}"
         ".pass{background:#e3f6e5}.fail{background:#fde7e7}.na{background:#eee}</style></head><body>"
         "<h1>diffaudit demo: three analytic controls, two thresholds</h1>"
-        "<p>Threshold 1 (convergence): the samples match the data's bulk statistics (FD against held-out data within "
-        "real data's own noise floor). Threshold 2 (generalization): the samples lie on the true data manifold and are "
-        "not training copies. Memorization: training copies and membership leakage.</p>"
+        "<p>Threshold 1 (convergence): the samples match the data's bulk statistics (whitened second-moment error E1 "
+        "against the data population at most 0.1). Threshold 2 (generalization): the samples lie on the true data "
+        "manifold, are not training copies, and their latent factors are distributed like the true ones. "
+        "Memorization: training copies and membership leakage.</p>"
         "<table><tr><th>report</th><th>dataset</th><th>threshold 1</th><th>threshold 2</th><th>memorization</th>"
         f"<th>in plain words</th></tr>{''.join(rows)}</table></body></html>"
     )
-
-
-@click.command("demo", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--out", "out", metavar="DIR", help="output folder (default reports/demo-<timestamp>)")
-@click.option("--no-progress", is_flag=True, help="no progress bars")
-def demo_cmd(out, no_progress):
-    """Audit the oracle, gaussian and memorizer controls on hidden-manifold and 16x16 sprites, then train and
-    audit two small EDM models at n = 16 and n = 2048 (CPU, about 2 minutes).
-
-    \b
-    Example:
-      diffaudit demo --out reports/demo
-    """
-    from rich.console import Console
-    from rich.table import Table
-
-    from diffaudit.cli.audit import check_out_dir
-
-    out_dir = Path(out) if out else Path("reports") / f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    if not (out_dir.is_dir() and not any(out_dir.iterdir())):
-        check_out_dir(out_dir)
-    con = Console()
-    t0 = time.perf_counter()
-    con.print("diffaudit demo: auditing 3 controls x 2 datasets, then training 2 small EDM models", markup=False, highlight=False)
-    entries = run_demo(out_dir, progress=not no_progress, echo=lambda s: con.print(s, markup=False, highlight=False))
-    colour = {"pass": "green", "fail": "red"}
-    t = Table(title=f"diffaudit demo ({time.perf_counter() - t0:.0f} s)")
-    t.add_column("model", no_wrap=True)
-    for c in ("threshold 1 (convergence)", "threshold 2 (generalization)", "memorization"):
-        t.add_column(c)
-    for e in entries:
-        v = e["verdict"]
-        t.add_row(e["name"], *(f"[{colour.get(v[k], 'yellow')}]{v[k]}[/]" for k in ("convergence", "generalization", "memorization")))
-    con.print(t)
-    con.print("In plain words:", markup=False, highlight=False)
-    for e in entries:
-        con.print(f"  [{e['name'].split('/')[0]}] {e['summary']}", markup=False, highlight=False, soft_wrap=True)
-    con.print(f"index: {out_dir / 'index.html'}", markup=False, highlight=False)
-    return 0

@@ -18,6 +18,8 @@ from diffaudit.errors import DiffauditError
 from diffaudit.fileio import atomic_path
 from diffaudit.hashing import array_sha256, cache_key, params_sha256
 from diffaudit.paths import cache_root
+from diffaudit.probes._checks import as_features
+from diffaudit.probes.neighbors import build_index
 
 INDEX_FORMAT = 1  # bump when build_index changes what it builds
 _BUILD_KEYS = ("index", "metric", "nlist", "seed", "train_size")
@@ -51,8 +53,6 @@ def cached_index(xb, params: dict[str, Any] | None = None):
     ``diffaudit.probes.neighbors.search(..., index=...)`` or ``find_copies(..., index=...)``."""
     import faiss
 
-    from diffaudit.probes._checks import as_features
-    from diffaudit.probes.neighbors import build_index
 
     xb = as_features(xb, "training set", min_n=2)
     p = _normalise(dict(params or {}))

@@ -49,9 +49,9 @@ METRICS: tuple[Metric, ...] = (
     # ------------------------------------------------------------------ convergence (threshold 1)
     Metric("convergence.moment_error", "whitened 2nd-moment error E1", better="lower", threshold="convergence",
            sweep="n1", help="||E_g[y y^T] - I||_F^2 / d with y whitened by the data population (or holdout); "
-           "unbiased, independent of the number of generated samples"),
-    Metric("convergence.moment_error_mean", "E1: mean part", better="lower", threshold="convergence",
-           help="||W (mu_g - mu)||^2 / d: the share of E1 due to a shifted mean"),
+           "unbiased whatever the number of generated samples; an n-sample estimate of the data scores (d + kappa)/n"),
+    Metric("convergence.moment_error_mean", "E1: mean shift", better="lower", threshold="convergence",
+           help="||W (mu_g - mu)||^2 / d: the whitened mean shift (a pure shift m alone gives E1 = d x this^2)"),
     Metric("convergence.fd", "FD (generated vs holdout)", better="lower", needs=("holdout",), public=True,
            help="Frechet distance between the generated and the held-out features"),
     Metric("convergence.fd_train_holdout", "FD floor (train vs holdout)", needs=("holdout",), public=True,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from diffaudit.errors import DiffauditError
+from diffaudit.models.sampler import noise_from_seeds
 from diffaudit.probes.membership import RP_THRESHOLD, RPResult
 from diffaudit.probes.membership import disjoint_reproducibility as _rp
-from diffaudit.models.sampler import noise_from_seeds
 
 
 def shared_noise_samples(model_a, model_b, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

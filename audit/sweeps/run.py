@@ -38,11 +38,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 
+from diffaudit import __version__
+from diffaudit.datasets.base import get_dataset, parse_spec
+from diffaudit.device import resolve_device
 from diffaudit.errors import DiffauditError
 from diffaudit.fileio import atomic_directory, atomic_write_json, jsonable
+from diffaudit.harness.train import TrainConfig, train
+from diffaudit.hashing import params_sha256
+from diffaudit.models.adapters import load_model
+from diffaudit.models.checkpoint import CheckpointModel
+from diffaudit.pipeline.config import AuditConfig
+from diffaudit.pipeline.run import run_audit
+from diffaudit.pipeline.setup import AuditData, synthetic_data
+from diffaudit.sweeps.reproducibility import disjoint_reproducibility
 from diffaudit.sweeps.spec import (
     CELL_SCHEMA,
     SPEC_SCHEMA,
@@ -50,8 +60,6 @@ from diffaudit.sweeps.spec import (
     SweepSpec,
     derive_seed,
     expand,
-    load_preset,
-    load_spec,
 )
 
 CellFn = Callable[[dict, Path, str], dict]
@@ -60,24 +68,7 @@ CellFn = Callable[[dict, Path, str], dict]
 # ------------------------------------------------------------------------------------------ one cell
 
 
-def _fd_floor(ds, record: dict, holdout: np.ndarray) -> float | None:
-    """Data-vs-data Frechet distance at the audit's sample sizes: a fresh draw of ``n_samples`` true
-    samples against the same holdout. FD is biased upwards by finite samples; this is the value a
-    perfect model would get, i.e. the noise floor of ``probes.convergence.fd``."""
-    try:
-        from diffaudit.probes.convergence import frechet_distance
-    except ImportError:
-        return None
-    fresh = ds.sample(int(record["n_samples"]), derive_seed(record["seed"], "floor"))[0]
-    a = fresh.reshape(len(fresh), -1)
-    b = holdout.reshape(len(holdout), -1)
-    r = frechet_distance(a, b)
-    return float(getattr(r, "value", getattr(r, "fd", r)))
-
-
 def _train_model(record: dict, x: np.ndarray, device: str, out_dir: Path | None, seed: int):
-    from diffaudit.harness.train import TrainConfig, train
-    from diffaudit.models.checkpoint import CheckpointModel
 
     cfg = TrainConfig(steps=int(record["steps"]), seed=int(seed), device=device, **record["train"])
     res = train(x, record["model"], cfg, out_dir=out_dir, progress=False, dataset_spec=record["dataset_spec"])
@@ -89,34 +80,26 @@ def _train_model(record: dict, x: np.ndarray, device: str, out_dir: Path | None,
 def _reproducibility(model_a, model_b, record: dict) -> dict:
     """Disjoint-split reproducibility (Zhang et al. 2023; Kadkhodaie et al. 2024): two models trained on
     disjoint sets of the same size, sampled from the same noise (``diffaudit.sweeps.reproducibility``)."""
-    from diffaudit.sweeps.reproducibility import disjoint_reproducibility
 
     r = disjoint_reproducibility(model_a, model_b, int(record["n_samples"]), seed=derive_seed(record["seed"], "repro"))
     return {"rp": {"value": float(r.rp), "ci": None if r.rp_ci is None else [float(v) for v in r.rp_ci]},
             "mean_similarity": float(r.mean_similarity), "threshold": float(r.threshold), "n": int(r.n)}
 
 
-def _audit(model, x_train, x_hold, ds, record: dict, out_dir: Path, device: str) -> dict:
+def _audit(model, data: AuditData, record: dict, out_dir: Path, device: str) -> dict:
     """``run_audit`` into ``out_dir`` (report.json, metrics.parquet, copies, HTML land in the cell folder)."""
-    import dataclasses
-
-    from diffaudit.pipeline.run import AuditConfig, run_audit
-
     opts = dict(record["audit_options"])
-    fields = {f.name for f in dataclasses.fields(AuditConfig)}
-    unknown = sorted(set(opts) - fields)
-    if unknown:
-        raise DiffauditError(f"[audit] options {', '.join(unknown)} are not AuditConfig fields; "
-                             f"valid: {', '.join(sorted(fields))}.")
     opts.setdefault("n_samples", int(record["n_samples"]))
     opts.setdefault("seed", int(record["seed"]))
     opts.setdefault("device", "cpu" if device == "cpu" else device)
     opts["kid_subset_size"] = min(int(opts.get("kid_subset_size", 1000)), int(record["n_samples"]),
                                   int(record["n_holdout"]))
-    cfg = AuditConfig(**opts)
+    cfg = AuditConfig.from_options(opts, where=f"cell {record['cell_id']} [audit]")
     sub = out_dir / "audit"  # run_audit builds its own folder atomically; its files are moved up
-    report = run_audit(model, train=x_train, holdout=x_hold, dataset=ds, config=cfg, out_dir=sub,
-                       model_spec=record["model"], inputs={"sweep_cell": record["cell_id"]})
+    report = run_audit(model, train=data.train, holdout=data.holdout, dataset=data.dataset, config=cfg,
+                       out_dir=sub, model_spec=record["model"], train_z=data.train_z, holdout_z=data.holdout_z,
+                       inputs={"sweep_cell": record["cell_id"], **data.provenance},
+                       html_plotly=record.get("html_plotly", "inline"))
     for p in sub.iterdir():
         os.replace(p, out_dir / p.name)
     sub.rmdir()
@@ -129,22 +112,17 @@ def compute_cell(record: dict, out_dir: Path, device: str = "cpu") -> dict:
     This is the default cell function; ``run_sweep(cell_fn=...)`` takes any function with the same
     signature that writes ``report.json`` into ``out_dir``.
     """
-    from diffaudit.datasets.base import get_dataset
-
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     ds = get_dataset(record["dataset"], **record["params"])
-    x_train = ds.sample(int(record["n_train"]), int(record["seed"]))[0]
-    x_hold = ds.sample(int(record["n_holdout"]), int(record["holdout_seed"]))[0]
+    data = synthetic_data(ds, int(record["n_train"]), int(record["n_holdout"]), int(record["seed"]))
+    x_train = data.train
     timings["data"] = time.perf_counter() - t0
     t = time.perf_counter()
     train_info: dict = {"steps": int(record["steps"]), "budget": record["budget"]}
     model_b = None
     if record["model"].startswith("control:"):
-        from diffaudit.models.controls import make_control
-
-        model = make_control(record["model"].split(":", 1)[1], train=x_train, dataset=ds,
-                             num_steps=int(record["sampler_steps"]))
+        model = load_model(record["model"], train=x_train, dataset=ds, num_steps=int(record["sampler_steps"]))
     else:
         model, res = _train_model(record, x_train, device, out_dir / "checkpoint", int(record["seed"]))
         if res.stats:
@@ -155,11 +133,8 @@ def compute_cell(record: dict, out_dir: Path, device: str = "cpu") -> dict:
             model_b, _ = _train_model(record, x_b, device, out_dir / "checkpoint_b", derive_seed(record["seed"], "half-b"))
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
-    report = _audit(model, x_train, x_hold, ds, record, out_dir, device)
+    report = _audit(model, data, record, out_dir, device)
     timings["audit"] = time.perf_counter() - t
-    t = time.perf_counter()
-    floor = _fd_floor(ds, record, x_hold)
-    timings["floor"] = time.perf_counter() - t
     extra: dict = {}
     if model_b is not None:
         t = time.perf_counter()
@@ -172,7 +147,6 @@ def compute_cell(record: dict, out_dir: Path, device: str = "cpu") -> dict:
         "cell": {k: record[k] for k in ("dataset", "params", "dataset_spec", "d", "n_train", "seed", "model",
                                         "model_label", "n_samples", "n_holdout")},
         "train": train_info,
-        "fd_floor": None if floor is None else {"value": floor, "ci": None},
         **extra,
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
@@ -273,8 +247,6 @@ def _sweep_lock(out: Path):
 
 
 def _sweep_doc(spec: SweepSpec, cells: list[Cell]) -> dict:
-    from diffaudit import __version__
-    from diffaudit.hashing import params_sha256
 
     return {
         "schema": SPEC_SCHEMA,
@@ -319,15 +291,6 @@ def default_workers(device: str) -> int:
             if torch.cuda.is_available():
                 return max(1, torch.cuda.device_count())
     return max(1, os.cpu_count() or 1)
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        with contextlib.suppress(ImportError):
-            import torch
-
-            return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _worker_init(threads: int, gpu_queue) -> None:
@@ -380,7 +343,7 @@ def run_sweep(
         raise DiffauditError(f"--threads must be >= 1, got {threads}.")
     if out.exists() and not out.is_dir():
         raise DiffauditError(f"--out {out} is a file; pass a folder for the sweep.")
-    device = _resolve_device(device)
+    device = resolve_device(device).type  # a worker pins its own cuda:i
     with _sweep_lock(out):
         records = prepare(spec, out, resume)
         pending = [r for r in records if not is_complete(out, r["cell_id"])]
@@ -491,7 +454,6 @@ def train_and_audit_cell(dataset_spec: str, n_train: int, model_spec: str, steps
     """Train ``model_spec`` on ``dataset.sample(n_train, seed)`` for ``steps`` steps and audit it, as a
     sweep cell would; writes ``out_dir`` atomically (report.json, metrics.parquet, checkpoint/) and
     returns the report dict. ``out_dir`` must not exist yet."""
-    from diffaudit.datasets.base import get_dataset, parse_spec
 
     name, params = parse_spec(dataset_spec)
     get_dataset(name, **params)
@@ -507,44 +469,3 @@ def train_and_audit_cell(dataset_spec: str, n_train: int, model_spec: str, steps
         atomic_write_json(tmp / "cell.json", {**record, "device": device})
         report = compute_cell(record, tmp, device)
     return report
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-
-
-@click.command("sweep")
-@click.argument("spec_path", required=False, type=click.Path(path_type=Path))
-@click.option("--preset", type=click.Choice(["quick", "paper"]), default=None,
-              help="A built-in spec instead of SPEC: quick (CPU, minutes) or paper (GPU-sized).")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Sweep folder (DIR/cells/<id>/...).")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
-@click.option("--ray-address", default=None, help="Address of a running Ray cluster (default: start a local one).")
-@click.option("--resume", is_flag=True, help="Finish a sweep in an existing --out (completed cells are kept).")
-@click.option("--workers", type=int, default=None, help="Parallel cells (default: CPU cores, or GPUs on CUDA).")
-@click.option("--threads", type=int, default=None,
-              help="Torch threads per worker (default: CPU cores / workers). Keep it fixed when resuming.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def sweep_cmd(spec_path, preset, out, executor, ray_address, resume, workers, threads, device, quiet):
-    """Train and audit one model per (dataset, d, n, seed) cell of a sweep spec.
-
-    \b
-    Examples:
-      diffaudit sweep --preset quick --out runs/quick
-      diffaudit sweep my_sweep.toml --out runs/big --executor ray --ray-address auto
-      diffaudit sweep my_sweep.toml --out runs/big --resume      # after an interruption
-      diffaudit thresholds runs/quick
-    """
-    if (spec_path is None) == (preset is None):
-        raise DiffauditError("give exactly one of SPEC.toml or --preset quick|paper.")
-    spec = load_preset(preset) if preset else load_spec(spec_path)
-    res = run_sweep(spec, out, executor=executor, workers=workers, resume=resume, ray_address=ray_address,
-                    device=device, progress=not quiet, threads=threads)
-    click.echo(f"sweep {spec.name}: {res.n_cells} cells, {res.already_complete} already complete, "
-               f"{len(res.done)} computed in {res.seconds:.1f}s, {len(res.failed)} failed; results in {out}")
-    if res.failed:
-        for f in res.failed[:5]:
-            click.echo(f"  failed {f['cell_id']}: {f['error']}", err=True)
-        click.echo(f"rerun with --resume to retry the {len(res.failed)} failed cell(s).", err=True)
-        return 1
-    return 0

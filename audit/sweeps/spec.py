@@ -18,20 +18,22 @@ it. The spec, read with ``tomllib``::
     rule = "steps"                             # "steps": fixed; "epochs": ceil(epochs n / batch);
     steps = 2000                               # "grow": clamp(ceil(epochs n / batch), min_steps, max_steps)
 
-    [train]                                    # passed to diffaudit.train.TrainConfig (batch, lr, ema, ...)
+    [train]                                    # passed to diffaudit.harness.train.TrainConfig (batch, lr, ema, ...)
     batch = 256
 
     [audit]                                    # sweep-level audit options
     n_samples = 2000                           # generated samples per cell
     n_holdout = 2000                           # holdout draws per (dataset, seed)
     sampler_steps = 32                         # Heun steps
-    options = {}                               # passed to diffaudit.auditor.AuditConfig
+    options = {}                               # diffaudit.pipeline.config.AuditConfig fields, checked at load
 
-Seeds. A cell's training set is ``dataset.sample(n_train, seed)``: draws are nested, so a smaller n is a
-prefix of a larger one under the same seed (smooth curves). Holdout, the second (disjoint) training set
-of the reproducibility pair (and that second network's initialisation), the shared sampling noise of the
-pair and the data-vs-data floor draw come from seeds derived from ``seed`` and a label (``derive_seed``); the network initialisation and minibatch order use ``seed`` at every n (common
-random numbers across the curve). Nothing depends on the order in which cells run.
+Seeds. A cell's training set and holdout follow the audit's one data-seed rule
+(``diffaudit.pipeline.setup.data_seeds``: ``sample(n_train, 3 seed + 1)``, ``sample(n_holdout, 3 seed + 2)``):
+draws are nested, so a smaller n is a prefix of a larger one under the same seed (smooth curves). The
+second (disjoint) training set of the reproducibility pair (and that second network's initialisation) and
+the shared sampling noise of the pair come from seeds derived from ``seed`` and a label (``derive_seed``);
+the network initialisation and minibatch order use ``seed`` at every n (common random numbers across the
+curve). Nothing depends on the order in which cells run.
 
 The cell id is a readable prefix plus a hash of the cell's full configuration (``Cell.config``), so the
 same spec always expands to the same ids and any change to what a cell computes changes its id.
@@ -39,6 +41,7 @@ same spec always expands to the same ids and any change to what a cell computes 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import math
@@ -49,13 +52,19 @@ from typing import Any
 
 import tomllib
 
+from diffaudit.datasets.base import DATASET_MODULES, get_dataset
 from diffaudit.errors import DiffauditError
+from diffaudit.harness.networks import parse_model_spec
+from diffaudit.harness.train import TrainConfig
 from diffaudit.hashing import params_sha256
+from diffaudit.models.controls import CONTROLS
+from diffaudit.pipeline.config import AuditConfig
+from diffaudit.pipeline.setup import data_seeds
 
 SPEC_SCHEMA = "diffaudit.sweep/1"
 CELL_SCHEMA = "diffaudit.sweep-cell/1"
 BUDGET_RULES = ("steps", "epochs", "grow")
-CONTROL_NAMES = ("gaussian", "memorizer")
+CONTROL_NAMES = tuple(c for c in CONTROLS if c != "oracle")  # the oracle needs no sweep
 _TOP_KEYS = {"name", "n", "seeds", "model", "controls", "reproducibility", "dataset", "budget", "train", "audit",
              "device", "train_models"}
 _AUDIT_KEYS = {"n_samples", "n_holdout", "sampler_steps", "options"}
@@ -170,8 +179,9 @@ class Cell:
         return int(v) if isinstance(v, int | float) else None
 
     @property
-    def holdout_seed(self) -> int:
-        return derive_seed(self.seed, "holdout")
+    def data_seeds(self) -> tuple[int, int]:
+        """(train seed, holdout seed): the audit's one data-seed rule (``diffaudit.pipeline.setup``)."""
+        return data_seeds(self.seed)
 
     @property
     def config(self) -> dict:
@@ -209,7 +219,8 @@ class Cell:
             "d": self.d,
             "model_label": self.model_label,
             "budget": self.budget,
-            "holdout_seed": self.holdout_seed,
+            "train_seed": self.data_seeds[0],
+            "holdout_seed": self.data_seeds[1],
         }
 
 
@@ -270,7 +281,6 @@ def _budget(v: Any, where: str) -> Budget:
 
 def _check_dataset(name: str, params: dict, where: str) -> None:
     """Unknown dataset or parameter -> DiffauditError (constructs one instance per grid point)."""
-    from diffaudit.datasets.base import DATASET_MODULES, get_dataset
 
     if name not in DATASET_MODULES:
         raise _err(where, f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASET_MODULES))}.")
@@ -360,6 +370,8 @@ def parse_spec(data: dict, *, where: str = "<dict>", check_datasets: bool = True
     opts = audit.get("options", {})
     if not isinstance(opts, dict):
         raise _err(where, "[audit] options must be a table of AuditConfig fields.")
+    # checked in full now, before the first cell pays for its training (n_samples etc. come per cell)
+    AuditConfig.from_options({k: v for k, v in opts.items()}, where=f"{where}: [audit.options]")
     name = data.get("name", Path(where).stem if where != "<dict>" else "sweep")
     return SweepSpec(
         name=str(name), datasets=tuple(grids), n_grid=n_grid, seeds=tuple(int(s) for s in seeds), model=model,
@@ -370,22 +382,12 @@ def parse_spec(data: dict, *, where: str = "<dict>", check_datasets: bool = True
 
 def _canonical_model(model: str, where: str) -> str:
     try:
-        from diffaudit.harness.networks import parse_model_spec
-    except ImportError:  # harness not installed: keep the string as given
-        return model
-    try:
         return parse_model_spec(model).spec
     except DiffauditError as e:
         raise _err(where, str(e)) from None
 
 
 def _check_train(train: dict, where: str) -> None:
-    try:
-        import dataclasses
-
-        from diffaudit.harness.train import TrainConfig
-    except ImportError:
-        return
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(train) - names - {"batch"})
     if unknown:
@@ -406,7 +408,7 @@ def load_spec(path: str | Path, *, check_datasets: bool = True) -> SweepSpec:
     return parse_spec(data, where=str(p), check_datasets=check_datasets)
 
 
-PRESETS = ("quick", "paper")
+PRESETS = ("quick", "controls", "paper")  # files in presets/
 
 
 def preset_path(name: str) -> Path:

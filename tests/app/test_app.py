@@ -20,10 +20,17 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from diffaudit.app import data  # noqa: E402
+from diffaudit.report import schema  # noqa: E402
+from diffaudit.report.html import ordered_metrics  # noqa: E402
 
 APP = Path(data.__file__).resolve().parent
-PAGES = {"home": APP / "Home.py", "overview": APP / "pages" / "1_Overview.py", "audit": APP / "pages" / "2_Audit.py",
-         "scaling": APP / "pages" / "3_Scaling.py", "compare": APP / "pages" / "4_Compare.py"}
+PAGES = {
+    "home": APP / "Home.py",
+    "overview": APP / "pages" / "1_Overview.py",
+    "audit": APP / "pages" / "2_Audit.py",
+    "scaling": APP / "pages" / "3_Scaling.py",
+    "compare": APP / "pages" / "4_Compare.py",
+}
 
 SWEEP_SPEC = """
 name = "app-fixture"
@@ -57,7 +64,9 @@ _BUILT: dict[str, Path] = {}
 
 def _cli(args: list[str], cache: Path) -> None:
     env = {**os.environ, "DIFFAUDIT_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "diffaudit", *args], capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "diffaudit", *args], capture_output=True, text=True, env=env, timeout=600
+    )
     assert r.returncode == 0, f"diffaudit {' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
 
 
@@ -67,10 +76,44 @@ def build_results(tmp_path_factory) -> Path:
         return _BUILT["root"]
     root = tmp_path_factory.mktemp("app-results")
     cache = tmp_path_factory.mktemp("app-cache")
-    _cli(["audit", "--model", "control:memorizer", "--dataset", "hidden-manifold:d=8", "--n-train", "128",
-          "--n-samples", "150", "--num-steps", "8", "--out", str(root / "audits" / "memorizer-hm"), "--no-progress"], cache)
-    _cli(["audit", "--model", "control:memorizer", "--dataset", "sprites:oracle_steps=30", "--n-train", "64",
-          "--n-samples", "48", "--num-steps", "6", "--out", str(root / "audits" / "memorizer-sprites"), "--no-progress"], cache)
+    _cli(
+        [
+            "audit",
+            "--model",
+            "control:memorizer",
+            "--dataset",
+            "hidden-manifold:d=8",
+            "--n-train",
+            "128",
+            "--n-samples",
+            "150",
+            "--num-steps",
+            "8",
+            "--out",
+            str(root / "audits" / "memorizer-hm"),
+            "--no-progress",
+        ],
+        cache,
+    )
+    _cli(
+        [
+            "audit",
+            "--model",
+            "control:memorizer",
+            "--dataset",
+            "sprites:oracle_steps=30",
+            "--n-train",
+            "64",
+            "--n-samples",
+            "48",
+            "--num-steps",
+            "6",
+            "--out",
+            str(root / "audits" / "memorizer-sprites"),
+            "--no-progress",
+        ],
+        cache,
+    )
     spec = root.parent / "app-fixture.toml"
     spec.write_text(SWEEP_SPEC)
     _cli(["sweep", str(spec), "--out", str(root / "sweeps" / "tiny"), "--quiet", "--workers", "2"], cache)
@@ -129,6 +172,8 @@ def test_overview_matches_plain_json_reference(results):
         rep = json.loads(f.read_text())
         row = df[df["path"] == str(f.parent.resolve())].iloc[0]
         for g, k in data.METRICS:
+            if f"{g}.{k}" == data.FD_RATIO:
+                continue  # derived for old reports: checked below
             m = rep["probes"].get(g, {}).get(k)
             if m is None:
                 assert pd.isna(row[f"{g}.{k}"])
@@ -141,16 +186,146 @@ def test_overview_matches_plain_json_reference(results):
         if "sweep" in rep:
             cell = rep["sweep"]["cell"]
             assert (row["n_train"], row["d"], row["seed"], row["model_label"]) == (
-                cell["n_train"], cell["d"], cell["seed"], cell["model_label"])
+                cell["n_train"],
+                cell["d"],
+                cell["seed"],
+                cell["model_label"],
+            )
             assert row["sweep"] == "sweeps/tiny"
-            fd, floor = rep["probes"]["convergence"]["fd"]["value"], rep["sweep"]["fd_floor"]["value"]
-            assert row["fd_ratio"] == pytest.approx(min(1.0, floor / fd))
         else:
             assert row["n_train"] == rep["inputs"]["n_train"]
+        assert row[data.FD_RATIO] == pytest.approx(_fd_ratio_reference(rep), rel=1e-12)
+    assert df[data.FD_RATIO].notna().all()
 
 
-@pytest.mark.parametrize("bad", ["0:../../etc", "0:/etc", "0:audits/../../..", "../audits", "/etc/passwd", "9:audits",
-                                 "0:audits\\..\\..", "0:audits/\x00", "", "x:audits", "0:audits"])
+def _fd_ratio_reference(rep: dict) -> float:
+    """The schema's definition read from one report by hand: reported, else FD at equal n (else FD) / floor."""
+    conv = rep["probes"]["convergence"]
+    if conv.get("fd_ratio") is not None:
+        return conv["fd_ratio"]["value"]
+    fd = conv.get("fd_equal_n") or conv.get("fd")
+    return fd["value"] / conv["fd_train_holdout"]["value"]
+
+
+def test_fd_ratio_reported_value_wins_and_old_reports_derive_it():
+    nan = float("nan")
+    s = lambda *v: pd.Series(v, dtype=float)  # noqa: E731
+    got = data.fd_ratio(
+        s(2.5, nan, nan, nan, nan),
+        s(3.0, 3.0, nan, 3.0, nan),
+        s(4.0, 4.0, 4.0, 3.0, nan),
+        s(1.5, 1.5, 2.0, 0.0, 1.0),
+    )
+    # reported | fd_equal_n / floor | fd / floor (no fd_equal_n) | floor 0: no ratio | nothing measured
+    np.testing.assert_array_equal(got.to_numpy(), [2.5, 2.0, 2.0, nan, nan])
+
+
+def _as_old_report(src: Path, dst: Path, keep_fd_equal_n: bool = True) -> dict:
+    """A copy of a run as an older diffaudit wrote it: the metrics added since are absent from report.json
+    and metrics.parquet (old public + extra keys only)."""
+    old = {
+        "convergence": {
+            "fd",
+            "fd_train_holdout",
+            "kid",
+            "precision",
+            "recall",
+            "density",
+            "coverage",
+            "fd_gen_train",
+            "fd_equal_n",
+        },
+        "factors": {
+            "validity",
+            "novel_valid_rate",
+            "residual_median",
+            "novel_rate_among_valid",
+            "factor_coverage",
+        },
+        "memorization": {
+            "copy_rate",
+            "unique_train_copied",
+            "n_copies",
+            "copy_rate_ratio",
+            "copy_rate_holdout",
+            "copy_rate_ratio_and_holdout",
+            "ct",
+            "auth_pct",
+            "mia_auc",
+            "mia_tpr_at_1pct",
+        },
+    }
+    if not keep_fd_equal_n:
+        old["convergence"].discard("fd_equal_n")
+    shutil.copytree(src, dst)
+    rep = report_of(dst)
+    rep["probes"] = {
+        g: {k: v for k, v in grp.items() if k in old[g] or k.startswith("w1_")}
+        for g, grp in rep["probes"].items()
+    }
+    (dst / "report.json").write_text(json.dumps(rep))
+    mt = pd.read_parquet(dst / "metrics.parquet")
+    keep = [n.partition(".")[2] in old.get(n.partition(".")[0], ()) or ".w1_" in n for n in mt["name"]]
+    mt[keep].to_parquet(dst / "metrics.parquet", index=False)
+    return rep
+
+
+def test_old_reports_show_missing_metrics_as_dashes(results, tmp_path, monkeypatch):
+    root = tmp_path / "old"
+    rep = _as_old_report(results / "audits" / "memorizer-hm", root / "a")
+    rep_b = _as_old_report(results / "audits" / "memorizer-hm", root / "b", keep_fd_equal_n=False)
+    new = [
+        k
+        for k in (f"{g}.{n}" for g, n in data.METRICS)
+        if k.partition(".")[2] not in rep["probes"][k.partition(".")[0]]
+    ]
+    assert "convergence.moment_error" in new and data.FD_RATIO in new  # the fixture really is old
+    df, problems, _ = data.overview([root])
+    assert problems == [] and len(df) == 2
+    row = df.set_index("rel").loc["a"]
+    conv = rep["probes"]["convergence"]
+    assert row[data.FD_RATIO] == pytest.approx(
+        conv["fd_equal_n"]["value"] / conv["fd_train_holdout"]["value"]
+    )
+    conv_b = rep_b["probes"]["convergence"]
+    assert df.set_index("rel").loc["b", data.FD_RATIO] == pytest.approx(
+        conv_b["fd"]["value"] / conv_b["fd_train_holdout"]["value"]
+    )
+    assert all(pd.isna(row[k]) for k in new if k != data.FD_RATIO)
+    at = page("audit", [root], {"run": "0:a"}, monkeypatch)
+    at.toggle(key="audit_all_metrics").set_value(True).run()
+    assert not at.exception
+    shown = at.dataframe[0].value.set_index("name")
+    singles = [m.key for m in schema.METRICS if not m.is_family]
+    assert set(singles) <= set(shown.index)  # every schema row listed, even those the old report lacks
+    for k in new:
+        if k != data.FD_RATIO:
+            assert shown.loc[k, "value [95 % interval]"] == "—" and pd.isna(shown.loc[k, "value"])
+    assert shown.loc[data.FD_RATIO, "value"] == pytest.approx(row[data.FD_RATIO])
+    at = page("compare", [root], {"runs": ["0:a", "0:b"]}, monkeypatch)
+    table = at.dataframe[2].value
+    assert (table.loc[schema.label("convergence.moment_error")].iloc[1:] == "—").all()
+    assert table.loc[schema.label(data.FD_RATIO), table.columns[1]] == f"{row[data.FD_RATIO]:.4g}"
+    page("overview", [root], monkeypatch=monkeypatch)
+    page("scaling", [root], monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "0:../../etc",
+        "0:/etc",
+        "0:audits/../../..",
+        "../audits",
+        "/etc/passwd",
+        "9:audits",
+        "0:audits\\..\\..",
+        "0:audits/\x00",
+        "",
+        "x:audits",
+        "0:audits",
+    ],
+)
 def test_resolve_run_refuses_ids_outside_the_root(results, bad):
     # "0:audits" is inside the root but is not a run (no report.json): refused as well
     with pytest.raises(data.UnsafePathError):
@@ -214,14 +389,24 @@ def test_audit_page_vector_run(results, monkeypatch):
         assert {"pass": "PASS", "fail": "FAIL", "n/a": "n/a"}[rep["verdict"][v]] in md
     assert rep["verdict"]["memorization"] == "fail"
     shown = at.dataframe[0].value.set_index("name")
+    assert sorted(shown.index) == sorted(m.key for m in schema.METRICS if m.public)  # the public rows only
     for name in data.PUBLIC_METRICS:
         g, k = name.split(".")
         m = rep["probes"][g][k]
+        row = schema.get(name)
+        assert shown.loc[name, "metric"] == row.label and shown.loc[name, "help"] == row.help
+        assert shown.loc[name, "better"] == {"lower": "↓ lower", "higher": "↑ higher", None: ""}[row.better]
+        assert shown.loc[name, "group"] == row.group
         if m is None:
-            assert pd.isna(shown.loc[name, "value"])
+            assert pd.isna(shown.loc[name, "value"]) and shown.loc[name, "value [95 % interval]"] == "—"
         else:
             assert shown.loc[name, "value"] == pytest.approx(m["value"])
     assert shown.loc["memorization.copy_rate", "value"] == 1.0
+    at.toggle(key="audit_all_metrics").set_value(True).run()
+    every = at.dataframe[0].value
+    reported = [f"{g}.{k}" for g, grp in rep["probes"].items() for k in grp]
+    assert set(every["name"]) == set(reported)  # every metric of report.json (family members included)
+    assert every["name"].tolist() == [k for k, _ in ordered_metrics(reported, every_row=True)]
     subs = texts(at, "subheader")
     assert subs[:4] == ["Verdicts", "Metrics", "Samples", "Copy gallery"]
     assert "Per-factor fidelity" in subs and "Membership inference" in subs
@@ -253,11 +438,15 @@ def test_audit_page_image_run_shows_thumbnails_and_gallery(results, monkeypatch)
     assert np.all(np.diff(d1) <= 0)
 
 
-@pytest.mark.parametrize("bad", ["0:../../../etc", "/etc/passwd", "0:audits/../../x", "7:audits/memorizer-hm"])
+@pytest.mark.parametrize(
+    "bad", ["0:../../../etc", "/etc/passwd", "0:audits/../../x", "7:audits/memorizer-hm"]
+)
 def test_audit_page_refuses_path_traversal(results, monkeypatch, bad):
     at = page("audit", [results], {"run": bad}, monkeypatch)
     assert any(e.startswith("Refused:") for e in texts(at, "error"))
-    assert texts(at, "header")[0].startswith("control:")  # falls back to a run from the list, nothing else read
+    assert texts(at, "header")[0].startswith(
+        "control:"
+    )  # falls back to a run from the list, nothing else read
 
 
 def test_scaling_page(results, monkeypatch):
@@ -291,11 +480,26 @@ def test_scaling_page_draws_fitted_thresholds(results, monkeypatch, tmp_path):
     shutil.copytree(results / "sweeps" / "tiny", sweep)
     thr = json.loads((sweep / "thresholds.json").read_text())
     for g in thr["groups"]:
-        g["n1_star"].update(status="fit", n_star=50.0 * g["d"] / 8, n_star_ci=[40.0 * g["d"] / 8, 60.0 * g["d"] / 8])
+        g["n1_star"].update(
+            status="fit", n_star=50.0 * g["d"] / 8, n_star_ci=[40.0 * g["d"] / 8, 60.0 * g["d"] / 8]
+        )
         g["n2_star"].update(status="fit", n_star=100.0, n_star_ci=[80.0, 120.0])
-    thr["exponents"] = [{"dataset": "hidden-manifold", "params": {"D": 2}, "model": "model", "metric": "fd_ratio",
-                         "threshold": 1, "d": [8, 16], "n_star": [50.0, 100.0], "b": 1.0, "c": float(np.log(50 / 8)),
-                         "b_ci": [0.8, 1.2], "status": "fit", "message": "n* ~ d^1.00"}]
+    thr["exponents"] = [
+        {
+            "dataset": "hidden-manifold",
+            "params": {"D": 2},
+            "model": "model",
+            "metric": "fd_ratio",
+            "threshold": 1,
+            "d": [8, 16],
+            "n_star": [50.0, 100.0],
+            "b": 1.0,
+            "c": float(np.log(50 / 8)),
+            "b_ci": [0.8, 1.2],
+            "status": "fit",
+            "message": "n* ~ d^1.00",
+        }
+    ]
     (sweep / "thresholds.json").write_text(json.dumps(thr))
     at = page("scaling", [tmp_path / "root"], monkeypatch=monkeypatch)
     at.selectbox(key="sc_d").set_value(8).run()
@@ -314,13 +518,19 @@ def test_compare_page(results, monkeypatch):
     assert texts(at, "title") == ["Compare"]
     assert texts(at, "subheader") == ["Verdicts", "Metrics", "Overlaid curves"]
     table = at.dataframe[2].value
-    assert len(table.columns) == 2
-    for col, rid in zip(table.columns, (a, b), strict=True):
+    assert len(table.columns) == 3 and table.columns[0] == "better"
+    assert table.loc[schema.label("memorization.copy_rate"), "better"] == "lower"
+    assert table.loc[schema.label("memorization.ct"), "better"] == ""
+    assert list(table.index) == [schema.label(f"{g}.{k}") for g, k in data.METRICS]
+    for col, rid in zip(table.columns[1:], (a, b), strict=True):
         rep = report_of(results / rid.split(":", 1)[1])
         m = rep["probes"]["memorization"]["copy_rate"]
         assert table.loc["copy rate", col].startswith(f"{m['value']:.4g}")
         fd = rep["probes"]["convergence"]["fd_train_holdout"]
-        assert table.loc["FD noise floor (train vs holdout)", col] == f"{fd['value']:.4g} [{fd['ci'][0]:.4g}, {fd['ci'][1]:.4g}]"
+        assert (
+            table.loc[schema.label("convergence.fd_train_holdout"), col]
+            == f"{fd['value']:.4g} [{fd['ci'][0]:.4g}, {fd['ci'][1]:.4g}]"
+        )
     names = {t["name"] for f in figures(at) for t in f["data"]}
     assert {n for n in names if n.startswith(("A:", "B:"))} and len(figures(at)) >= 3
     at = page("compare", [results], {"runs": [a, "0:../../etc/passwd"]}, monkeypatch)
@@ -380,7 +590,9 @@ def test_corrupt_parquet_inside_a_run_is_a_warning_not_a_crash(results, tmp_path
     assert "copies.parquet skipped" in warns and "metrics.parquet skipped" in warns
     rep = report_of(root / "run")
     shown = at.dataframe[0].value.set_index("name")  # metrics fall back to report.json
-    assert shown.loc["convergence.kid", "value"] == pytest.approx(rep["probes"]["convergence"]["kid"]["value"])
+    assert shown.loc["convergence.kid", "value"] == pytest.approx(
+        rep["probes"]["convergence"]["kid"]["value"]
+    )
 
 
 def test_symlinked_artifact_out_of_the_root_is_refused_on_the_page(results, tmp_path, monkeypatch):
@@ -423,5 +635,7 @@ def test_app_command_binds_localhost_by_default(tmp_path):
     assert entry_script().is_file() and (entry_script().parent / "pages" / "2_Audit.py").is_file()
     f = tmp_path / "file.txt"
     f.write_text("x")
-    r = subprocess.run([sys.executable, "-m", "diffaudit", "app", "--results", str(f)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "diffaudit", "app", "--results", str(f)], capture_output=True, text=True
+    )
     assert r.returncode == 2 and r.stderr.startswith("error: --results") and "Traceback" not in r.stderr

@@ -95,10 +95,59 @@ def test_fd_bootstrap_ci_is_seeded(rng):
     b = (rng.standard_normal((2000, 2)) + np.sqrt(0.5)).astype(np.float32)
     r1 = cv.frechet_distance(a, b, n_boot=50, seed=3)
     r2 = cv.frechet_distance(a, b, n_boot=50, seed=3)
-    assert r1.value_ci == r2.value_ci
+    assert r1.value_ci == r2.value_ci and r1.spread_ci == r2.spread_ci
     assert cv.frechet_distance(a, b).value_ci is None
     # the population FD is exactly 1 (mean shift 2 * 0.5, equal covariances); the interval covers it
     assert r1.value_ci[0] < 1.0 < r1.value_ci[1] and r1.value_ci[1] - r1.value_ci[0] < 0.5
+    assert r1.ci_note is None and np.isfinite(r1.z0) and abs(r1.acceleration) < 0.1
+
+
+def test_delete_group_stats_match_direct_statistics(rng):
+    x = (rng.standard_normal((103, 5)) * 3 + 50).astype(np.float32)
+    mu, sigma = cv.gaussian_stats(x)
+    draw = np.random.default_rng(4)
+    groups = np.array_split(np.random.default_rng(4).permutation(103), 7)
+    for g, (mu_g, s_g) in zip(groups, cv._delete_group_stats(x, mu, sigma, 7, draw), strict=True):
+        keep = np.setdiff1d(np.arange(103), g)
+        mu_ref, s_ref = cv.gaussian_stats(x[keep])
+        np.testing.assert_allclose(mu_g, mu_ref, rtol=1e-12)
+        np.testing.assert_allclose(s_g, s_ref, rtol=1e-9, atol=1e-9)
+
+
+def test_fd_bca_covers_the_population_fd():
+    # Coverage against fresh draws with a known population FD: N(0, I) vs N(mu, I), FD = |mu|^2 = 0.5, D = 4.
+    # Measured with more replications (docstring): 0.92-0.94. Here 120 replications of n = 300, B = 100:
+    # binomial sd ~ 0.02, so the band [0.85, 0.99] is ~ 3 sd around 0.92-0.95. The half-width shrinks ~ 1/sqrt(n).
+    d, n, reps = 4, 300, 120
+    mu = np.zeros(d)
+    mu[0] = np.sqrt(0.5)
+    rng = np.random.default_rng(11)
+    hit, width = 0, []
+    for r in range(reps):
+        f = cv.frechet_distance(
+            rng.standard_normal((n, d)), rng.standard_normal((n, d)) + mu, n_boot=100, seed=r
+        )
+        hit += f.value_ci[0] <= 0.5 <= f.value_ci[1]
+        width.append(f.value_ci[1] - f.value_ci[0])
+    assert 0.85 <= hit / reps <= 0.99, hit / reps
+    # not trivially wide: about 2 x 1.96 x the FD's standard deviation (~ 2 |mu| sqrt(2 / n) = 0.08)
+    assert 0.2 < np.mean(width) < 0.5
+
+
+def test_bca_reduces_to_known_cases():
+    from diffaudit.probes.stats import bca_interval, jackknife_acceleration
+
+    # symmetric bootstrap centred on theta, a = 0: the percentile interval
+    boot = np.random.default_rng(0).standard_normal(20001)
+    boot -= np.median(boot)
+    lo, hi = bca_interval(0.0, boot, 0.0)
+    np.testing.assert_allclose([lo, hi], np.quantile(boot, [0.025, 0.975]), atol=1e-3)
+    # acceleration of the mean = skewness / (6 sqrt(n)) (Efron & Tibshirani 1993, Eq. 14.15): exponential, skew 2
+    x = np.random.default_rng(1).exponential(size=4000)
+    jack = (x.sum() - x) / (len(x) - 1)
+    assert jackknife_acceleration(jack) == pytest.approx(2 / (6 * np.sqrt(4000)), rel=0.15)
+    # the whole bootstrap distribution on one side: no endpoint
+    assert bca_interval(0.0, np.abs(boot) + 1.0, 0.0) is None
 
 
 def test_fd_rejects_non_psd_and_asymmetric(rng):
@@ -137,16 +186,46 @@ def test_fd_infinity_points_and_fit(rng):
     a = rng.standard_normal((2000, 6)).astype(np.float32)
     b = rng.standard_normal((20000, 6)).astype(np.float32)
     r = cv.fd_infinity(a, b, n_points=6, seed=1)
-    # each point is the plain FD of the same seeded subset (checks the precomputed sqrt(S_b) shortcut)
-    perm = np.random.default_rng(1).permutation(len(a))
+    assert r.sizes.min() == cv.FDINF_MIN_PER_DIM * 6 and r.sizes.max() == 2000
+    # each point is the plain FD of its own seeded subset (checks the precomputed sqrt(S_b) shortcut)
+    draw = np.random.default_rng(1)
     for m, v in zip(r.sizes, r.values, strict=True):
-        np.testing.assert_allclose(v, cv.frechet_distance(a[np.sort(perm[:m])], b).value, rtol=1e-9, atol=1e-12)
+        sub = a[np.sort(draw.choice(len(a), m, replace=False))]
+        np.testing.assert_allclose(v, cv.frechet_distance(sub, b).value, rtol=1e-9, atol=1e-12)
     slope, intercept = np.polyfit(1 / r.sizes, r.values, 1)
     np.testing.assert_allclose([r.value, r.slope], [intercept, slope], rtol=1e-9)
     # same distribution: the O(1/N) bias is removed, FD_inf is near 0 and below the full-set FD
     assert abs(r.value) < 0.01 and r.value < r.values[-1]
+    assert r.warning is None or r.value < 0
     with pytest.raises(DiffauditError, match="subset sizes"):
         cv.fd_infinity(a, b, sizes=[100])
+
+
+def test_fd_infinity_known_population_value(rng):
+    # N(mu, I) against 20000 reference rows of N(0, I): population FD = |mu|^2 = 0.5 (+ the reference's own
+    # O(D / n_b) bias, < 1e-3). Measured over 30 fresh draws: FD_inf 0.511 +- 0.032 (sd); 4 sd tolerance each.
+    d = 6
+    mu = np.full(d, np.sqrt(0.5 / d))
+    b = rng.standard_normal((20000, d))
+    vals = np.array([cv.fd_infinity(rng.standard_normal((2000, d)) + mu, b, seed=s).value for s in range(3)])
+    assert np.all(np.abs(vals - 0.5) < 0.13) and abs(vals.mean() - 0.5) < 0.075, vals
+
+
+def test_fd_infinity_refuses_subsets_not_much_larger_than_d(rng):
+    # d = 64, n = 400, population FD 0: nested subsets from n // 10 = 40 rows gave FD_inf = -1.55 with r2 = 0.99.
+    d = 64
+    b = rng.standard_normal((20000, d))
+    a = rng.standard_normal((400, d))
+    with pytest.raises(DiffauditError, match="more samples"):
+        cv.fd_infinity(a, b)
+    # forcing small subsets is allowed, but a negative extrapolation comes with a warning
+    r = cv.fd_infinity(a, b, min_size=40)
+    assert r.value < -0.5 and r.r2 > 0.9 and "below" in r.warning
+    # with enough samples (subsets from 4 D = 256 rows) FD_inf is near the target (the reference's bias ~0.05):
+    # measured 0.02 +- 0.04 over 10 seeds
+    r = cv.fd_infinity(rng.standard_normal((1000, d)), b)
+    assert abs(r.value - 0.05) < 0.15, r.value
+    assert (r.warning is None) == (r.value >= 0)
 
 
 # ----------------------------------------------------------------------------------------- KID
@@ -167,7 +246,7 @@ def naive_mmd2(x, y):
 def test_kid_matches_naive_mmd_on_fixed_subsets(rng):
     a = rng.standard_normal((60, 5)).astype(np.float32)
     b = (rng.standard_normal((50, 5)) + 0.4).astype(np.float32)
-    r = cv.kid(a, b, n_subsets=4, subset_size=20, seed=7)
+    r = cv.kid(a, b, n_subsets=4, subset_size=20, seed=7, n_blocks=3)
     draw = np.random.default_rng(7)
     want = []
     for _ in range(4):
@@ -176,7 +255,17 @@ def test_kid_matches_naive_mmd_on_fixed_subsets(rng):
         want.append(naive_mmd2(x, y))
     np.testing.assert_allclose(r.values, want, rtol=1e-10)
     np.testing.assert_allclose([r.value, r.std], [np.mean(want), np.std(want, ddof=1)], rtol=1e-10)
-    assert r.value_ci[0] < r.value < r.value_ci[1]
+    assert r.subset_std == r.std
+    # the interval's blocks: one seeded partition of each set into 3 disjoint blocks of 50 // 3 = 16 rows
+    pa = draw.permutation(60)[:48].reshape(3, 16)
+    pb = draw.permutation(50)[:48].reshape(3, 16)
+    blocks = [
+        naive_mmd2(a[i].astype(np.float64), b[j].astype(np.float64)) for i, j in zip(pa, pb, strict=True)
+    ]
+    np.testing.assert_allclose(r.block_values, blocks, rtol=1e-10)
+    se = np.std(blocks, ddof=1) / np.sqrt(3)
+    t = 4.302652729911275  # t_{0.975, 2}
+    np.testing.assert_allclose(r.value_ci, [np.mean(blocks) - t * se, np.mean(blocks) + t * se], rtol=1e-9)
 
 
 def test_kid_subset_size_capped_and_full_set_is_order_free(rng):
@@ -187,6 +276,9 @@ def test_kid_subset_size_capped_and_full_set_is_order_free(rng):
     # a full-size subset of a is a permutation of a: MMD_u does not depend on the order
     r2 = cv.kid(a[::-1], b, n_subsets=2, subset_size=1000, seed=0)
     np.testing.assert_allclose(r.values, r2.values, rtol=1e-10)
+    # subsets equal to the whole set have zero spread, but the interval is not zero-width
+    r3 = cv.kid(a, b[:25], n_subsets=3, subset_size=1000, seed=0)
+    assert r3.std < 1e-12 and r3.value_ci[1] - r3.value_ci[0] > 1e-3
 
 
 def test_kid_separates_same_from_shifted(rng):
@@ -195,8 +287,67 @@ def test_kid_separates_same_from_shifted(rng):
     shifted = same + np.float32(0.5)
     r0 = cv.kid(a, same, n_subsets=20, subset_size=200)
     r1 = cv.kid(a, shifted, n_subsets=20, subset_size=200)
-    assert abs(r0.value) < 4 * r0.std / np.sqrt(20) + 1e-3  # unbiased: centred on 0
-    assert r1.value > 10 * max(abs(r0.value), 1e-4)
+    assert r0.value_ci[0] < 0 < r0.value_ci[1]  # unbiased: the interval holds 0
+    assert r1.value_ci[0] > 0 and r1.value > 10 * max(abs(r0.value), 1e-4)
+
+
+def _pop_kid(mu, d):
+    """Population MMD^2 of N(0, I) vs N(mu, I) for k(x, y) = (x.y / d + 1)^3: E k = 1 + 3 Es + 3 Es^2 + Es^3
+    with s = x.y / d and Gaussian moments up to order three."""
+
+    def ek(ma, mb):
+        m2a, m2b = np.eye(d) + np.outer(ma, ma), np.eye(d) + np.outer(mb, mb)
+
+        def t3(m):
+            eye = np.eye(d)
+            return (
+                np.einsum("i,j,k->ijk", m, m, m)
+                + np.einsum("i,jk->ijk", m, eye)
+                + np.einsum("j,ik->ijk", m, eye)
+                + np.einsum("k,ij->ijk", m, eye)
+            )
+
+        return (
+            1
+            + 3 * ma @ mb / d
+            + 3 * np.trace(m2a @ m2b) / d**2
+            + np.einsum("ijk,ijk->", t3(ma), t3(mb)) / d**3
+        )
+
+    z = np.zeros(d)
+    return ek(z, z) + ek(mu, mu) - 2 * ek(z, mu)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.25])
+def test_kid_interval_covers_the_population_mmd(shift):
+    # Fresh draws with a known population MMD^2 (0 under P = Q; the analytic value under a mean shift).
+    # The former interval (subset std / sqrt(n_subsets)) covers 0.63 / 0.57 here. Measured with these seeds:
+    # 0.92 (P = Q) and 0.935 (shift); binomial sd ~ 0.011 at 400 replications, band ~ 3 sd around 0.935-0.95.
+    d, n, reps = 8, 200, 400
+    mu = np.full(d, shift)
+    true = _pop_kid(mu, d)
+    rng = np.random.default_rng(1)
+    hit = 0
+    for r in range(reps):
+        k = cv.kid(
+            rng.standard_normal((n, d)),
+            rng.standard_normal((n, d)) + mu,
+            n_subsets=2,
+            subset_size=100,
+            seed=r,
+        )
+        hit += k.value_ci[0] <= true <= k.value_ci[1]
+    assert 0.90 <= hit / reps <= 0.985, hit / reps
+
+
+def test_pop_kid_matches_monte_carlo():
+    # the analytic reference used above, against a direct Monte-Carlo mean of the kernel
+    d, mu = 3, np.full(3, 0.4)
+    rng = np.random.default_rng(2)
+    x, x2, y, y2 = (rng.standard_normal((400_000, d)) + s for s in (0, 0, mu, mu))
+    k = lambda u, v: ((u * v).sum(1) / d + 1) ** 3  # noqa: E731
+    mc = k(x, x2).mean() + k(y, y2).mean() - 2 * k(x, y).mean()
+    assert _pop_kid(mu, d) == pytest.approx(mc, abs=0.02)
 
 
 # ----------------------------------------------------------------------------------------- moments / KL
@@ -376,8 +527,9 @@ def test_sliced_wasserstein_1d_matches_scipy():
     a = r.standard_normal((37, 1)).astype(np.float32)
     b = (r.exponential(size=(53, 1)) - 0.5).astype(np.float32)
     # in 1-D every unit direction is +-1 and W_p is sign-free: SW_1 = W_1 exactly
-    np.testing.assert_allclose(cv.sliced_wasserstein(a, b, n_projections=3, p=1),
-                               wasserstein_distance(a[:, 0], b[:, 0]), rtol=1e-10)
+    np.testing.assert_allclose(
+        cv.sliced_wasserstein(a, b, n_projections=3, p=1), wasserstein_distance(a[:, 0], b[:, 0]), rtol=1e-10
+    )
     # W_2 with unequal sizes against a fine midpoint rule on the quantile functions
     xs, ys = np.sort(a[:, 0].astype(np.float64)), np.sort(b[:, 0].astype(np.float64))
     t = (np.arange(2_000_000) + 0.5) / 2_000_000
@@ -403,8 +555,9 @@ def test_sliced_wasserstein_symmetric_and_permutation_invariant(seed, n, m):
     b = r.standard_normal((m, 3)).astype(np.float32)
     ab = cv.sliced_wasserstein(a, b, n_projections=16, seed=seed)
     np.testing.assert_allclose(cv.sliced_wasserstein(b, a, n_projections=16, seed=seed), ab, rtol=1e-10)
-    np.testing.assert_allclose(cv.sliced_wasserstein(a[r.permutation(n)], b, n_projections=16, seed=seed), ab,
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        cv.sliced_wasserstein(a[r.permutation(n)], b, n_projections=16, seed=seed), ab, rtol=1e-10
+    )
 
 
 # ----------------------------------------------------------------------------------------- bad inputs
@@ -451,18 +604,21 @@ def test_bad_inputs_raise_diffaudit_error(probe, case):
 def test_fd_bootstrap_interval_matches_the_sampling_spread_at_small_n():
     # Control with a known answer: the spread of FD between two fresh n-samples of the same Gaussian,
     # obtained by redrawing. With n = 200 and D = 40 the raw resampling bootstrap sits far above the point
-    # value (duplicated rows inflate FD's bias); the bias-corrected interval must straddle the point value
-    # and have about the width of the true sampling distribution.
+    # value (duplicated rows inflate FD's bias); the shifted band must straddle the point value and have
+    # about the width of the true sampling distribution. The population FD (0) is out of reach: no BCa.
     n, d = 200, 40
     rng = np.random.default_rng(7)
-    fresh = [cv.frechet_distance(rng.standard_normal((n, d)), rng.standard_normal((n, d))).value for _ in range(60)]
+    fresh = [
+        cv.frechet_distance(rng.standard_normal((n, d)), rng.standard_normal((n, d))).value for _ in range(60)
+    ]
     lo_true, hi_true = np.quantile(fresh, [0.025, 0.975])
     a, b = rng.standard_normal((n, d)), rng.standard_normal((n, d))
     r = cv.frechet_distance(a, b, n_boot=60, seed=0)
-    lo, hi = r.value_ci
+    lo, hi = r.spread_ci
     assert lo < r.value < hi
     width_true = hi_true - lo_true
     assert 0.4 * width_true < hi - lo < 2.5 * width_true
     # the point value of a real-vs-real FD is a draw from the fresh distribution, and the interval sits
     # where that distribution is (not above all of it, as the uncorrected bootstrap would)
     assert lo < hi_true and hi > lo_true
+    assert r.value_ci is None and "bias" in r.ci_note and r.z0 == -np.inf

@@ -78,7 +78,7 @@ def test_auto_switches_to_ivf(sets, monkeypatch):
 
 
 def test_prebuilt_and_cached_index(sets, tmp_path, monkeypatch):
-    from diffaudit.index_cache import cache_dir, cached_index, index_path
+    from diffaudit.pipeline.index_cache import cache_dir, cached_index, index_path
 
     xb, xq = sets
     params = {"index": "ivf", "nlist": 64, "seed": 0}
@@ -106,7 +106,7 @@ def test_prebuilt_and_cached_index(sets, tmp_path, monkeypatch):
 
 
 def test_find_copies_accepts_prebuilt_index(sets):
-    from diffaudit.index_cache import cached_index
+    from diffaudit.pipeline.index_cache import cached_index
     from diffaudit.probes.memorization import find_copies
 
     xb, xq = sets

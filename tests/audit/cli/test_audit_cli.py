@@ -66,6 +66,13 @@ BAD = {
     "pickled code in .pt": ["--model", "samples:{d}/evil.pt", "--train", "{d}/train.npy"],
     "unwritable output dir": ["--model", "samples:{d}/gen.npy", "--train", "{d}/train.npy", "--out", "{d}/file.txt/sub/report"],
     "no training data": ["--model", "samples:{d}/gen.npy"],
+    # numeric options out of range: checked at entry, before any work
+    "zero sampler steps": ["--model", "control:gaussian", "--dataset", "hidden-manifold", "--n-train", "50",
+                           "--num-steps", "0"],
+    "one training sample": ["--model", "control:oracle", "--dataset", "hidden-manifold", "--n-train", "1"],
+    "holdout fraction 1": ["--model", "samples:{d}/gen.npy", "--train", "{d}/train.npy", "--holdout-fraction", "1"],
+    "negative seed": ["--model", "samples:{d}/gen.npy", "--train", "{d}/train.npy", "--seed", "-1"],
+    "one generated sample": ["--model", "samples:{d}/gen.npy", "--train", "{d}/train.npy", "--n-samples", "1"],
 }
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from diffaudit.errors import DiffauditError
+from diffaudit.probes import moment_error as me
 from diffaudit.probes import convergence as cv
 
 
@@ -39,7 +40,8 @@ def test_compare_json_matches_probes(files):
     assert [f for f in os.listdir(out.parent)] == ["compare.json"]  # atomic write: no temp file left
     assert doc["n_gen"] == 120 and doc["n_ref"] == 150 and doc["dim"] == 6 and doc["embedder"] == "pixels"
     m = doc["metrics"]
-    assert list(m) == ["fd", "fdinf", "kid", "pr", "dc", "moments", "kl", "swd"]
+    assert list(m) == ["e1", "fd", "fdinf", "kid", "pr", "dc", "moments", "kl", "swd"]
+    np.testing.assert_allclose(m["e1"]["value"], me.two_sample_moment_mmd(gen, ref, seed=3).value, rtol=1e-12)
     np.testing.assert_allclose(m["fd"]["value"], cv.frechet_distance(gen, ref).value, rtol=1e-12)
     np.testing.assert_allclose(m["kid"]["value"], cv.kid(gen, ref, 10, 50, seed=3).value, rtol=1e-12)
     pr = cv.precision_recall(ref, gen)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffaudit.models.checkpoint import CheckpointModel, load_checkpoint, save_checkpoint
+from diffaudit.harness.checkpoint import load_checkpoint, save_checkpoint
+from diffaudit.models.checkpoint import CheckpointModel
 from diffaudit.harness.edm import (
     P_MEAN,
     P_STD,

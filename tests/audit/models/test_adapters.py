@@ -139,7 +139,7 @@ def test_diffusers_bad_folder(tmp_path):
 def test_ckpt_adapter_matches_network(tmp_path):
     import torch
 
-    from diffaudit.models.checkpoint import save_checkpoint
+    from diffaudit.harness.checkpoint import save_checkpoint
     from diffaudit.harness.edm import EDMPrecond
     from diffaudit.harness.networks import build_network, parse_model_spec
 

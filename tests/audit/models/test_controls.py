@@ -5,6 +5,11 @@ controls table of DESIGN.md on every dataset with factors.
 | oracle    | pass                             | validity >= 0.95                           | none   |
 | gaussian  | FD to holdout <= 2x data-vs-data | validity <= 0.05 (mcm: kurtosis along v)   | none   |
 | memorizer | (pass vs train)                  | novel-valid rate <= 0.05                   | ~100 % |
+
+The failure-mode controls (shrunk, collapsed, interpolator, noisy-memorizer, mode-dropper): determinism,
+shapes on every dataset, each one's defining property against an analytic value or a brute-force
+reference, and their copy rates under ``find_copies``' default rule. Their verdict-level tests go
+through ``decide()`` (tests/audit/pipeline).
 """
 
 from __future__ import annotations
@@ -14,9 +19,25 @@ import functools
 import numpy as np
 import pytest
 from scipy.special import softmax
+from scipy.stats import kstest
 
-from diffaudit.models.controls import GaussianModel, MemorizerModel, OracleModel, make_control
+from diffaudit.datasets.base import Factor, get_dataset
 from diffaudit.errors import DiffauditError
+from diffaudit.models.adapters import load_model
+from diffaudit.models.controls import (
+    CONTROLS,
+    CollapsedModel,
+    GaussianModel,
+    InterpolatorModel,
+    MemorizerModel,
+    ModeDropperModel,
+    NoisyMemorizerModel,
+    OracleModel,
+    ShrunkModel,
+    control_params,
+    make_control,
+    parse_control,
+)
 from diffaudit.probes.factors import (
     factor_fidelity,
     hidden_direction_overlap,
@@ -25,6 +46,7 @@ from diffaudit.probes.factors import (
     union_of_subspaces,
     validity_threshold,
 )
+from diffaudit.probes.memorization import find_copies
 from diffaudit.probes.neighbors import knn
 
 try:
@@ -41,7 +63,12 @@ except ImportError:  # pragma: no cover - the convergence probe is written by an
         lam, Q = np.linalg.eigh(S1)
         r = (Q * np.sqrt(np.clip(lam, 0, None))) @ Q.T
         ev = np.linalg.eigvalsh(r @ S2 @ r)
-        return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(S1) + np.trace(S2) - 2 * np.sqrt(np.clip(ev, 0, None)).sum())
+        return float(
+            ((a.mean(0) - b.mean(0)) ** 2).sum()
+            + np.trace(S1)
+            + np.trace(S2)
+            - 2 * np.sqrt(np.clip(ev, 0, None)).sum()
+        )
 
 
 # ----------------------------------------------------------------------------------- exact denoisers
@@ -88,7 +115,9 @@ def test_gaussian_control_follows_the_exact_probability_flow(rng):
         cg, ce = (got - g.mu_) @ Q, (exact - g.mu_) @ Q
         slope = (cg * ce).sum(0) / (ce * ce).sum(0)  # per-eigendirection scale of the Heun solution
         assert np.abs(slope - 1).max() < tol, (steps, slope)
-        assert np.abs(cg - slope * ce).max() < 1e-4 * np.abs(ce).max()  # and nothing but a scale (float32 output)
+        assert (
+            np.abs(cg - slope * ce).max() < 1e-4 * np.abs(ce).max()
+        )  # and nothing but a scale (float32 output)
     S = np.cov(X, rowvar=False)  # and the exact map does produce N(mu, S) (n = 500: ~6 % sampling error)
     assert np.linalg.norm(np.cov(exact, rowvar=False) - S) / np.linalg.norm(S) < 0.2
 
@@ -107,14 +136,18 @@ def test_memorizer_denoiser_matches_brute_force_softmax(rng, budget_mib):
         assert qb < 60 and tb < 300  # the streaming log-sum-exp is really exercised
     x = rng.standard_normal((60, 7)) * 1.5
     for sigma in (0.05, 0.4, 2.0, 50.0):
-        np.testing.assert_allclose(m.denoise(x, sigma), brute_memorizer(train, x, sigma), rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(
+            m.denoise(x, sigma), brute_memorizer(train, x, sigma), rtol=1e-9, atol=1e-10
+        )
 
 
 def test_memorizer_at_tiny_sigma_returns_the_nearest_training_point(rng):
     train = rng.standard_normal((400, 10))
     m = MemorizerModel(train, budget_mib=0.05)
     # queries near training points, and far away (every logit ~ -1e9: log-sum-exp must not underflow)
-    x = np.concatenate([train[:50] + 0.05 * rng.standard_normal((50, 10)), 30 + rng.standard_normal((10, 10))])
+    x = np.concatenate(
+        [train[:50] + 0.05 * rng.standard_normal((50, 10)), 30 + rng.standard_normal((10, 10))]
+    )
     out = m.denoise(x, 1e-3)
     assert np.isfinite(out).all()
     nearest = train[((x[:, None] - train[None]) ** 2).sum(-1).argmin(1)]
@@ -141,7 +174,6 @@ def test_make_control_names_and_errors(rng):
 
 
 def test_oracle_is_the_true_generator_and_black_box():
-    from diffaudit.datasets.base import get_dataset
 
     ds = get_dataset("hidden-manifold:d=8,D=2")
     o = make_control("oracle", dataset=ds)
@@ -183,7 +215,6 @@ def table(shared_cache, monkeypatch):
 
 @functools.cache
 def _table(spec: str) -> dict:
-    from diffaudit.datasets.base import get_dataset
 
     ds = get_dataset(spec)
     train_big, z_big = ds.sample(N_TRAIN_GAUSS, 1)  # nested prefixes: train = train_big[:N_TRAIN]
@@ -245,7 +276,9 @@ def test_mcm_gaussian_matches_covariance_not_kurtosis(table):
     t = table("mcm:d=16")
     ds = t["ds"]
     C = ds.covariance
-    cov_err = {k: np.linalg.norm(np.cov(t[k], rowvar=False) - C) / np.linalg.norm(C) for k in ("oracle", "gaussian")}
+    cov_err = {
+        k: np.linalg.norm(np.cov(t[k], rowvar=False) - C) / np.linalg.norm(C) for k in ("oracle", "gaussian")
+    }
     # threshold 1: the gaussian's covariance is as close to I + beta_u uu^T as true samples' (n = 1000 vs 512 fit)
     assert cov_err["gaussian"] <= 2.0 * cov_err["oracle"] + 0.02, cov_err
     r_o = hidden_direction_overlap(t["oracle"], ds.v, u=ds.u, target_kurtosis=ds.kurtosis_v)
@@ -277,3 +310,274 @@ def test_memorizer_is_sampled_through_the_one_sampler():
     ref = heun_sample(m.denoise, noise, m.sampler_config).astype(np.float32)
     np.testing.assert_array_equal(m.sample(8, seed=2), ref)
     assert m.sampler_config.sigma_max == pytest.approx(80 * train.std() / 0.5)
+
+
+# ----------------------------------------------------------------------------- failure-mode controls
+
+FAILURE_MODES = ("shrunk", "collapsed", "interpolator", "noisy-memorizer", "mode-dropper")
+ALL_SPECS = ["hidden-manifold:d=32,D=4", "mcm:d=16", "molrg:d=32,K=4,r=2", "sprites:size=16", "digits"]
+
+
+def rel_cov_tolerance(C: np.ndarray, n: int) -> float:
+    """3 x the expected relative Frobenius error of an n-sample covariance of N(0, C):
+    E||C_hat - C||_F^2 ~ (tr(C)^2 + ||C||_F^2) / n (Wishart second moments)."""
+    return 3.0 * np.sqrt((np.trace(C) ** 2 + (C**2).sum()) / n) / np.linalg.norm(C)
+
+
+def rel_err(A: np.ndarray, B: np.ndarray) -> float:
+    return float(np.linalg.norm(A - B) / np.linalg.norm(B))
+
+
+def cov(x: np.ndarray) -> np.ndarray:
+    return np.cov(x.reshape(len(x), -1).astype(np.float64), rowvar=False)
+
+
+def test_registry_lists_every_control_and_its_parameters():
+    assert set(FAILURE_MODES) < set(CONTROLS) and len(CONTROLS) == 8
+    assert control_params("shrunk") == ("factor",) and control_params("oracle") == ()
+    assert control_params("mode-dropper") == ("keep",) and "k" in control_params("interpolator")
+    assert parse_control("Shrunk:factor=0.5") == ("shrunk", {"factor": 0.5})
+    assert parse_control("mode-dropper:keep=0.25,") == ("mode-dropper", {"keep": 0.25})
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS)
+def test_failure_controls_are_deterministic_nested_and_shaped(spec):
+    ds = get_dataset(spec)
+    train = ds.sample(300, 1)[0]
+    for name in FAILURE_MODES:
+        m = make_control(name, train=train, dataset=ds)
+        assert not m.has_denoiser and m.shape == tuple(ds.shape), name
+        x = m.sample(40, seed=3)
+        assert x.shape == (40, *ds.shape) and x.dtype == np.float32 and np.isfinite(x).all(), name
+        np.testing.assert_array_equal(x, make_control(name, train=train, dataset=ds).sample(40, seed=3))
+        np.testing.assert_array_equal(m.sample(15, seed=3), x[:15])  # a seed per row: prefixes nest
+        assert not np.array_equal(m.sample(40, seed=4), x), name
+        assert m.sample(0, seed=3).shape == (0, *ds.shape)
+
+
+def test_failure_controls_on_plain_training_data(rng):
+    train = rng.standard_normal((100, 3, 4, 4)).astype(np.float32)  # no dataset: images of unknown origin
+    for name in ("shrunk", "collapsed", "interpolator", "noisy-memorizer"):
+        x = make_control(name, train).sample(30, seed=1)
+        assert x.shape == (30, 3, 4, 4) and np.isfinite(x).all()
+    with pytest.raises(DiffauditError, match="dataset="):
+        make_control("mode-dropper", train)
+
+
+def test_shrunk_covariance_is_f2_times_the_data_covariance():
+    ds = get_dataset("mcm:d=16")
+    C = ds.covariance  # analytic: I + beta_u u u^T
+    train = ds.sample(512, 1)[0]
+    n = 4000
+    m = make_control("shrunk:factor=0.3", train=train, dataset=ds)
+    x = m.sample(n, seed=5)
+    tol = rel_cov_tolerance(C, n)  # 0.08
+    assert rel_err(cov(x), 0.09 * C) < tol
+    assert rel_err(cov(x), C) > 0.9  # and far from the data's own covariance
+    # an affine map of the paired true samples: x = mu + f (x_true - mu), mu the training mean
+    x_true = ds.sample(n, 5)[0].astype(np.float64)
+    mu = train.astype(np.float64).mean(0)
+    np.testing.assert_allclose(x, mu + 0.3 * (x_true - mu), atol=1e-5)
+    # f = 1 is the oracle
+    np.testing.assert_allclose(
+        make_control("shrunk", train, ds, factor=1.0).sample(50, 2), ds.sample(50, 2)[0], atol=1e-6
+    )
+    # without a dataset: training items, covariance f^2 x the training covariance
+    xt = make_control("shrunk", train, factor=0.5).sample(n, seed=6)
+    assert rel_err(cov(xt), 0.25 * cov(train)) < rel_cov_tolerance(cov(train), n)
+
+
+def test_collapsed_covariance_is_s2_times_the_training_covariance():
+    ds = get_dataset("hidden-manifold:d=32,D=4")
+    train = ds.sample(512, 1)[0]
+    S = cov(train)
+    n = 4000
+    for scale in (0.05, 1.0):  # s = 1: the gaussian control's distribution, N(mu, Sigma_train)
+        x = make_control("collapsed", train, scale=scale).sample(n, seed=2)
+        assert rel_err(cov(x), scale**2 * S) < rel_cov_tolerance(S, n), scale
+        mean_err = np.linalg.norm(x.astype(np.float64).mean(0) - train.astype(np.float64).mean(0))
+        assert mean_err < 3 * scale * np.sqrt(np.trace(S) / n) + 1e-6, scale  # E||mean err||^2 = s^2 tr S / n
+    # the training covariance is reached without a d x d matrix, in blocks of the budget
+    small = CollapsedModel(train, budget_mib=0.05)
+    np.testing.assert_allclose(
+        small.sample(300, seed=2), make_control("collapsed", train).sample(300, seed=2), atol=1e-6
+    )
+
+
+def brute_knn(X: np.ndarray, k: int) -> np.ndarray:
+    d2 = ((X[:, None, :] - X[None]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    return np.argsort(d2, axis=1, kind="stable")[:, :k]
+
+
+def test_interpolator_samples_lie_on_segments_between_neighbours():
+    ds = get_dataset("hidden-manifold:d=32,D=4")
+    train = ds.sample(200, 1)[0].astype(np.float64)
+    m = make_control("interpolator", train)
+    nb = brute_knn(train, 5)
+    assert all(
+        set(a) == set(b) for a, b in zip(m.neighbors_, nb, strict=True)
+    )  # the FAISS table = brute force
+    x = m.sample(300, seed=4).astype(np.float64)
+    # every sample is on a segment [a, b], b one of a's 5 nearest neighbours (searched without the draw)
+    A = np.repeat(train, 5, axis=0)
+    B = train[nb.reshape(-1)]
+    AB = B - A
+    t = np.clip(((x[:, None, :] - A[None]) * AB[None]).sum(-1) / (AB**2).sum(-1)[None], 0, 1)  # (300, 1000)
+    dist = np.linalg.norm(x[:, None, :] - (A[None] + t[..., None] * AB[None]), axis=-1)
+    j = dist.argmin(1)
+    assert dist[np.arange(300), j].max() < 1e-5
+    assert kstest(t[np.arange(300), j], "uniform").pvalue > 1e-3  # t ~ U(0, 1)
+    # and draw() reports those endpoints
+    ia, ib, tt = m.draw(300, seed=4)
+    np.testing.assert_allclose(x, (1 - tt)[:, None] * train[ia] + tt[:, None] * train[ib], atol=1e-6)
+    assert all(b in nb[a] for a, b in zip(ia, ib, strict=True))
+
+
+def test_interpolator_copy_rate_follows_the_ratio_rule():
+    # find_copies' default rule flags x when d1/d2 < 1/3; between two endpoints that is
+    # min(t, 1 - t) < 1/4, so at most half the samples are copies (measured 0.41 here).
+    ds = get_dataset("hidden-manifold:d=32,D=4")
+    train, holdout = ds.sample(512, 1)[0], ds.sample(1000, 2)[0]
+    m = make_control("interpolator", train)
+    _, _, t = m.draw(2000, seed=3)
+    c = find_copies(m.sample(2000, seed=3), train, holdout).is_copy
+    u = np.minimum(t, 1 - t)
+    assert 0.3 < c.mean() <= 0.5 + 3 * np.sqrt(0.25 / 2000), c.mean()
+    assert c[u < 0.1].mean() > 0.9 and c[u > 0.3].mean() < 0.02
+
+
+@pytest.mark.parametrize("spec", ["hidden-manifold:d=32,D=4", "molrg:d=32,K=4,r=2", "sprites:size=16"])
+def test_noisy_memorizer_sits_eps_r_nn_from_its_source(spec):
+    ds = get_dataset(spec)
+    train = ds.sample(400, 1)[0]
+    flat = train.reshape(400, -1).astype(np.float64)
+    m = make_control("noisy-memorizer", train)
+    d2 = ((flat[:, None] - flat[None]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    assert m.r_nn_ == pytest.approx(np.median(np.sqrt(d2.min(1))), rel=1e-6)  # brute-force NN spacing
+    n, P = 500, flat.shape[1]
+    x = m.sample(n, seed=2).reshape(n, -1).astype(np.float64)
+    D, _ = knn(x, flat, 1)
+    # ||noise||^2 / (noise_std^2 P) is chi^2_P / P: mean 1, sd sqrt(2 / P) per sample
+    ratio = D[:, 0] / (m.noise_std_**2 * P)
+    assert abs(ratio.mean() - 1) < 3 * np.sqrt(2 / P / n) + 2e-3, ratio.mean()
+    assert np.sqrt(D[:, 0]).min() > 0  # never bit-identical
+    assert np.sqrt(D[:, 0]).max() < 0.2 * m.r_nn_  # ~ eps r_nn = 0.05 r_nn
+
+
+@pytest.mark.parametrize("spec", ["hidden-manifold:d=32,D=4", "mcm:d=16", "molrg:d=32,K=4,r=2"])
+def test_copy_rates_of_the_failure_controls(spec):
+    ds = get_dataset(spec)
+    train, holdout = ds.sample(512, 1)[0], ds.sample(1000, 2)[0]
+    rate = {
+        name: find_copies(
+            make_control(name, train=train, dataset=ds).sample(500, 3), train, holdout
+        ).copy_rate
+        for name in ("noisy-memorizer", "shrunk", "collapsed", "mode-dropper", "oracle")
+    }
+    assert rate["noisy-memorizer"] >= 0.95, rate  # measured 0.97-1.00
+    for name in ("shrunk", "collapsed", "mode-dropper", "oracle"):
+        assert rate[name] <= 0.03, rate  # measured <= 0.012
+
+
+def test_mode_dropper_categorical_keeps_its_categories():
+    ds = get_dataset("molrg:d=32,K=4,r=2")
+    m = make_control("mode-dropper", dataset=ds)
+    assert m.kept_categories_ == (0, 1)  # floor(0.5 x 4 + 1/2) = 2 of 4 components
+    x, z = m.sample_with_factors(600, seed=1)
+    assert set(np.unique(z[:, 0])) == {0.0, 1.0}
+    np.testing.assert_array_equal(x, ds.generate(z))  # true samples of the kept components
+    np.testing.assert_array_equal(ds.project(x)[0][:, 0], z[:, 0])
+    # the oracle reaches the dropped components (both sides), in the expected share
+    z_o = ds.sample(2000, 1)[1]
+    assert abs(m.in_kept_part(z_o[:, 0]).mean() - 0.5) < 3 * np.sqrt(0.25 / 2000)
+    sprites = make_control("mode-dropper:keep=0.5", dataset=get_dataset("sprites:size=16"))
+    assert sprites.kept_categories_ == (0, 1)  # floor(0.5 x 3 + 1/2) = 2 of 3 shapes
+    assert set(np.unique(sprites.sample_with_factors(100, seed=0)[1][:, 0])) <= {0.0, 1.0}
+
+
+def test_mode_dropper_continuous_keeps_below_the_quantile():
+    ds = get_dataset("hidden-manifold:d=32,D=4")  # c1 ~ N(0, 1): median 0
+    m = make_control("mode-dropper", dataset=ds)
+    assert abs(m.threshold_) < 3 * 1.2533 / np.sqrt(4096)  # sd of a sample median: sqrt(pi / 2) / sqrt(n)
+    x, z = m.sample_with_factors(500, seed=2)
+    assert (z[:, 0] < m.threshold_).all()
+    np.testing.assert_allclose(x, ds.generate(z), atol=1e-6)
+    m25 = make_control("mode-dropper", dataset=ds, keep=0.25)
+    assert abs(m25.threshold_ - (-0.6745)) < 0.08  # the N(0, 1) quartile
+    assert (ds.sample(2000, 7)[1][:, 0] < m25.threshold_).mean() == pytest.approx(
+        0.25, abs=3 * np.sqrt(0.1875 / 2000)
+    )
+
+
+class _UniformFactor:
+    """A minimal dataset whose first factor is bounded: a ~ U(0, 2), x = (a, a^2)."""
+
+    shape = (2,)
+    factors = (Factor("a", low=0.0, high=2.0),)
+
+    def __init__(self, low: float = 0.0):
+        self.low = low
+
+    def sample(self, n, seed=0):
+        a = np.random.default_rng(seed).uniform(self.low, 2.0, n)
+        return np.stack([a, a**2], 1).astype(np.float32), a[:, None]
+
+
+def test_mode_dropper_bounded_support_and_loop_guard():
+    m = ModeDropperModel(_UniformFactor(), keep=0.25)
+    assert m.threshold_ == pytest.approx(0.5)  # low + keep (high - low)
+    assert (m.sample_with_factors(200, seed=0)[1] < 0.5).all()
+    # a dataset that never reaches the kept part: an error, not an endless loop
+    with pytest.raises(DiffauditError, match="raise keep"):
+        ModeDropperModel(_UniformFactor(low=1.0), keep=0.25).sample(10, seed=0)
+
+
+def test_failure_control_parameter_errors(rng):
+    X = rng.standard_normal((30, 4))
+    ds = get_dataset("molrg:d=32,K=4,r=2")
+    bad = [
+        ("shrunk:fator=0.3", "no parameter 'fator'; valid parameters: factor"),
+        ("shrunk:factor=1.5", r"factor=1.5 must be a number in \[0, 1\]"),
+        ("shrunk:factor=abc", "factor='abc'"),
+        ("shrunk:factor", "not key=value"),
+        ("collapsed:scale=-1", "scale=-1"),
+        ("interpolator:k=0", "k=0"),
+        ("interpolator:k=2.5", "whole number"),
+        ("interpolator:k=30", "k=30"),  # needs k <= n_train - 1 = 29
+        ("noisy-memorizer:eps=-0.1", "eps=-0.1"),
+        ("oracle:keep=0.5", "it takes none"),
+        ("dropper", "choose one of: oracle, gaussian, memorizer, shrunk"),
+    ]
+    for spec, msg in bad:
+        with pytest.raises(DiffauditError, match=msg):
+            make_control(spec, train=X, dataset=ds)
+    for keep, msg in ((0, "keep=0"), (1.0, "keeps everything"), (0.1, "keeps 0")):
+        with pytest.raises(DiffauditError, match=msg):
+            make_control("mode-dropper", dataset=ds, keep=keep)
+    with pytest.raises(DiffauditError, match="train="):
+        make_control("shrunk", dataset=ds)
+    with pytest.raises(DiffauditError, match="shape"):
+        make_control("shrunk", X, ds)  # 4-dim training set, 32-dim dataset
+    with pytest.raises(DiffauditError, match="seed"):
+        make_control("collapsed", X).sample(3, seed=-1)
+    with pytest.raises(DiffauditError, match="non-negative integer"):
+        make_control("collapsed", X).sample(-1)
+    with pytest.raises(DiffauditError, match="deduplicate"):
+        make_control("noisy-memorizer", np.zeros((10, 3)))
+
+
+def test_failure_controls_through_the_model_spec():
+    ds = get_dataset("molrg:d=32,K=4,r=2")
+    train = ds.sample(100, 1)[0]
+    m = load_model(
+        "control:Shrunk:factor=0.5", train=train, dataset=ds, num_steps=8
+    )  # steps: ignored by black boxes
+    assert isinstance(m, ShrunkModel) and m.factor == 0.5 and m.name == "control:shrunk:factor=0.5"
+    assert isinstance(load_model("control:interpolator:k=3", train=train), InterpolatorModel)
+    assert isinstance(load_model("control:noisy-memorizer", train=train), NoisyMemorizerModel)
+    with pytest.raises(DiffauditError, match="needs --dataset"):
+        load_model("control:mode-dropper", train=train)
+    with pytest.raises(DiffauditError, match="no parameter 'f'"):
+        load_model("control:shrunk:f=2", train=train, dataset=ds)

@@ -10,23 +10,29 @@ import pytest
 from diffaudit.pipeline.demo import explain, index_html
 
 
-def _rep(conv, gen, mem, fd=1.0, floor=1.0, validity=1.0, nv=0.95, copy=0.0, auc=None):
+def _rep(conv, gen, mem, e1=0.01, fd_ratio=1.2, validity=1.0, nv=0.95, copy=0.0, auc=None, factors=None):
     m = lambda v: None if v is None else {"value": v, "ci": None}  # noqa: E731
     return {"verdict": {"convergence": conv, "generalization": gen, "memorization": mem},
-            "probes": {"convergence": {"fd": m(fd), "fd_train_holdout": m(floor)},
+            "thresholds": {"eps1": 0.1},
+            "details": {"factors": factors or {}},
+            "probes": {"convergence": {"moment_error": m(e1), "fd_ratio": m(fd_ratio)},
                        "factors": {"validity": m(validity), "novel_valid_rate": m(nv)},
                        "memorization": {"copy_rate": m(copy), "mia_auc": m(auc)}}}
 
 
 def test_explain_words():
-    s = explain("gaussian", _rep("pass", "fail", "pass", fd=1.4, validity=0.0, nv=0.0))
-    assert s.startswith("gaussian: FID as good as real data") and "but 0 % of its samples lie on the data manifold" in s
+    s = explain("gaussian", _rep("pass", "fail", "pass", e1=0.02, fd_ratio=1.4, validity=0.0, nv=0.0))
+    assert s.startswith("gaussian: bulk statistics match the data (second-moment error E1 0.020 <= 0.1; FD 1.4x")
+    assert "but only 0 % of its samples lie on the data manifold" in s
     s = explain("memorizer", _rep("pass", "fail", "fail", copy=1.0, nv=0.0, auc=1.0))
     assert "100 % of its samples are copies of training items" in s and "AUC 1.00" in s
     s = explain("oracle", _rep("pass", "pass", "pass", nv=0.97, copy=0.004))
-    assert "97 % of its samples are valid and novel" in s and "no memorization" in s
-    s = explain("bad", _rep("fail", "fail", "pass", fd=5.0, floor=1.0, validity=0.2, nv=0.2))
-    assert "FID 5.0x worse than real data" in s
+    assert "97 % of its samples are valid and novel, with factors distributed like the truth" in s
+    assert "no memorization" in s
+    s = explain("small", _rep("fail", "fail", "pass", e1=2.5, validity=0.2, nv=0.2))
+    assert "bulk statistics off (second-moment error E1 2.5 > 0.1" in s
+    s = explain("dropper", _rep("pass", "fail", "pass", nv=0.9, factors={"factor_match": False, "mismatch": "shape"}))
+    assert "not distributed like the true ones (shape)" in s
 
 
 def test_index_html_escapes():

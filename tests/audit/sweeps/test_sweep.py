@@ -286,8 +286,9 @@ def test_tiny_sweep_end_to_end_and_kill9_resume(tmp_path):
     doc = compute_thresholds(full, n_boot=50)
     assert {g["model"] for g in doc["groups"]} == {"model", "gaussian"}
     for g in doc["groups"]:
-        assert set(g["curves"]) == {"fd_ratio", "novel_valid", "not_copied"}
-        assert all(c["status"] in ("fit", "above", "below", "no-fit") for c in g["curves"].values())
+        assert set(g["curves"]) == {"convergence.moment_error", "factors.recovery_score", "not_copied"}
+        assert all(c["status"] in ("fit", "above", "below", "no-fit", "insufficient", "missing")
+                   for c in g["curves"].values())
 
 
 @pytest.mark.slow

@@ -1,0 +1,54 @@
+"""The Python API: audit a model from a notebook or a training loop with one call.
+
+    import diffaudit
+    report = diffaudit.audit("control:gaussian", dataset="hidden-manifold:d=16", n_train=2000, n_samples=500)
+    report.verdict["convergence"], report.value("convergence.moment_error")
+
+``audit`` takes the same inputs as ``diffaudit audit`` and returns the report: a dict with the keys of
+``report.json`` (``probes``, ``verdict``, ``reasons``, ...). The probes themselves are plain functions on
+arrays in ``diffaudit.probes`` (e.g. ``diffaudit.probes.moment_error.whitened_moment_error``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffaudit.datasets.base import get_dataset
+from diffaudit.errors import DiffauditError
+from diffaudit.fileio import check_out_dir
+from diffaudit.models.adapters import as_model, load_model
+from diffaudit.pipeline.config import AuditConfig
+from diffaudit.pipeline.run import Report, run_audit
+from diffaudit.pipeline.setup import AuditData, file_data, synthetic_data
+
+__all__ = ["AuditConfig", "Report", "audit"]
+
+
+def audit(model, *, dataset=None, n_train: int | None = None, n_holdout: int | None = None, train=None,
+          holdout=None, out_dir=None, num_steps: int | None = None, **options) -> Report:
+    """Audit ``model`` and return its report (``out_dir``: also write the report folder there).
+
+    ``model``: a spec string (``"ckpt:runs/mlp"``, ``"samples:gen.npy"``, ``"control:gaussian"``, ...), or any
+    object with ``sample(n, seed)`` (and optionally ``denoise(x, sigma)``), or a ``sample(n, seed)`` function.
+    Data: ``dataset`` (a synthetic dataset or its spec) with ``n_train`` draws the training and holdout sets;
+    or ``train`` (and ``holdout``): arrays in the normal form or paths (``dataset`` then adds the factor
+    probes). ``options``: any ``AuditConfig`` field (``n_samples``, ``seed``, ``features``, ``eps1``, ...).
+    """
+    cfg = AuditConfig.from_options(options, where="audit()")
+    if train is None:
+        if dataset is None or n_train is None:
+            raise DiffauditError("audit(): pass dataset=... with n_train=N, or train=... (array or path).")
+        data = synthetic_data(dataset, n_train, n_holdout or cfg.n_samples or 2000, cfg.seed)
+    elif isinstance(train, str | Path):
+        data = file_data(train, holdout, dataset)
+    else:
+        data = AuditData(train, holdout, get_dataset(dataset) if isinstance(dataset, str) else dataset)
+    if isinstance(model, str):
+        m = load_model(model, train=data.train, dataset=data.dataset, device=cfg.device, num_steps=num_steps)
+        spec = model
+    else:
+        m, spec = as_model(model), None
+    if out_dir is not None:
+        check_out_dir(out_dir)
+    return run_audit(m, train=data.train, holdout=data.holdout, dataset=data.dataset, config=cfg, out_dir=out_dir,
+                     model_spec=spec, inputs=data.provenance, train_z=data.train_z, holdout_z=data.holdout_z)

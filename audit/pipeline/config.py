@@ -1,0 +1,108 @@
+"""``AuditConfig``: every knob of an audit, checked once when the audit is set up (sklearn-style).
+
+The verdict tolerances have stated meanings (see ``diffaudit.pipeline.verdicts`` and the README):
+
+- ``eps1`` = 0.1: threshold 1 passes when the whitened second-moment error E1 (``probes.moment_error``) is at
+  most 0.1. Meaning: the model's second moments are at least as accurate as the empirical second moments of
+  (d + kappa) / 0.1 = 10 (d + kappa) true samples (an n-sample estimate scores E[E1] = (d + kappa)/n exactly;
+  kappa = 1 for Gaussian data). In eigen-terms E1 is the mean over whitened directions of the squared
+  relative error of the second moment plus the off-diagonal mass, so 0.1 is about 32 % RMS relative error
+  per direction. The tolerance means the same at every d, and n1* of an n-sample learner is 10 (d + kappa).
+- ``min_novel_valid_rate`` = 0.5: threshold 2 needs at least half of the samples valid and novel, and their
+  recovered factors distributed like the truth (within what true samples of the same size achieve).
+- ``max_copy_rate`` = 0.02: more than 2 % training copies fails memorization (the copy rule's own false-flag
+  rate on held-out real data is ~1 %, see ``probes.memorization``).
+- ``max_mia_auc`` = 0.6: a loss attack with AUC above 0.6 on a split it was not tuned on leaks membership.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from diffaudit.errors import DiffauditError
+
+DEFAULT_N_SAMPLES = 2000
+
+
+@dataclass
+class AuditConfig:
+    features: str = "pixels"  # feature space spec (diffaudit.features): pixels, pixels:16, inception, clip:ARCH, ...
+    n_samples: int | None = None  # generated samples; None = all pre-generated samples, else DEFAULT_N_SAMPLES
+    seed: int = 0  # sampling seed of the model (and of every probe's resampling)
+    holdout_fraction: float = 0.0  # with --train only: share of train split off as holdout (0 = none; only
+    # safe when the model never saw that share)
+    device: str = "auto"
+    weights: str | None = None  # feature network weights file (inception/clip/dinov2)
+    random_init: bool = False  # random feature-network weights: plumbing tests only, reports say so
+    # --- threshold 1
+    eps1: float = 0.1  # E1 tolerance (module docstring)
+    n_boot: int = 10  # bootstrap resamples of the FD floor (each one FD); reported, not a verdict
+    boot_max_dim: int = 1024  # above this feature dimension: no floor bootstrap and no FD(generated, train)
+    kid_subsets: int = 20  # KID subsets (of kid_subset_size rows each)
+    kid_subset_size: int = 1000
+    # --- threshold 2
+    min_novel_valid_rate: float = 0.5
+    # --- memorization
+    max_copy_rate: float = 0.02
+    max_mia_auc: float = 0.6
+    mia_n: int = 2000  # members and non-members (each) for membership inference, subsampled; half of them
+    # choose sigma, the other half is reported (TPR at 1 % FPR needs >= 1000 non-members in that half)
+    mia_sigmas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)  # x the data std
+    mia_draws: int = 2
+    max_calibration: int = 2000  # holdout rows that calibrate the copy rule's distance quantile
+    max_ct_samples: int = 2000  # C_T and AuthPct use at most this many generated / holdout rows
+    n_copies_shown: int = 16  # top copies stored as image pairs / shown in the HTML
+    progress: bool = False  # rich progress bars on stderr
+    extra: dict = field(default_factory=dict)  # free-form: recorded in report.inputs.config
+
+    def __post_init__(self):
+        self.mia_sigmas = tuple(float(s) for s in self.mia_sigmas)
+
+    def check(self) -> AuditConfig:
+        """Raise a one-sentence ``DiffauditError`` for any out-of-range field; returns self."""
+
+        def need(ok: bool, name: str, what: str):
+            if not ok:
+                raise DiffauditError(f"audit option {name}={getattr(self, name)!r} is out of range: {what}.")
+
+        need(self.n_samples is None or int(self.n_samples) >= 2, "n_samples", "needs at least 2 generated samples")
+        need(int(self.seed) >= 0, "seed", "pass a non-negative seed")
+        need(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction", "use a share in [0, 1), e.g. 0.2")
+        need(self.eps1 > 0, "eps1", "the threshold-1 tolerance must be positive (default 0.1)")
+        need(int(self.n_boot) >= 0, "n_boot", "use 0 (no bootstrap) or more resamples")
+        need(int(self.boot_max_dim) >= 1, "boot_max_dim", "use a positive dimension")
+        need(int(self.kid_subsets) >= 1, "kid_subsets", "use at least 1 subset")
+        need(int(self.kid_subset_size) >= 2, "kid_subset_size", "use subsets of at least 2 rows")
+        need(0.0 <= self.min_novel_valid_rate <= 1.0, "min_novel_valid_rate", "use a rate in [0, 1]")
+        need(0.0 <= self.max_copy_rate <= 1.0, "max_copy_rate", "use a rate in [0, 1]")
+        need(0.5 <= self.max_mia_auc <= 1.0, "max_mia_auc", "use an AUC in [0.5, 1]")
+        need(int(self.mia_n) >= 4, "mia_n", "use at least 4 members and non-members")
+        need(len(self.mia_sigmas) >= 1 and all(s > 0 for s in self.mia_sigmas), "mia_sigmas",
+             "give positive noise levels (x the data std)")
+        need(int(self.mia_draws) >= 1, "mia_draws", "use at least 1 noise draw")
+        need(int(self.max_calibration) >= 10, "max_calibration", "use at least 10 calibration rows")
+        need(int(self.max_ct_samples) >= 10, "max_ct_samples", "use at least 10 rows")
+        need(int(self.n_copies_shown) >= 0, "n_copies_shown", "use 0 or more")
+        return self
+
+    @classmethod
+    def from_options(cls, options: dict, where: str = "[audit]") -> AuditConfig:
+        """An ``AuditConfig`` from a dict of overrides (a sweep spec's ``[audit]`` table), fully checked."""
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - valid)
+        if unknown:
+            raise DiffauditError(f"{where}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}.")
+        try:
+            cfg = cls(**options)
+        except (TypeError, ValueError) as e:
+            raise DiffauditError(f"{where}: {e}; fix the option's value.") from None
+        return cfg.check()
+
+    def thresholds(self) -> dict[str, float]:
+        return {"eps1": self.eps1, "min_novel_valid_rate": self.min_novel_valid_rate,
+                "max_copy_rate": self.max_copy_rate, "max_mia_auc": self.max_mia_auc}
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["mia_sigmas"] = list(self.mia_sigmas)
+        return d

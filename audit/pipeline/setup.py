@@ -1,0 +1,80 @@
+"""One way to set up an audit's data, used by the ``audit`` command, the demo and every sweep cell.
+
+The data-seed rule lives here and nowhere else: for audit seed ``s`` the model samples with ``s``, the
+synthetic training set is ``dataset.sample(n_train, 3 s + 1)`` and the holdout
+``dataset.sample(n_holdout, 3 s + 2)``. For every s >= 0 the three streams differ, so the oracle control
+never draws its own training set; training sets of one seed are nested across n (``sample(n, seed)`` is a
+prefix of ``sample(m, seed)`` for n < m), which a data-scaling sweep relies on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from diffaudit.datasets.base import get_dataset
+from diffaudit.datasets.loading import load_samples
+from diffaudit.errors import DiffauditError
+
+
+def data_seeds(seed: int) -> tuple[int, int]:
+    """(train seed, holdout seed) of the synthetic data streams for audit seed ``seed``."""
+    return 3 * int(seed) + 1, 3 * int(seed) + 2
+
+
+def split_holdout(train: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``train`` into (train, holdout) with ``fraction`` of the rows held out."""
+    if not 0 < fraction < 1:
+        raise DiffauditError(f"holdout fraction {fraction} must be between 0 and 1 (exclusive), e.g. 0.2.")
+    n = len(train)
+    k = int(round(n * fraction))
+    if k < 2 or n - k < 2:
+        raise DiffauditError(
+            f"holdout fraction {fraction} of {n} training samples leaves fewer than 2 on a side; pass more data.")
+    perm = np.random.default_rng([0x401D, int(seed)]).permutation(n)
+    return train[np.sort(perm[k:])], train[np.sort(perm[:k])]
+
+
+@dataclass
+class AuditData:
+    """The data an audit runs against; ``dataset`` (and the true factors) only for synthetic data."""
+
+    train: np.ndarray
+    holdout: np.ndarray | None
+    dataset: object | None = None
+    train_z: np.ndarray | None = None
+    holdout_z: np.ndarray | None = None
+    provenance: dict | None = None
+
+
+def dataset_split(dataset, n_train: int, n_holdout: int, seed: int):
+    """(train x, train z, holdout x, holdout z) drawn from ``dataset`` with the seeds of ``data_seeds``."""
+    if int(n_train) < 2:
+        raise DiffauditError(f"--n-train {n_train}: needs at least 2 training samples.")
+    if int(n_holdout) < 2:
+        raise DiffauditError(f"--n-holdout {n_holdout}: needs at least 2 held-out samples.")
+    if int(seed) < 0:
+        raise DiffauditError(f"--seed {seed}: pass a non-negative seed.")
+    s_train, s_hold = data_seeds(seed)
+    xt, zt = dataset.sample(int(n_train), s_train)
+    xh, zh = dataset.sample(int(n_holdout), s_hold)
+    return xt, zt, xh, zh
+
+
+def synthetic_data(dataset, n_train: int, n_holdout: int, seed: int) -> AuditData:
+    """Training and holdout sets drawn from a synthetic ``dataset`` (object or spec string)."""
+    ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    xt, zt, xh, zh = dataset_split(ds, n_train, n_holdout, seed)
+    s_train, s_hold = data_seeds(seed)
+    prov = {"train": f"{ds.spec} n={int(n_train)} seed={s_train}", "holdout": f"{ds.spec} n={int(n_holdout)} seed={s_hold}"}
+    return AuditData(xt, xh, ds, zt, zh, prov)
+
+
+def file_data(train_path, holdout_path=None, dataset=None) -> AuditData:
+    """Training (and holdout) samples from files; ``dataset`` (optional) adds the factor probes."""
+    ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    train = load_samples(train_path, name=f"training set {train_path}")
+    holdout = load_samples(holdout_path, name=f"holdout set {holdout_path}") if holdout_path else None
+    prov = {"train": str(train_path), "holdout": None if holdout_path is None else str(holdout_path)}
+    return AuditData(train, holdout, ds, None, None, prov)

@@ -1,0 +1,384 @@
+"""The audit as a list of stages over one shared context.
+
+Every stage is a function ``fn(ctx) -> None`` that reads what earlier stages left in ``ctx`` and fills
+schema rows with ``ctx.put(key, value, ci)`` (``put`` refuses a key the schema does not know, so every
+produced metric has a row). A stage declares what it ``needs`` ("holdout", "dataset", "white_box"); when a
+need is missing the runner records the stage under ``skipped`` with the reason and its rows stay null.
+
+Add a probe: a module in ``probes/``, its rows in ``diffaudit.report.schema``, and one stage here (or a line
+in an existing one). ``NOT_IN_AUDIT`` lists the probes that exist and do not run in an audit, with why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from diffaudit.datasets.moments import population_moments
+from diffaudit.errors import DiffauditError
+from diffaudit.features import embed_cached
+from diffaudit.models.contract import DenoiserModel
+from diffaudit.models.sampler import noise_from_seeds
+from diffaudit.pipeline.config import AuditConfig
+from diffaudit.probes import convergence as cv
+from diffaudit.probes import factors as fp
+from diffaudit.probes import memorization as mem
+from diffaudit.probes import moment_error as me
+from diffaudit.probes.membership import membership_inference, roc_points
+from diffaudit.report import schema
+
+# Probes of probes/ that an audit does not run, and why (shown in the architecture notes and tested).
+NOT_IN_AUDIT = {
+    "convergence.fd_infinity": "extrapolates FD over many subset sizes, each >= a multiple of D: too costly per "
+                               "audit; run it from Python or 'diffaudit compare'",
+    "convergence.moments / gaussian_kl / sliced_wasserstein": "in 'diffaudit compare'; threshold 1 uses E1",
+    "factors.representation_probe": "needs the activations of a layer the user picks "
+                                    "(diffaudit.models.activations.layer_activations); run it from Python",
+    "membership.disjoint_reproducibility": "needs two models trained on disjoint halves: a sweep option "
+                                           "(reproducibility = true)",
+}
+
+
+@dataclass
+class Context:
+    """What the stages share. Arrays in the normal form; features (n, D) float32."""
+
+    model: Any
+    cfg: AuditConfig
+    train: np.ndarray
+    holdout: np.ndarray | None = None
+    dataset: Any = None
+    train_z: np.ndarray | None = None
+    holdout_z: np.ndarray | None = None
+    embedder: Any = None
+    n_gen: int = 0
+    gen: np.ndarray | None = None
+    fg: np.ndarray | None = None
+    ft: np.ndarray | None = None
+    fh: np.ndarray | None = None
+    probes: dict[str, dict] = field(default_factory=lambda: {g: {} for g in schema.GROUPS})
+    details: dict[str, Any] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    art: dict[str, Any] = field(default_factory=dict)  # arrays and results for the report writer
+    advance: Callable[[int], None] = lambda k=1: None
+
+    @property
+    def white_box(self) -> bool:
+        return bool(getattr(self.model, "has_denoiser", False))
+
+    def put(self, key: str, value, ci=None) -> None:
+        """Store metric ``key`` ({"value", "ci"}; None for a missing / non-finite value)."""
+        if schema.get(key) is None:
+            raise KeyError(f"metric {key!r} has no row in diffaudit.report.schema; add one")
+        g, _, k = key.partition(".")
+        self.probes[g][k] = metric(value, ci)
+
+    def rng(self, salt: int) -> np.random.Generator:
+        return np.random.default_rng([salt, int(self.cfg.seed)])
+
+    def subsample(self, x: np.ndarray, k: int, salt: int) -> np.ndarray:
+        """A seeded subsample of at most ``k`` rows (in original order)."""
+        k = min(len(x), int(k))
+        return x if k == len(x) else x[np.sort(self.rng(salt).choice(len(x), k, replace=False))]
+
+
+def metric(value, ci=None) -> dict | None:
+    """A metric object ``{"value": float, "ci": [lo, hi] | None}``; None for a missing / non-finite value."""
+    if value is None:
+        return None
+    v = float(value)
+    if not np.isfinite(v):
+        return None
+    c = None
+    if ci is not None:
+        lo, hi = float(ci[0]), float(ci[1])
+        if np.isfinite(lo) and np.isfinite(hi):
+            c = [lo, hi]
+    return {"value": v, "ci": c}
+
+
+def check_array(x, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim < 2 or len(x) < 2:
+        raise DiffauditError(f"{name}: needs at least 2 samples of shape (n, ...), got shape {x.shape}.")
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise DiffauditError(f"{name}: has dtype {x.dtype}; pass real-valued numeric samples.")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x.reshape(len(x), -1))).any(1).sum())
+        raise DiffauditError(f"{name}: {bad} sample(s) contain NaN or Inf; fix the model or remove those samples.")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def draw_samples(model, n: int, seed: int, advance=None, chunk: int = 256) -> np.ndarray:
+    """``model.sample(n, seed)``; for denoiser models in chunks of per-sample seeds (same result, with progress)."""
+    if isinstance(model, DenoiserModel) and type(model).sample is DenoiserModel.sample:
+        out = []
+        for i in range(0, n, chunk):
+            noise = noise_from_seeds(range(i, min(n, i + chunk)), model.shape, base_seed=seed)
+            out.append(np.asarray(model.sample_from_noise(noise)))
+            if advance:
+                advance(len(noise))
+        return np.concatenate(out) if out else np.zeros((0, *model.shape), np.float32)
+    x = model.sample(n, seed)
+    if advance:
+        advance(n)
+    return np.asarray(x)
+
+
+# --------------------------------------------------------------------------------------------- stages
+
+
+def sample(ctx: Context) -> None:
+    gen = check_array(draw_samples(ctx.model, ctx.n_gen, ctx.cfg.seed, ctx.advance), "generated samples")
+    if len(gen) != ctx.n_gen:
+        raise DiffauditError(
+            f"the model returned {len(gen)} samples when asked for {ctx.n_gen}; its sample(n, seed) must return n rows.")
+    if gen.shape[1:] != ctx.train.shape[1:]:
+        raise DiffauditError(f"generated samples have shape {gen.shape[1:]} but the training set has shape "
+                             f"{ctx.train.shape[1:]}; audit the model against its own kind of data.")
+    ctx.gen = gen
+
+
+def embed(ctx: Context) -> None:
+    def one(x):
+        if x is None:
+            return None
+        # pixels are identity-like: caching would only copy bytes to disk
+        f = ctx.embedder.embed(x) if ctx.embedder.name == "pixels" else embed_cached(x, ctx.embedder)
+        ctx.advance(len(x))
+        return f
+
+    ctx.fg, ctx.ft, ctx.fh = one(ctx.gen), one(ctx.train), one(ctx.holdout)
+
+
+def moments(ctx: Context) -> None:
+    """Threshold 1: E1 against the population (synthetic data in pixel space) or the holdout (otherwise)."""
+    flat = ctx.gen.reshape(len(ctx.gen), -1)
+    if ctx.dataset is not None and ctx.embedder.name == "pixels" and ctx.embedder.id == "pixels":
+        mu, sigma, n_ref = population_moments(ctx.dataset)
+        r = me.whitened_moment_error(flat, mu, sigma)
+        ref = f"the population of {ctx.dataset.spec} ({n_ref} reference samples)" if n_ref else \
+            f"the population of {ctx.dataset.spec} (analytic)"
+    elif ctx.fh is not None:
+        try:
+            r = me.two_sample_moment_mmd(ctx.fg, ctx.fh, seed=ctx.cfg.seed)
+        except DiffauditError as e:  # a holdout too small to whiten: the rest of the audit still stands
+            ctx.skipped.append({"probe": "convergence.moment_error", "reason": str(e)})
+            return
+        ref = f"the holdout set ({ctx.embedder.id} features, {r.whitening} whitening, rank {r.rank})"
+    else:
+        ctx.skipped.append({"probe": "convergence.moment_error", "reason": "no reference for the data's second "
+                            "moments: pass a synthetic --dataset or a holdout set."})
+        return
+    ctx.put("convergence.moment_error", r.value, r.ci)
+    ctx.put("convergence.moment_error_mean", r.mean_part)
+    ctx.details.setdefault("convergence", {})["moment_error_reference"] = ref
+    ctx.details["convergence"]["moment_error_dim"] = int(r.dim)
+
+
+def convergence(ctx: Context) -> None:
+    """FD (with its real-vs-real floor), KID, precision/recall/density/coverage against the holdout."""
+    cfg, fg, ft, fh = ctx.cfg, ctx.fg, ctx.ft, ctx.fh
+    big = fg.shape[1] > cfg.boot_max_dim
+    if big:
+        ctx.skipped.append({"probe": "convergence.fd_gen_train / floor bootstrap", "reason": f"{fg.shape[1]} "
+                            f"feature dimensions > boot_max_dim={cfg.boot_max_dim}: each extra FD costs an eigh of "
+                            "D x D, so the floor has no bootstrap interval."})
+    else:
+        ctx.put("convergence.fd_gen_train", cv.frechet_distance(fg, ft).value)
+    n_eq = min(len(fg), len(ft))
+    fd = cv.frechet_distance(fg, fh)
+    ctx.put("convergence.fd", fd.value)
+    fd_eq = fd if n_eq == len(fg) else cv.frechet_distance(ctx.subsample(fg, n_eq, 0xC0), fh)
+    ctx.put("convergence.fd_equal_n", fd_eq.value)
+    floor = cv.frechet_distance(ctx.subsample(ft, n_eq, 0xC1), fh, n_boot=0 if big else cfg.n_boot, seed=cfg.seed)
+    # the floor's spread at this sample size (a BCa interval of its population value, ~0, says little here)
+    ctx.put("convergence.fd_train_holdout", floor.value, floor.spread_ci)
+    ctx.put("convergence.fd_ratio", fd_eq.value / floor.value if floor.value > 0 else None)
+    m_kid = int(min(cfg.kid_subset_size, max(2, min(len(fg), len(fh)) // 2)))
+    k = cv.kid(fg, fh, n_subsets=cfg.kid_subsets, subset_size=m_kid, seed=cfg.seed)
+    ctx.put("convergence.kid", k.value, k.value_ci)  # interval from disjoint blocks, centred on their mean
+    pr, dc = cv.prdc(fh, fg)
+    ctx.put("convergence.precision", pr.precision, pr.precision_ci)
+    ctx.put("convergence.recall", pr.recall, pr.recall_ci)
+    ctx.put("convergence.density", dc.density)
+    ctx.put("convergence.coverage", dc.coverage, dc.coverage_ci)
+    ctx.details.setdefault("convergence", {}).update(
+        {"kid_block_value": k.block_value, "kid_subset_std": k.std, "n_equal": int(n_eq), "fd_singular": bool(fd.singular or floor.singular),
+         "floor_ci": list(floor.spread_ci) if floor.spread_ci else None})
+
+
+def copies(ctx: Context) -> None:
+    """Every generated sample against the WHOLE training set (the holdout only calibrates a quantile)."""
+    fh_cal = None if ctx.fh is None else ctx.subsample(ctx.fh, ctx.cfg.max_calibration, 0xC7)
+    c = mem.find_copies(ctx.fg, ctx.ft, fh_cal, seed=ctx.cfg.seed)
+    ctx.put("memorization.copy_rate", c.copy_rate, c.copy_rate_ci)
+    ctx.put("memorization.unique_train_copied", c.unique_train_copied)
+    ctx.put("memorization.n_copies", c.n_copies)
+    for rule, rate in c.rule_rates.items():
+        ctx.put(f"memorization.copy_rate_{rule}", rate)
+    ctx.details["memorization"] = {"rule": c.rule, "ratio_threshold": c.ratio_threshold,
+                                   "holdout_threshold": c.holdout_threshold, "most_copied": c.most_copied[:20].tolist(),
+                                   "index_method": c.index_method,
+                                   "n_calibration": None if fh_cal is None else int(len(fh_cal))}
+    ctx.art["copies"] = c
+
+
+def copy_tests(ctx: Context) -> None:
+    """C_T (Meehan et al. 2020) and authenticity (Alaa et al. 2022) with its real-data reference."""
+    fg_s, fh_s = ctx.subsample(ctx.fg, ctx.cfg.max_ct_samples, 0xC8), ctx.subsample(ctx.fh, ctx.cfg.max_ct_samples, 0xC9)
+    ct = mem.ct_test(fg_s, ctx.ft, fh_s, seed=ctx.cfg.seed, max_kmeans_fit=20_000)
+    ctx.put("memorization.ct", ct.c_t)
+    au = mem.authenticity(fg_s, ctx.ft, reference=fh_s)
+    ctx.put("memorization.auth_pct", au.auth_pct, au.auth_pct_ci)
+    ctx.put("memorization.auth_pct_reference", au.reference, getattr(au, "reference_ci", None))
+    ctx.details.setdefault("memorization", {})["ct_auth_n"] = [int(len(fg_s)), int(len(fh_s))]
+
+
+def membership(ctx: Context) -> None:
+    """Loss-based membership inference (white box): sigma chosen on one split, reported on the other."""
+    cfg = ctx.cfg
+    m_n = int(min(cfg.mia_n, len(ctx.train), len(ctx.holdout)))
+    xt_m, xh_m = ctx.subsample(ctx.train, m_n, 0x31A), ctx.subsample(ctx.holdout, m_n, 0x31B)
+    scale = float(np.sqrt(ctx.train.reshape(len(ctx.train), -1).astype(np.float64).var(0).mean()))
+    mia = membership_inference(ctx.model, xt_m, xh_m, [s * scale for s in cfg.mia_sigmas], n_draws=cfg.mia_draws,
+                               seed=cfg.seed)
+    ctx.put("memorization.mia_auc", mia.auc_eval, mia.auc_eval_ci)
+    ctx.put("memorization.mia_tpr_at_1pct", mia.tpr_at_1pct)
+    ctx.details["membership"] = {"sigmas": mia.sigmas.tolist(), "auc": mia.auc.tolist(), "loss_gap": mia.loss_gap.tolist(),
+                                 "best_sigma": mia.best_sigma, "n": m_n, "n_eval": mia.n_eval,
+                                 "tpr_note": mia.tpr_note,
+                                 "roc": {"sigma": float(mia.best_sigma), **roc_points(mia)}}
+
+
+def factors(ctx: Context) -> None:
+    """Threshold 2: scale-free validity, novelty, and latent-factor recovery against the true factors."""
+    ds, cfg = ctx.dataset, ctx.cfg
+    c = ctx.art["copies"]
+    # reference: the held-out true samples (never trained on); fresh draws of the dataset without a holdout
+    rec = fp.factor_recovery(ds, ctx.gen, train=ctx.train, is_copy=c.is_copy, x_ref=ctx.holdout,
+                             min_novel_valid_rate=cfg.min_novel_valid_rate, seed=cfg.seed)
+    ctx.put("factors.validity", rec.validity.valid_rate, rec.validity.valid_rate_ci)
+    ctx.put("factors.residual_median", rec.validity.median)
+    ctx.put("factors.novel_valid_rate", rec.novel_valid_rate, rec.novel_valid_rate_ci)
+    ctx.put("factors.novel_rate_among_valid", rec.novelty.novel_rate_among_valid,
+            rec.novelty.novel_rate_among_valid_ci)
+    ctx.put("factors.factor_coverage", rec.coverage)
+    ctx.put("factors.recovery_score", rec.recovery_score)
+    for name, w in rec.wasserstein_rel.items():
+        ctx.put(f"factors.w1_{name}", w)
+    ctx.details["factors"] = rec.summary()
+    ctx.art.update(validity=rec.validity, novelty=rec.novelty, z_true=rec.z_ref, z_recovered=rec.z_novel_valid)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    label: str
+    fn: Callable[[Context], None]
+    fills: tuple[str, ...]  # schema keys (families with their "*")
+    needs: tuple[str, ...] = ()
+    total: Callable[[Context], int] = lambda ctx: 1  # progress units
+
+
+WHY_MISSING = {
+    "holdout": "no holdout set (pass --holdout, --holdout-fraction, or --dataset)",
+    "dataset": "no synthetic dataset: the true generator is needed (pass --dataset SPEC)",
+    "white_box": "the model is a black box (no denoise(x, sigma))",
+    "reference": "no reference for the data's second moments (pass --dataset SPEC or a holdout set)",
+}
+
+STAGES: tuple[Stage, ...] = (
+    Stage("sample", "sampling", sample, (), total=lambda ctx: ctx.n_gen),
+    Stage("embed", "embedding", embed, (),
+          total=lambda ctx: ctx.n_gen + len(ctx.train) + (0 if ctx.holdout is None else len(ctx.holdout))),
+    Stage("moments", "threshold 1: second moments", moments,
+          ("convergence.moment_error", "convergence.moment_error_mean"), ("reference",)),
+    Stage("convergence", "FD, KID, precision/recall", convergence,
+          ("convergence.fd", "convergence.fd_train_holdout", "convergence.fd_ratio", "convergence.fd_equal_n",
+           "convergence.fd_gen_train", "convergence.kid", "convergence.precision", "convergence.recall",
+           "convergence.density", "convergence.coverage"), ("holdout",)),
+    Stage("copies", "copy search", copies,
+          ("memorization.copy_rate", "memorization.unique_train_copied", "memorization.n_copies",
+           "memorization.copy_rate_ratio", "memorization.copy_rate_holdout",
+           "memorization.copy_rate_ratio_and_holdout")),
+    Stage("copy_tests", "C_T and authenticity", copy_tests,
+          ("memorization.ct", "memorization.auth_pct", "memorization.auth_pct_reference"), ("holdout",)),
+    Stage("membership", "membership inference", membership,
+          ("memorization.mia_auc", "memorization.mia_tpr_at_1pct"), ("holdout", "white_box")),
+    Stage("factors", "threshold 2: factor recovery", factors,
+          ("factors.validity", "factors.residual_median", "factors.novel_valid_rate", "factors.novel_rate_among_valid",
+           "factors.factor_coverage", "factors.recovery_score", "factors.w1_*"), ("dataset",)),
+)
+
+
+def missing_needs(stage: Stage, ctx: Context) -> list[str]:
+    have = {"holdout": ctx.holdout is not None, "dataset": ctx.dataset is not None, "white_box": ctx.white_box,
+            "reference": ctx.dataset is not None or ctx.holdout is not None}
+    return [n for n in stage.needs if not have[n]]
+
+
+class Progress:
+    """Timings per stage + optional rich progress display on stderr."""
+
+    def __init__(self, enabled: bool):
+        self.timings: dict[str, float] = {}
+        self._prog = None
+        if enabled:
+            from rich.console import Console  # rich only when progress is shown
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._prog = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True),
+                                  transient=True)
+
+    def __enter__(self):
+        if self._prog is not None:
+            self._prog.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._prog is not None:
+            self._prog.stop()
+
+    @contextlib.contextmanager
+    def stage(self, name: str, label: str, total: int):
+        t0 = time.perf_counter()
+        task = self._prog.add_task(label, total=total) if self._prog is not None else None
+
+        def advance(k: int = 1):
+            if task is not None:
+                self._prog.advance(task, k)
+
+        try:
+            yield advance
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+            if task is not None:
+                self._prog.remove_task(task)
+
+
+def run_stages(ctx: Context, stages=STAGES) -> dict[str, float]:
+    """Run ``stages`` in order over ``ctx``; returns seconds per stage."""
+    with Progress(ctx.cfg.progress) as prog:
+        for st in stages:
+            missing = missing_needs(st, ctx)
+            if missing:
+                ctx.skipped.append({"probe": st.name, "reason": "; ".join(WHY_MISSING[m] for m in missing) + "."})
+                continue
+            with prog.stage(st.name, st.label, st.total(ctx)) as adv:
+                ctx.advance = adv
+                st.fn(ctx)
+    return {k: round(v, 4) for k, v in prog.timings.items()}

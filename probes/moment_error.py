@@ -1,0 +1,452 @@
+"""Threshold 1: the whitened second-moment error E1, a size-free statistic referenced to the data population.
+
+Definition. With the population mean ``mu`` and covariance ``sigma`` of the data (D,) / (D, D), the whitening
+``W = (sigma + delta I)^(-1/2)`` and ``y = W (x - mu)``,
+
+    E1 = || E_g[y y^T] - P ||_F^2 / d,        P = W sigma W  (= I when delta = 0),
+
+where ``E_g`` is over the generated distribution and d the dimension of the whitened space. ``P`` is the
+population's own whitened second moment, so the true generator scores E1 = 0 exactly whatever ``delta``.
+E_g[y y^T] is the second moment about the *population* mean, so E1 sees both moments:
+E_g[y y^T] = C_g + m m^T with m = W (mu_g - mu) and C_g the whitened generated covariance.
+
+Meaning of the tolerance ``DEFAULT_EPS1 = 0.1``. Since ||I||_F^2 = d, E1 = ||M_g - P||_F^2 / ||I||_F^2 is the
+squared relative Frobenius error of the whitened second moment, i.e. the mean squared error per whitened
+dimension (eigenvalue errors of 10 % in every direction give E1 = 0.01). E1 <= 0.1 allows a relative
+Frobenius error up to sqrt(0.1) = 32 %. Closed forms: N(mu, c sigma) has E1 = (c - 1)^2 (c = 1.32 sits at the
+tolerance); N(mu + m, sigma) has E1 = |W m|^4 / d.
+
+n-sample learners. The empirical distribution of n true samples (the memorizer) and the Gaussian with their
+maximum-likelihood mean and covariance both have the second moment (1/n) sum x_i x_i^T about mu, so their
+population E1 has expectation exactly
+
+    E[E1] = (d + kappa) / n,      kappa = (E|y|^4 - d (d + 1)) / d   (= 1 for Gaussian data),
+
+(E ||(1/n) sum y_i y_i^T - I||_F^2 = (E|y|^4 - d) / n). With the unbiased covariance (n - 1 divisor, the
+``gaussian`` control) and Gaussian data it is (d + 1)/(n - 1) + (d + 2)/n^2. So the verdict E1 <= eps1 flips
+near n1* = (d + kappa) / eps1, linear in d: a property of the data and the tolerance, not of the audit size.
+
+Estimator (``whitened_moment_error``). E1 is the squared norm of a mean in feature space,
+phi(y) = vec(y y^T - P), so the degree-2 U-statistic with kernel
+h(a, b) = <phi(a), phi(b)> / d = ((a^T b)^2 - a^T P a - b^T P b + ||P||_F^2) / d is unbiased at every
+n_generated (Hoeffding 1948; the one-sample analogue of the unbiased MMD^2 of Gretton et al. 2012, JMLR 13,
+"A kernel two-sample test", Eq. 3). Its value is computed as ``(||Y^T Y||_F^2 - sum_i |y_i|^4) / (n (n-1))``
+from a (d, d) float64 accumulator streamed in row blocks. Interval: Wald, with the exact U-statistic variance
+2 (2 (n-2) zeta1 + zeta2) / (n (n-1)) (Hoeffding 1948; Serfling 1980, Sec. 5.2.1) whose zetas are unbiased
+distinct-index averages of the kernel matrix, streamed in Gram blocks. At the oracle zeta1 = 0 (a degenerate
+U-statistic) and only the zeta2 term is left; zeta1's estimate is clipped at 0, which makes the interval
+conservative there. Measured coverage (nominal 95 %, Gaussian data): 97.8 % at E1 = 0 (d = 8, n = 200; se 10 %
+above the analytic sd), 95 % at E1 = 0.09 (d = 16, n = 500), 94 % (d = 8, n = 200 - 500): at small n the
+value and its se are correlated (r ~ 0.9), so a low value gets a short interval and misses above.
+
+Two-sample version (``two_sample_moment_mmd``), for real data without a known population: see its docstring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from diffaudit.errors import DiffauditError
+from diffaudit.probes._checks import as_features, same_width
+from diffaudit.probes.convergence import gaussian_stats
+from diffaudit.probes.stats import normal_interval
+
+DEFAULT_EPS1 = (
+    0.1  # threshold-1 tolerance on E1: mean squared relative error per whitened dimension (module doc)
+)
+# delta = DEFAULT_RIDGE * tr(sigma) / D. Generated variance v along a direction where the data have none costs
+# (v / delta)^2 / d, so off-support noise at ~3 % of the data's RMS scale (v = delta) in every such direction
+# costs about (their share of d) -- a real failure -- while 1 % noise costs 1 % of that. Directions with
+# population variance lam >> delta are whitened to relative precision delta / lam.
+DEFAULT_RIDGE = 1e-3
+# Two-sample whitening: the estimated whitening of a half with n_half rows inflates a non-zero E1 by
+# E tr(S^-2) / k = nu^2 (nu - 1) / ((nu - k)(nu - k - 1)(nu - k - 3)), nu = n_half - 1, for Gaussian data
+# (inverse-Wishart moment; Monte Carlo 1.103 vs 1.103 at k = 31, n_half = 1000). The rank is the largest k
+# keeping that factor <= 1 + WHITENING_INFLATION: k = 30 at n_half = 1000 (about n_half / 33).
+WHITENING_INFLATION = 0.1
+MAX_VARIANCE_ROWS = (
+    4096  # rows per sample entering the O(n^2 d) variance pass (zetas are unbiased on a subset)
+)
+DEFAULT_BUDGET_MIB = 256
+
+__all__ = [
+    "DEFAULT_EPS1",
+    "DEFAULT_RIDGE",
+    "WHITENING_INFLATION",
+    "MomentErrorResult",
+    "whitened_moment_error",
+    "two_sample_moment_mmd",
+    "max_whitening_rank",
+    "whitening_inflation",
+]
+
+
+@dataclass
+class MomentErrorResult:
+    """E1 and its parts (module docstring). Every value is already divided by ``dim``.
+
+    ``value``: unbiased estimate of E1 (can be slightly negative when E1 ~ 0); ``ci``/``se``: Wald interval
+    and standard error from the U-statistic's variance; ``plugin``: the biased plug-in ||M_hat - P||^2 / d
+    (expectation E1 + O(d / n_generated)); ``mean_part``: unbiased estimate of ||W (mu_g - mu_ref)||^2 / d, the
+    whitened mean shift per dimension (NOT an additive share of E1: a pure mean shift m gives E1 = d mean_part^2);
+    ``dim``: whitened dimension d; ``whitening``: "population" (known mu, sigma), "full" or "top-k" (two-sample);
+    ``rank``: = dim; ``delta``: the ridge used; ``inflation``: the Gaussian-data factor by which the estimated
+    whitening inflates a non-zero value (1 for the population route).
+    """
+
+    value: float
+    ci: tuple[float, float]
+    se: float
+    plugin: float
+    mean_part: float
+    dim: int
+    n_generated: int
+    n_reference: int | None
+    whitening: str
+    rank: int
+    delta: float
+    inflation: float = 1.0
+
+
+# --------------------------------------------------------------------------------------------- whitening
+
+
+def _rows_per_block(width: int, budget_mib: float, arrays: int = 4) -> int:
+    return int(max(8, min(1 << 16, max(16.0, budget_mib) * (1 << 20) // (8 * max(width, 1) * arrays))))
+
+
+def _check_population(mu, sigma, D: int) -> tuple[np.ndarray, np.ndarray]:
+    mu = np.asarray(mu, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if mu.shape != (D,) or sigma.shape != (D, D):
+        raise DiffauditError(
+            f"population moments have shapes {mu.shape} and {sigma.shape} but the samples have {D} dimensions; "
+            f"pass mu ({D},) and sigma ({D}, {D}) of the same feature space."
+        )
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise DiffauditError("population mu or sigma contains NaN or Inf; recompute the population moments.")
+    scale = max(float(np.abs(sigma).max()), 1e-300)
+    if np.abs(sigma - sigma.T).max() > 1e-6 * scale:
+        raise DiffauditError("population sigma is not symmetric; pass a covariance matrix.")
+    return mu, (sigma + sigma.T) / 2
+
+
+def _whitener(
+    sigma: np.ndarray, delta: float | None, rank: int | None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(Wt (D, k), p (k,), delta) with y = (x - mu) @ Wt and P = diag(p) the population's whitened moment.
+
+    Whitening in the eigenbasis of sigma, diag((lam + delta)^-1/2) V^T: E1 and the quadratic kernel are
+    invariant under rotations of y, so this equals W = (sigma + delta I)^(-1/2) and saves a product.
+    """
+    lam, V = np.linalg.eigh(sigma)
+    tot = float(np.abs(lam).sum())
+    neg = float(np.abs(lam[lam < 0]).sum()) / tot if tot > 0 else 0.0
+    if neg > 1e-6:
+        raise DiffauditError(
+            f"population sigma has negative eigenvalues carrying {neg:.2g} of its mass; pass a covariance matrix."
+        )
+    lam = np.clip(lam, 0.0, None)[::-1]
+    V = V[:, ::-1]
+    if delta is None:
+        delta = DEFAULT_RIDGE * float(lam.sum()) / len(lam)
+    delta = float(delta)
+    if delta < 0 or not np.isfinite(delta):
+        raise DiffauditError(f"delta={delta} must be a finite number >= 0; pass None for the default ridge.")
+    if delta == 0 and lam.min() <= lam.max() * len(lam) * np.finfo(np.float64).eps:
+        raise DiffauditError(
+            "population sigma is singular and delta=0; pass delta > 0 (or None for the default)."
+        )
+    k = len(lam) if rank is None else int(rank)
+    lam, V = lam[:k], V[:, :k]
+    return V / np.sqrt(lam + delta), lam / (lam + delta), delta
+
+
+def _whiten_blocks(x: np.ndarray, mu: np.ndarray, Wt: np.ndarray, rows: int):
+    for i0 in range(0, len(x), rows):
+        yield (x[i0 : i0 + rows].astype(np.float64) - mu) @ Wt
+
+
+def _whiten(x: np.ndarray, mu: np.ndarray, Wt: np.ndarray, budget_mib: float) -> np.ndarray:
+    rows = _rows_per_block(x.shape[1], budget_mib)
+    return np.concatenate(list(_whiten_blocks(x, mu, Wt, rows)), axis=0)
+
+
+def _second_moment_sums(Y: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(S2 = sum y y^T (k, k), s1 = sum y (k,), norms |y_i|^2 (n,)), float64, streamed in row blocks."""
+    k = Y.shape[1]
+    S2, s1 = np.zeros((k, k)), np.zeros(k)
+    for i0 in range(0, len(Y), rows):
+        b = Y[i0 : i0 + rows]
+        S2 += b.T @ b
+        s1 += b.sum(0)
+    return S2, s1, np.einsum("ij,ij->i", Y, Y)
+
+
+def _ff(n: int, k: int) -> float:
+    """Falling factorial n (n-1) ... (n-k+1)."""
+    out = 1.0
+    for i in range(k):
+        out *= n - i
+    return out
+
+
+# --------------------------------------------------------------------------------------------- one sample
+
+
+def _u2_zetas_streamed(Y: np.ndarray, p: np.ndarray, rows: int) -> tuple[float, float, float]:
+    """``probes.stats.u2_zetas`` for the kernel h(a, b) = ((a^T b)^2 - a^T P a - b^T P b + ||P||^2), computed
+    from Gram blocks (rows x m) instead of the m x m kernel matrix: (theta, zeta1, zeta2)."""
+    m = len(Y)
+    q = (Y * Y) @ p
+    pp = float(p @ p)
+    r = np.zeros(m)
+    Q = 0.0
+    for i0 in range(0, m, rows):
+        G = Y[i0 : i0 + rows] @ Y.T
+        H = G * G
+        H -= q[i0 : i0 + rows, None]
+        H -= q[None, :]
+        H += pp
+        idx = np.arange(i0, min(i0 + rows, m))
+        H[idx - i0, idx] = 0.0
+        r[i0 : i0 + rows] = H.sum(1)
+        Q += float((H * H).sum())
+    S = float(r.sum())
+    T = float(r @ r) - Q
+    theta = S / _ff(m, 2)
+    theta2 = (S * S - 2.0 * Q - 4.0 * T) / _ff(m, 4)
+    return theta, T / _ff(m, 3) - theta2, Q / _ff(m, 2) - theta2
+
+
+def whitened_moment_error(
+    generated,
+    mu,
+    sigma,
+    *,
+    delta: float | None = None,
+    confidence: float = 0.95,
+    budget_mib: float = DEFAULT_BUDGET_MIB,
+    max_variance_rows: int = MAX_VARIANCE_ROWS,
+) -> MomentErrorResult:
+    """E1 of ``generated`` (n, D) against the population moments ``mu`` (D,), ``sigma`` (D, D).
+
+    Unbiased degree-2 U-statistic (module docstring; Hoeffding 1948, Gretton et al. 2012 Eq. 3): its
+    expectation is E1 at every n >= 4. ``delta``: ridge of the whitening, default ``DEFAULT_RIDGE`` *
+    tr(sigma) / D; it keeps W finite for a singular sigma (the oracle still scores 0 because the reference is
+    P = W sigma W, not I); generated variance v in a direction where the data have (almost) none is counted
+    as (v / delta)^2 / d -- a real failure (off-support mass), not noise. ``confidence``: Wald interval from
+    the exact U-statistic variance; its zetas are unbiased distinct-index averages over the first
+    ``max_variance_rows`` rows (all rows when fewer), streamed in Gram blocks sized from ``budget_mib``.
+    """
+    x = as_features(generated, "generated features", min_n=4)
+    n, D = x.shape
+    mu, sigma = _check_population(mu, sigma, D)
+    if not 0 < confidence < 1:
+        raise DiffauditError(f"confidence={confidence} must be between 0 and 1, e.g. 0.95.")
+    Wt, p, delta = _whitener(sigma, delta, None)
+    d = len(p)
+    Y = _whiten(x, mu, Wt, budget_mib)
+    S2, s1, sq = _second_moment_sums(Y, _rows_per_block(d, budget_mib))
+    q = (Y * Y) @ p
+    pp = float(p @ p)
+    cross = (float((S2 * S2).sum()) - float((sq * sq).sum())) / _ff(n, 2)  # mean_{i != j} (y_i^T y_j)^2
+    value = (cross - 2.0 * float(q.mean()) + pp) / d
+    plugin = float(((S2 / n - np.diag(p)) ** 2).sum()) / d
+    mean_part = (float(s1 @ s1) - float(sq.sum())) / _ff(n, 2) / d
+    m = min(n, max(4, int(max_variance_rows)))
+    _, zeta1, zeta2 = _u2_zetas_streamed(Y[:m], p, _rows_per_block(m, budget_mib))
+    # Var = 4 zeta1 / n + 2 (zeta2 - 2 zeta1) / (n (n-1)) (= u2_variance); zeta2 - 2 zeta1 = tr C^2 of phi is the
+    # degenerate part. zeta1's unbiased estimate is noisy around 0 at the null: clip it, not the total.
+    var = (4.0 * max(zeta1, 0.0) / n + 2.0 * max(zeta2 - 2.0 * zeta1, 0.0) / _ff(n, 2)) / d**2
+    se = float(np.sqrt(var))
+    return MomentErrorResult(
+        float(value),
+        normal_interval(value, se, confidence),
+        se,
+        plugin,
+        float(mean_part),
+        d,
+        n,
+        None,
+        "population",
+        d,
+        delta,
+    )
+
+
+# --------------------------------------------------------------------------------------------- two samples
+
+
+def whitening_inflation(k: int, n_half: int) -> float:
+    """Gaussian-data factor E tr(S^-2) / k by which whitening with the covariance S of ``n_half`` rows inflates
+    a non-zero E1 in k dimensions: nu^2 (nu - 1) / ((nu - k)(nu - k - 1)(nu - k - 3)), nu = n_half - 1
+    (inverse-Wishart second moment, e.g. Press 1982, Sec. 5.2); inf when nu <= k + 3."""
+    nu = n_half - 1
+    if nu <= k + 3:
+        return float("inf")
+    return nu**2 * (nu - 1) / ((nu - k) * (nu - k - 1) * (nu - k - 3))
+
+
+def max_whitening_rank(n_half: int, inflation: float = WHITENING_INFLATION) -> int:
+    """Largest whitening rank k with ``whitening_inflation(k, n_half) <= 1 + inflation`` (0 if none)."""
+    k = 0
+    while whitening_inflation(k + 1, n_half) <= 1.0 + inflation:
+        k += 1
+    return k
+
+
+def _two_sample_variance(X: np.ndarray, Y: np.ndarray, M: int, N: int, rows: int) -> float:
+    """Variance of the unbiased MMD^2 with kernel k(a, b) = (a^T b)^2 at sample sizes (M, N).
+
+    With phi = vec(y y^T), means mu/nu, covariances C_a/C_b and Delta = mu - nu, the statistic is
+    |Delta|^2 + 2<Delta, a_bar> - 2<Delta, b_bar> + three degenerate U-terms, all uncorrelated, so exactly
+    Var = 4 D'C_aD / M + 4 D'C_bD / N + 2 tr C_a^2 / (M (M-1)) + 2 tr C_b^2 / (N (N-1)) + 4 tr C_a C_b / (M N).
+    Each moment is estimated without bias from distinct-index averages of the kernel matrices of ``X`` (m, k)
+    and ``Y`` (n, k) (the rows given may be a subset of the M, N rows), streamed in Gram blocks.
+    """
+    m, n = len(X), len(Y)
+
+    def within(Z):
+        r, Q = np.zeros(len(Z)), 0.0
+        for i0 in range(0, len(Z), rows):
+            K = (Z[i0 : i0 + rows] @ Z.T) ** 2
+            idx = np.arange(i0, min(i0 + rows, len(Z)))
+            K[idx - i0, idx] = 0.0
+            r[i0 : i0 + rows] = K.sum(1)
+            Q += float((K * K).sum())
+        return r, Q
+
+    rx, Qxx = within(X)
+    ry, Qyy = within(Y)
+    cx, cy, Qxy = np.zeros(m), np.zeros(n), 0.0
+    for i0 in range(0, m, rows):
+        K = (X[i0 : i0 + rows] @ Y.T) ** 2
+        cx[i0 : i0 + rows] = K.sum(1)
+        cy += K.sum(0)
+        Qxy += float((K * K).sum())
+    Sxx, Syy, Sxy = float(rx.sum()), float(ry.sum()), float(cx.sum())
+    Txx, Tyy = float(rx @ rx) - Qxx, float(ry @ ry) - Qyy
+    Tx, Ty = float(cx @ cx) - Qxy, float(cy @ cy) - Qxy  # same x / distinct y's; same y / distinct x's
+    Fxx, Fyy = Sxx * Sxx - 2 * Qxx - 4 * Txx, Syy * Syy - 2 * Qyy - 4 * Tyy
+    Fxy = Sxy * Sxy - Qxy - Tx - Ty
+    Rx, Ry = float(rx @ cx), float(ry @ cy)  # k(x1, x2) k(x1, y); k(y1, y2) k(x, y1)
+    A_xx, B_xx, D_xx = Qxx / _ff(m, 2), Txx / _ff(m, 3), Fxx / _ff(m, 4)  # E k^2, mu'S_a mu, |mu|^4
+    A_yy, B_yy, D_yy = Qyy / _ff(n, 2), Tyy / _ff(n, 3), Fyy / _ff(n, 4)
+    A_xy = Qxy / (m * n)  # tr S_a S_b
+    nSn = Tx / (m * _ff(n, 2))  # nu' S_a nu
+    mSm = Ty / (_ff(m, 2) * n)  # mu' S_b mu
+    mn2 = Fxy / (_ff(m, 2) * _ff(n, 2))  # (mu . nu)^2
+    mSa_n = Rx / (_ff(m, 2) * n)  # mu' S_a nu
+    nSb_m = Ry / (_ff(n, 2) * m)  # nu' S_b mu
+    m2mn = (Sxx * Sxy - 2 * Rx) / (_ff(m, 3) * n)  # |mu|^2 (mu . nu)
+    n2mn = (Syy * Sxy - 2 * Ry) / (_ff(n, 3) * m)  # |nu|^2 (mu . nu)
+    tr_a2 = max(A_xx - 2 * B_xx + D_xx, 0.0)
+    tr_b2 = max(A_yy - 2 * B_yy + D_yy, 0.0)
+    tr_ab = max(A_xy - mSm - nSn + mn2, 0.0)
+    dCad = B_xx - 2 * mSa_n + nSn - (D_xx - 2 * m2mn + mn2)
+    dCbd = B_yy - 2 * nSb_m + mSm - (D_yy - 2 * n2mn + mn2)
+    degenerate = 2 * tr_a2 / (M * (M - 1)) + 2 * tr_b2 / (N * (N - 1)) + 4 * tr_ab / (M * N)
+    # The linear part is >= 0 but its unbiased estimate is noisy around 0 at the null; clipping the sum (not
+    # each term) keeps the variance at least its degenerate part with the least upward bias.
+    return degenerate + max(4 * dCad / M + 4 * dCbd / N, 0.0)
+
+
+def two_sample_moment_mmd(
+    generated,
+    reference,
+    *,
+    rank: int | None = None,
+    delta: float | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+    budget_mib: float = DEFAULT_BUDGET_MIB,
+    max_variance_rows: int = MAX_VARIANCE_ROWS,
+) -> MomentErrorResult:
+    """E1 of ``generated`` (n_g, D) against a reference sample ``reference`` (n_r, D) (the holdout).
+
+    ``reference`` is split at random (``seed``) into halves A and B. A fixes the coordinates: y = W_A (x - mu_A),
+    W_A = (S_A + delta I)^(-1/2) in A's eigenbasis (``delta`` as in ``whitened_moment_error``), on all D
+    directions ("full") when D <= k_max, else on A's top k_max principal directions ("top-k"), where
+    k_max = ``max_whitening_rank(n_half)`` keeps the Gaussian-data inflation of the value below
+    ``WHITENING_INFLATION`` (about n_half / 33; ``rank`` overrides it). Then the unbiased MMD^2 between
+    generated rows and B with the homogeneous quadratic kernel k(a, b) = (a^T b)^2 (Gretton et al. 2012, JMLR
+    13, Lemma 6 / Eq. 3), whose feature map is vec(y y^T), estimates ||M_g - M_B||_F^2 (second moments about
+    mu_A in A's coordinates); divided by d = rank it is on E1's scale.
+
+    Relation to E1: (i) with the true whitening (A infinite) its expectation is E1 exactly; (ii) it is exactly
+    0 in expectation for a generator equal to the reference distribution, whatever A; (iii) for a non-zero
+    E1, estimating W from n_half rows inflates it by ~``whitening_inflation(d, n_half)`` (Gaussian data; Monte
+    Carlo on N(0, 1.3 I) vs N(0, I), d = 16, n_half = 200: value / E1 matches the factor 1.31, see tests) --
+    reported as ``inflation``, never divided out (it depends on the data); (iv) "top-k"
+    measures E1 restricted to the reference's top-k principal subspace (errors outside it are not seen).
+    The kernel has no "+1" term on purpose: (a^T b + 1)^2 would add 2 ||m_g - m_B||^2 / d and then no longer
+    estimate E1; the mean shift is reported in ``mean_part`` instead.
+
+    Interval: Wald with the exact variance of the two-sample U-statistic (see ``_two_sample_variance``),
+    moments estimated without bias on the first ``max_variance_rows`` rows of each sample; the linear part is
+    clipped at 0 as a whole. It covers the value conditional on A (the target at the coordinates A fixed);
+    measured (d = 8, n_g = 300, n_ref = 600, 1,000 draws): 98.8 % at the null, 94.3 % at E1 = 0.09.
+    """
+    x = as_features(generated, "generated features", min_n=4)
+    ref = as_features(reference, "reference features", min_n=16)
+    same_width(x, ref, "generated features", "reference features")
+    if not 0 < confidence < 1:
+        raise DiffauditError(f"confidence={confidence} must be between 0 and 1, e.g. 0.95.")
+    D = x.shape[1]
+    perm = np.random.default_rng(seed).permutation(len(ref))
+    n_half = len(ref) // 2
+    A, B = ref[np.sort(perm[:n_half])], ref[np.sort(perm[n_half : 2 * n_half])]
+    k_max = max_whitening_rank(n_half)
+    if rank is None:
+        k = min(D, k_max)
+        if k < 1:
+            raise DiffauditError(
+                f"reference features: {len(ref)} rows are too few to whiten even one direction; pass a larger "
+                "holdout (at least ~80 rows)."
+            )
+    else:
+        if isinstance(rank, bool) or int(rank) < 1 or int(rank) >= n_half - 4:
+            raise DiffauditError(
+                f"rank={rank} must be a positive integer below {n_half - 4} (half the reference minus 4); "
+                "pass None for the derived rank."
+            )
+        k = min(D, int(rank))
+    mu_A, S_A = gaussian_stats(A, budget_mib=budget_mib, name="reference features")
+    Wt, _, delta = _whitener(S_A, delta, k)
+    Yg = _whiten(x, mu_A, Wt, budget_mib)
+    Yb = _whiten(B, mu_A, Wt, budget_mib)
+    M, N = len(Yg), len(Yb)
+    rows = _rows_per_block(k, budget_mib)
+    Sg, sg, qg = _second_moment_sums(Yg, rows)
+    Sb, sb, qb = _second_moment_sums(Yb, rows)
+    u_gg = (float((Sg * Sg).sum()) - float((qg * qg).sum())) / _ff(M, 2)
+    u_bb = (float((Sb * Sb).sum()) - float((qb * qb).sum())) / _ff(N, 2)
+    u_gb = float((Sg * Sb).sum()) / (M * N)
+    value = (u_gg + u_bb - 2.0 * u_gb) / k
+    plugin = float(((Sg / M - Sb / N) ** 2).sum()) / k
+    mean_part = (
+        (float(sg @ sg) - float(qg.sum())) / _ff(M, 2)
+        + (float(sb @ sb) - float(qb.sum())) / _ff(N, 2)
+        - 2.0 * float(sg @ sb) / (M * N)
+    ) / k
+    mv = max(4, int(max_variance_rows))
+    Xv, Yv = Yg[:mv], Yb[:mv]
+    var = _two_sample_variance(Xv, Yv, M, N, _rows_per_block(max(len(Xv), len(Yv)), budget_mib)) / k**2
+    se = float(np.sqrt(var))
+    return MomentErrorResult(
+        float(value),
+        normal_interval(value, se, confidence),
+        se,
+        plugin,
+        float(mean_part),
+        k,
+        M,
+        len(ref),
+        "full" if k == D else "top-k",
+        k,
+        delta,
+        whitening_inflation(k, n_half),
+    )
