@@ -29,15 +29,30 @@ c[2].metric("sweep cells", n_cells)
 c[3].metric("sweeps", n_sweeps)
 
 st.subheader("Verdicts")
-counts = {v: df[f"v_{v}"].value_counts().reindex(["pass", "fail", "n/a"], fill_value=0) for v in ("convergence", "generalization", "memorization")}
+counts = {
+    v: df[f"v_{v}"].value_counts().reindex(["pass", "fail", "n/a"], fill_value=0)
+    for v in ("convergence", "generalization", "memorization")
+}
 st.dataframe(
-    {"threshold": ["threshold 1 · convergence", "threshold 2 · generalization", "memorization"],
-     **{k: [int(counts[v][k]) for v in counts] for k in ("pass", "fail", "n/a")}},
+    {
+        "threshold": ["threshold 1 · convergence", "threshold 2 · generalization", "memorization"],
+        **{k: [int(counts[v][k]) for v in counts] for k in ("pass", "fail", "n/a")},
+    },
     hide_index=True,
 )
 
 st.subheader("Pages")
-st.page_link("pages/1_Overview.py", label="Overview: every run, with filters and verdicts", icon=":material/table:")
-st.page_link("pages/2_Audit.py", label="Audit: one run in depth (metrics, samples, copy gallery)", icon=":material/search:")
-st.page_link("pages/3_Scaling.py", label="Scaling: metrics against n, phase diagram, thresholds n₁*, n₂*", icon=":material/show_chart:")
+st.page_link(
+    "pages/1_Overview.py", label="Overview: every run, with filters and verdicts", icon=":material/table:"
+)
+st.page_link(
+    "pages/2_Audit.py",
+    label="Audit: one run in depth (metrics, samples, copy gallery)",
+    icon=":material/search:",
+)
+st.page_link(
+    "pages/3_Scaling.py",
+    label="Scaling: metrics against n, phase diagram, thresholds n₁*, n₂*",
+    icon=":material/show_chart:",
+)
 st.page_link("pages/4_Compare.py", label="Compare: runs side by side", icon=":material/compare:")

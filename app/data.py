@@ -524,13 +524,11 @@ def metric_view(mt):
     for c in ("value", "ci_lo", "ci_hi"):
         out[c] = pd.to_numeric(out[c], errors="coerce")
     val = out.set_index("name")["value"]
-    i = out.index[out["name"] == FD_RATIO]
-    out.loc[i, "value"] = fd_ratio(
-        val[[FD_RATIO]],
-        val[["convergence.fd_equal_n"]],
-        val[["convergence.fd"]],
-        val[["convergence.fd_train_holdout"]],
-    ).to_numpy()
+    args = [
+        pd.Series([val[k]], dtype=float)
+        for k in (FD_RATIO, "convergence.fd_equal_n", "convergence.fd", "convergence.fd_train_holdout")
+    ]  # one shared index
+    out.loc[out["name"] == FD_RATIO, "value"] = fd_ratio(*args).to_numpy()
     return out
 
 

@@ -24,8 +24,18 @@ from diffaudit.pipeline.setup import AuditData, file_data, synthetic_data
 __all__ = ["AuditConfig", "Report", "audit"]
 
 
-def audit(model, *, dataset=None, n_train: int | None = None, n_holdout: int | None = None, train=None,
-          holdout=None, out_dir=None, num_steps: int | None = None, **options) -> Report:
+def audit(
+    model,
+    *,
+    dataset=None,
+    n_train: int | None = None,
+    n_holdout: int | None = None,
+    train=None,
+    holdout=None,
+    out_dir=None,
+    num_steps: int | None = None,
+    **options,
+) -> Report:
     """Audit ``model`` and return its report (``out_dir``: also write the report folder there).
 
     ``model``: a spec string (``"ckpt:runs/mlp"``, ``"samples:gen.npy"``, ``"control:gaussian"``, ...), or any
@@ -38,7 +48,7 @@ def audit(model, *, dataset=None, n_train: int | None = None, n_holdout: int | N
     if train is None:
         if dataset is None or n_train is None:
             raise DiffauditError("audit(): pass dataset=... with n_train=N, or train=... (array or path).")
-        data = synthetic_data(dataset, n_train, n_holdout or cfg.n_samples or 2000, cfg.seed)
+        data = synthetic_data(dataset, n_train, n_holdout or max(cfg.n_samples or 2000, 2000), cfg.seed)
     elif isinstance(train, str | Path):
         data = file_data(train, holdout, dataset)
     else:
@@ -50,5 +60,15 @@ def audit(model, *, dataset=None, n_train: int | None = None, n_holdout: int | N
         m, spec = as_model(model), None
     if out_dir is not None:
         check_out_dir(out_dir)
-    return run_audit(m, train=data.train, holdout=data.holdout, dataset=data.dataset, config=cfg, out_dir=out_dir,
-                     model_spec=spec, inputs=data.provenance, train_z=data.train_z, holdout_z=data.holdout_z)
+    return run_audit(
+        m,
+        train=data.train,
+        holdout=data.holdout,
+        dataset=data.dataset,
+        config=cfg,
+        out_dir=out_dir,
+        model_spec=spec,
+        inputs=data.provenance,
+        train_z=data.train_z,
+        holdout_z=data.holdout_z,
+    )

@@ -18,7 +18,9 @@ def resolve_device(device: str = "auto"):
         return torch.device("cpu")
     if d == "cuda" or d.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise DiffauditError(f"device {device!r}: no CUDA device is available here; use --device cpu or auto.")
+            raise DiffauditError(
+                f"device {device!r}: no CUDA device is available here; use --device cpu or auto."
+            )
         dev = torch.device(d)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DiffauditError(

@@ -116,7 +116,11 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     while not p.exists() and p != p.parent:
         p = p.parent
     if not p.is_dir():
-        raise DiffauditError(f"output folder {out} cannot be created: {p} is a file, not a folder; pass a writable --out.")
+        raise DiffauditError(
+            f"output folder {out} cannot be created: {p} is a file, not a folder; pass a writable --out."
+        )
     if not os.access(p, os.W_OK | os.X_OK):
-        raise DiffauditError(f"output folder {out} cannot be created: {p} is not writable; pass a writable --out.")
+        raise DiffauditError(
+            f"output folder {out} cannot be created: {p} is not writable; pass a writable --out."
+        )
     return out

@@ -55,8 +55,11 @@ def real_cell(work: Path) -> Path:
     spec = work / "spec.toml"
     spec.write_text(SPEC)
     out = work / "seed-sweep"
-    subprocess.run([sys.executable, "-m", "diffaudit", "sweep", str(spec), "--out", str(out), "--quiet"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "diffaudit", "sweep", str(spec), "--out", str(out), "--quiet"],
+        check=True,
+        capture_output=True,
+    )
     return next((out / "cells").iterdir())
 
 
@@ -68,8 +71,13 @@ def synthesize(template: Path, root: Path, n_cells: int, seed: int = 0) -> None:
     cells.mkdir(parents=True)
     (root / "sweep" / "sweep.json").write_text(json.dumps({"schema": "diffaudit.sweep/1", "name": "bench"}))
     ns = [int(v) for v in np.unique(np.round(np.logspace(4, 14, 10, base=2)))]
-    grid = [(n, d, s, m) for m in ("model", "gaussian", "memorizer", "mlp-wide", "mlp-deep") for d in (8, 16, 32, 64)
-            for s in range(5) for n in ns]
+    grid = [
+        (n, d, s, m)
+        for m in ("model", "gaussian", "memorizer", "mlp-wide", "mlp-deep")
+        for d in (8, 16, 32, 64)
+        for s in range(5)
+        for n in ns
+    ]
     for k in range(n_cells):
         n, d, s, m = grid[k % len(grid)]
         cid = f"hidden-manifold_D2_d{d}_n{n:06d}_s{s}_{m}_{k:05d}"
@@ -88,8 +96,14 @@ def synthesize(template: Path, root: Path, n_cells: int, seed: int = 0) -> None:
                         v["ci"] = [v["ci"][0] * f, v["ci"][1] * f]
         rep["verdict"] = {v: str(rng.choice(["pass", "fail", "n/a"])) for v in rep["verdict"]}
         rep["sweep"]["cell_id"] = cid
-        rep["sweep"]["cell"].update(d=d, n_train=n, seed=s, model_label=m, params={"D": 2, "d": d},
-                                    dataset_spec=f"hidden-manifold:D=2,d={d}")
+        rep["sweep"]["cell"].update(
+            d=d,
+            n_train=n,
+            seed=s,
+            model_label=m,
+            params={"D": 2, "d": d},
+            dataset_spec=f"hidden-manifold:D=2,d={d}",
+        )
         (dst / "report.json").write_text(json.dumps(rep, indent=2))
 
 
@@ -108,10 +122,15 @@ def baseline(root: Path):
             continue
         cell = (rep.get("sweep") or {}).get("cell") or {}
         inp = rep.get("inputs") or {}
-        row = {"path": str(f.parent), "model": cell.get("model_label", inp.get("model")),
-               "dataset": cell.get("dataset", inp.get("dataset")), "d": cell.get("d"),
-               "n_train": cell.get("n_train", inp.get("n_train")), "seed": cell.get("seed"),
-               **{f"v_{k}": v for k, v in (rep.get("verdict") or {}).items()}}
+        row = {
+            "path": str(f.parent),
+            "model": cell.get("model_label", inp.get("model")),
+            "dataset": cell.get("dataset", inp.get("dataset")),
+            "d": cell.get("d"),
+            "n_train": cell.get("n_train", inp.get("n_train")),
+            "seed": cell.get("seed"),
+            **{f"v_{k}": v for k, v in (rep.get("verdict") or {}).items()},
+        }
         for g, k in METRICS:
             m = (rep.get("probes") or {}).get(g, {}).get(k)
             ci = (m or {}).get("ci") or [None, None]
@@ -150,10 +169,14 @@ def main() -> None:
         synthesize(template, root, args.cells)
         t_syn = time.perf_counter() - t
         size = sum(f.stat().st_size for f in root.rglob("report.json"))
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
-              f"load average {os.getloadavg()[0]:.1f}")
-        print(f"real template cell: {t_cell:.1f} s; {args.cells} synthetic cells written in {t_syn:.1f} s "
-              f"({size / args.cells / 1024:.1f} KiB report.json each)")
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
+        print(
+            f"real template cell: {t_cell:.1f} s; {args.cells} synthetic cells written in {t_syn:.1f} s "
+            f"({size / args.cells / 1024:.1f} KiB report.json each)"
+        )
 
         roots = [root]
         baseline(root)  # warm the OS file cache the same way for both
@@ -170,15 +193,21 @@ def main() -> None:
         t_bl, t_bl_min, bdf = timeit(lambda: baseline(root), args.repeats)
         assert len(df) == len(bdf) == args.cells and not problems, (len(df), len(bdf), problems)
         a = df.set_index("path")["memorization.copy_rate"].sort_index().to_numpy()
-        b = bdf.assign(path=[str(Path(p).resolve()) for p in bdf["path"]]).set_index("path")[
-            "memorization.copy_rate"].sort_index().to_numpy()
+        b = (
+            bdf.assign(path=[str(Path(p).resolve()) for p in bdf["path"]])
+            .set_index("path")["memorization.copy_rate"]
+            .sort_index()
+            .to_numpy()
+        )
         np.testing.assert_allclose(a, b)
         print(f"\n{'step':58s} {'median':>8s} {'best':>8s}")
         print(f"{'scan (walk + stat, = cache key on every rerun)':58s} {t_scan:8.3f} {t_scan_min:8.3f}")
         print(f"{'data layer: scan + DuckDB overview query + pandas':58s} {t_dl:8.3f} {t_dl_min:8.3f}")
         print(f"{'baseline: glob + json.load loop + pandas':58s} {t_bl:8.3f} {t_bl_min:8.3f}")
-        print(f"ratio baseline / data layer (median): {t_bl / t_dl:.2f}x; target < 2 s: "
-              f"{'met' if t_dl < 2 else 'MISSED'} ({t_dl:.2f} s)")
+        print(
+            f"ratio baseline / data layer (median): {t_bl / t_dl:.2f}x; target < 2 s: "
+            f"{'met' if t_dl < 2 else 'MISSED'} ({t_dl:.2f} s)"
+        )
 
         if not args.no_page:
             from streamlit.testing.v1 import AppTest
@@ -193,8 +222,10 @@ def main() -> None:
             t = time.perf_counter()
             at.run()
             t_rerun = time.perf_counter() - t
-            print(f"Overview page (AppTest, {at.metric[0].value} runs): first run {t_first:.2f} s, "
-                  f"cached rerun {t_rerun:.2f} s")
+            print(
+                f"Overview page (AppTest, {at.metric[0].value} runs): first run {t_first:.2f} s, "
+                f"cached rerun {t_rerun:.2f} s"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -30,9 +30,12 @@ def main() -> None:
     ap.add_argument("--n-holdout", type=int, default=10_000)
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--n-boot", type=int, help="pass --n-boot to the audit (default: the audit's default)")
-    ap.add_argument("--scipy-eigh", action="store_true",
-                    help="experiment: run the same CLI with numpy.linalg.eigh replaced by scipy.linalg.eigh(driver='evr') "
-                         "(this machine's numpy syevd is ~5x slower at D=1024; FD calls it once per bootstrap resample)")
+    ap.add_argument(
+        "--scipy-eigh",
+        action="store_true",
+        help="experiment: run the same CLI with numpy.linalg.eigh replaced by scipy.linalg.eigh(driver='evr') "
+        "(this machine's numpy syevd is ~5x slower at D=1024; FD calls it once per bootstrap resample)",
+    )
     args = ap.parse_args()
 
     from diffaudit.datasets.base import get_dataset
@@ -45,17 +48,35 @@ def main() -> None:
     hold = ds.sample(args.n_holdout, 2)[0]
     for name, x in (("gen", gen), ("train", train), ("holdout", hold)):
         np.save(work / f"{name}.npy", x)
-    print(f"data: {args.n_gen} generated, {args.n_train} train, {args.n_holdout} holdout, shape {gen.shape[1:]} "
-          f"(written in {time.perf_counter() - t:.1f} s)")
+    print(
+        f"data: {args.n_gen} generated, {args.n_train} train, {args.n_holdout} holdout, shape {gen.shape[1:]} "
+        f"(written in {time.perf_counter() - t:.1f} s)"
+    )
 
     out = work / "report"
-    cmd = [sys.executable, "-m", "diffaudit", "audit", "--model", f"samples:{work / 'gen.npy'}", "--train",
-           str(work / "train.npy"), "--holdout", str(work / "holdout.npy"), "--features", "pixels", "--out", str(out),
-           "--no-progress"] + ([] if args.n_boot is None else ["--n-boot", str(args.n_boot)])
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffaudit",
+        "audit",
+        "--model",
+        f"samples:{work / 'gen.npy'}",
+        "--train",
+        str(work / "train.npy"),
+        "--holdout",
+        str(work / "holdout.npy"),
+        "--features",
+        "pixels",
+        "--out",
+        str(out),
+        "--no-progress",
+    ] + ([] if args.n_boot is None else ["--n-boot", str(args.n_boot)])
     if args.scipy_eigh:
-        shim = ("import numpy, scipy.linalg, sys; "
-                "numpy.linalg.eigh = lambda a, UPLO='L': scipy.linalg.eigh(a, lower=(UPLO == 'L'), driver='evr'); "
-                "from diffaudit.cli import main; main(sys.argv[1:])")
+        shim = (
+            "import numpy, scipy.linalg, sys; "
+            "numpy.linalg.eigh = lambda a, UPLO='L': scipy.linalg.eigh(a, lower=(UPLO == 'L'), driver='evr'); "
+            "from diffaudit.cli import main; main(sys.argv[1:])"
+        )
         cmd = [sys.executable, "-c", shim, *cmd[3:]]
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
@@ -81,8 +102,10 @@ def main() -> None:
         d, i = NearestNeighbors(n_neighbors=2, algorithm="brute").fit(xt).kneighbors(xg)
         t_sk = time.perf_counter() - t
         agree = float((i[:, 0] == cr.nn_index).mean())
-        print(f"copy search 2-NN, {len(xg)} x {len(xt)} x {xg.shape[1]}: find_copies {t_ours:.1f} s, "
-              f"sklearn brute {t_sk:.1f} s -> {t_sk / t_ours:.2f}x (nn agreement {agree:.4f})")
+        print(
+            f"copy search 2-NN, {len(xg)} x {len(xt)} x {xg.shape[1]}: find_copies {t_ours:.1f} s, "
+            f"sklearn brute {t_sk:.1f} s -> {t_sk / t_ours:.2f}x (nn agreement {agree:.4f})"
+        )
 
 
 if __name__ == "__main__":

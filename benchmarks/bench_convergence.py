@@ -55,8 +55,16 @@ def bench_fd(n: int = 6000, repeats: int = 3) -> dict:
     t0 = time.perf_counter()
     ref = fd_sqrtm_recipe(mu1, s1, mu2, s2)
     t_ref = time.perf_counter() - t0
-    return {"n": n, "D": D, "ours_s": min(t), "sqrtm_s": t_ref, "speedup": t_ref / min(t), "fd_ours": ours,
-            "fd_sqrtm": ref, "rel_diff": abs(ours - ref) / abs(ref)}
+    return {
+        "n": n,
+        "D": D,
+        "ours_s": min(t),
+        "sqrtm_s": t_ref,
+        "speedup": t_ref / min(t),
+        "fd_ours": ours,
+        "fd_sqrtm": ref,
+        "rel_diff": abs(ours - ref) / abs(ref),
+    }
 
 
 def sklearn_prdc(real, fake, k_pr=3, k_dc=5):
@@ -102,9 +110,16 @@ def bench_prdc(n: int) -> dict:
     ref = sklearn_prdc(real, fake)
     t_ref = time.perf_counter() - t0
     ours = (pr.precision, pr.recall, dc.density, dc.coverage)
-    return {"n": n, "D": D, "ours_s": t_ours, "sklearn_s": t_ref, "speedup": t_ref / t_ours,
-            "ours": ours, "sklearn": tuple(float(x) for x in ref),
-            "max_abs_diff": float(np.max(np.abs(np.array(ours) - np.array(ref))))}
+    return {
+        "n": n,
+        "D": D,
+        "ours_s": t_ours,
+        "sklearn_s": t_ref,
+        "speedup": t_ref / t_ours,
+        "ours": ours,
+        "sklearn": tuple(float(x) for x in ref),
+        "max_abs_diff": float(np.max(np.abs(np.array(ours) - np.array(ref)))),
+    }
 
 
 CHILD = r"""
@@ -127,7 +142,9 @@ print(json.dumps({"n": n, "D": d, "seconds": t, "peak_rss_gib": peak / 2**20, "r
 
 
 def bench_memory(n: int) -> dict:
-    p = subprocess.run([sys.executable, "-c", CHILD, str(n), str(D)], capture_output=True, text=True, check=True)
+    p = subprocess.run(
+        [sys.executable, "-c", CHILD, str(n), str(D)], capture_output=True, text=True, check=True
+    )
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -137,21 +154,29 @@ def main() -> None:
     ap.add_argument("--large", action="store_true", help="(c) at 50k x 50k instead of 20k x 20k")
     ap.add_argument("--n-pr", type=int, default=10_000)
     args = ap.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
+    )
     if "a" in args.parts:
         r = bench_fd()
-        print(f"(a) FD D={D}: ours {r['ours_s']:.2f} s, sqrtm recipe {r['sqrtm_s']:.2f} s -> {r['speedup']:.1f}x "
-              f"(target >= 4x); FD {r['fd_ours']:.6f} vs {r['fd_sqrtm']:.6f}, rel diff {r['rel_diff']:.1e}")
+        print(
+            f"(a) FD D={D}: ours {r['ours_s']:.2f} s, sqrtm recipe {r['sqrtm_s']:.2f} s -> {r['speedup']:.1f}x "
+            f"(target >= 4x); FD {r['fd_ours']:.6f} vs {r['fd_sqrtm']:.6f}, rel diff {r['rel_diff']:.1e}"
+        )
     if "b" in args.parts:
         r = bench_prdc(args.n_pr)
-        print(f"(b) P/R/D/C {r['n']}x{r['n']} D={D}: ours {r['ours_s']:.1f} s, sklearn brute {r['sklearn_s']:.1f} s "
-              f"-> {r['speedup']:.1f}x (target >= 2x); ours {np.round(r['ours'], 4).tolist()} "
-              f"sklearn {np.round(r['sklearn'], 4).tolist()} (max |diff| {r['max_abs_diff']:.1e})")
+        print(
+            f"(b) P/R/D/C {r['n']}x{r['n']} D={D}: ours {r['ours_s']:.1f} s, sklearn brute {r['sklearn_s']:.1f} s "
+            f"-> {r['speedup']:.1f}x (target >= 2x); ours {np.round(r['ours'], 4).tolist()} "
+            f"sklearn {np.round(r['sklearn'], 4).tolist()} (max |diff| {r['max_abs_diff']:.1e})"
+        )
     if "c" in args.parts:
         n = 50_000 if args.large else 20_000
         r = bench_memory(n)
-        print(f"(c) P/R/D/C {n}x{n} D={D}: peak RSS {r['peak_rss_gib']:.2f} GiB (inputs {r['inputs_gib']:.2f} GiB, "
-              f"before the call {r['rss_before_gib']:.2f} GiB), {r['seconds']:.0f} s (target <= 4 GB at 50k)")
+        print(
+            f"(c) P/R/D/C {n}x{n} D={D}: peak RSS {r['peak_rss_gib']:.2f} GiB (inputs {r['inputs_gib']:.2f} GiB, "
+            f"before the call {r['rss_before_gib']:.2f} GiB), {r['seconds']:.0f} s (target <= 4 GB at 50k)"
+        )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,10 @@ def main() -> None:
     from diffaudit.datasets import sprites as sp
     from diffaudit.datasets.base import get_dataset
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-          f"load avg {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"load avg {os.getloadavg()[0]:.1f}"
+    )
     print("\n## renderer (images/s)")
     print("| size | vectorised numpy | PIL ImageDraw loop (4x ss) | ratio |")
     print("|---|---|---|---|")
@@ -92,8 +94,10 @@ def main() -> None:
         x, _ = ds.sample(min(args.n_project, 1797) if spec == "digits" else args.n_project, seed=1)
         ds.project(x[:16])  # warm-up
         res: dict = {}
-        t = timeit(lambda ds=ds, x=x, res=res: res.__setitem__("r", ds.project(x)[1]),
-                   repeat=1 if "sprites" in spec else 3)
+        t = timeit(
+            lambda ds=ds, x=x, res=res: res.__setitem__("r", ds.project(x)[1]),
+            repeat=1 if "sprites" in spec else 3,
+        )
         print(f"| {spec} | {len(x) / t:,.0f} | {np.median(res['r']):.2e} | {note} |")
 
 

@@ -26,8 +26,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from diffaudit.harness.vmap import train_many
 from diffaudit.harness.train import TrainConfig, train
+from diffaudit.harness.vmap import train_many
 
 
 def make_sets(M: int, n: int, d: int) -> list[np.ndarray]:
@@ -43,8 +43,8 @@ def make_sets(M: int, n: int, d: int) -> list[np.ndarray]:
 def check(device: str) -> None:
     """Correctness on ``device`` (for GPU runs): a 2-D Gaussian learnt in fp32 and bf16, and the vmap
     trainer against the sequential one (same tolerance as tests/test_harness.py)."""
-    from diffaudit.models.checkpoint import CheckpointModel
     from diffaudit.harness.networks import build_network
+    from diffaudit.models.checkpoint import CheckpointModel
 
     if device == "cuda":
         net = build_network("mlp:width=64,depth=2", (4,)).cuda()
@@ -54,15 +54,30 @@ def check(device: str) -> None:
     A, mu = np.array([[1.0, 0.0], [0.8, 0.5]]), np.array([1.0, -0.5])
     x = (rng.standard_normal((2000, 2)) @ A.T + mu).astype(np.float32)
     for bf16 in (False, True):
-        cfg = TrainConfig(steps=300, batch=128, lr=2e-3, warmup_steps=20, log_every=100, device=device, bf16=bf16)
+        cfg = TrainConfig(
+            steps=300, batch=128, lr=2e-3, warmup_steps=20, log_every=100, device=device, bf16=bf16
+        )
         r = train(x, "mlp:width=64,depth=3", cfg, progress=False)
         s = CheckpointModel(precond=r.ema, config=r.config, device=device).sample(4000, seed=1)
         cov_err = np.linalg.norm(np.cov(s.T) - A @ A.T) / np.linalg.norm(A @ A.T)
-        print(f"bf16={bf16}: losses {[round(line['loss'], 5) for line in r.stats]}, "
-              f"mean err {np.abs(s.mean(0) - mu).max():.4f}, rel cov err {cov_err:.4f}")
-    sets = [rng.standard_normal((n, 3)).astype(np.float32) * sd for n, sd in ((40, 1.0), (100, 0.5), (7, 2.0))]
-    cfg = TrainConfig(steps=50, batch=16, lr=2e-3, warmup_steps=10, weight_decay=0.01, grad_clip=0.5,
-                      log_every=10, device=device, bf16=False)
+        print(
+            f"bf16={bf16}: losses {[round(line['loss'], 5) for line in r.stats]}, "
+            f"mean err {np.abs(s.mean(0) - mu).max():.4f}, rel cov err {cov_err:.4f}"
+        )
+    sets = [
+        rng.standard_normal((n, 3)).astype(np.float32) * sd for n, sd in ((40, 1.0), (100, 0.5), (7, 2.0))
+    ]
+    cfg = TrainConfig(
+        steps=50,
+        batch=16,
+        lr=2e-3,
+        warmup_steps=10,
+        weight_decay=0.01,
+        grad_clip=0.5,
+        log_every=10,
+        device=device,
+        bf16=False,
+    )
     spec, seeds = "mlp:width=32,depth=2,emb_dim=16", [3, 5, 11]
     many = train_many(sets, spec, cfg, seeds)
     for m, seed in enumerate(seeds):
@@ -82,7 +97,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=80, help="vmap steps")
     ap.add_argument("--seq-steps", type=int, default=40, help="sequential steps per model")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (default off: fp32 on both paths)")
+    ap.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast on CUDA (default off: fp32 on both paths)"
+    )
     ap.add_argument("--check", action="store_true", help="run the correctness checks on --device and exit")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -104,10 +121,16 @@ def main() -> None:
     kq = max(a.seq_steps // 4, 1)
     dt_s = 0.0
     for m in range(a.models):
-        r = train(sets[m], a.model, replace(cfg, steps=a.seq_steps, log_every=kq, seed=seeds[m]), progress=False)
+        r = train(
+            sets[m], a.model, replace(cfg, steps=a.seq_steps, log_every=kq, seed=seeds[m]), progress=False
+        )
         dt_s += r.stats[-1]["elapsed_s"] - r.stats[0]["elapsed_s"]
     rate_s = a.models * (a.seq_steps - kq) / dt_s
-    dev = torch.cuda.get_device_name(0) if a.device == "cuda" else f"{platform.processor() or platform.machine()} CPU"
+    dev = (
+        torch.cuda.get_device_name(0)
+        if a.device == "cuda"
+        else f"{platform.processor() or platform.machine()} CPU"
+    )
     print(f"device: {dev}; torch {torch.__version__}; torch threads: {torch.get_num_threads()}")
     print(f"M={a.models} {a.model} d={a.d} n={a.n} batch={a.batch} bf16={a.bf16 and a.device == 'cuda'}")
     print(f"sequential (diffaudit.harness.train, one model after another): {rate_s:8.1f} model-steps/s")

@@ -25,8 +25,12 @@ from diffaudit.sweeps.run import run_sweep
 from diffaudit.sweeps.spec import expand, parse_spec, preset_path
 
 
-def reduced_spec(device: str, steps: int | None = None, n_samples: int | None = None,
-                 datasets: tuple[str, ...] = ("hidden-manifold", "mcm")) -> dict:
+def reduced_spec(
+    device: str,
+    steps: int | None = None,
+    n_samples: int | None = None,
+    datasets: tuple[str, ...] = ("hidden-manifold", "mcm"),
+) -> dict:
     raw = tomllib.loads(preset_path("paper").read_text())
     raw = copy.deepcopy(raw)
     raw["name"] = "paper-reduced"
@@ -69,7 +73,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--steps", type=int, default=None, help="override the training steps per cell")
     ap.add_argument("--n-samples", type=int, default=None, help="override generated/holdout samples per cell")
-    ap.add_argument("--datasets", default="hidden-manifold,mcm", help="comma-separated subset of the paper datasets")
+    ap.add_argument(
+        "--datasets", default="hidden-manifold,mcm", help="comma-separated subset of the paper datasets"
+    )
     args = ap.parse_args()
     raw = reduced_spec(args.device, args.steps, args.n_samples, tuple(args.datasets.split(",")))
     spec = parse_spec(raw, where="paper-reduced")
@@ -77,7 +83,9 @@ def main() -> None:
     t0 = time.perf_counter()
     res = run_sweep(spec, out, device=args.device, workers=args.workers, resume=True, progress=False)
     wall = time.perf_counter() - t0
-    print(f"device {args.device}: {res.n_cells} cells in {wall:.1f} s ({len(res.failed)} failed); folder {out}")
+    print(
+        f"device {args.device}: {res.n_cells} cells in {wall:.1f} s ({len(res.failed)} failed); folder {out}"
+    )
     print(f"{'cell':60s} {'steps':>6s} {'train_s':>8s} {'audit_s':>8s} {'steps/s':>8s}")
     best = None
     for c in expand(spec):
@@ -92,8 +100,10 @@ def main() -> None:
             best = (c, sps)
     if best is not None:
         base = cpu_baseline_steps_per_s(best[0].record()) if args.device != "cpu" else best[1]
-        print(f"baseline (CPU, same cell {best[0].cell_id}, 100 steps): {base:.1f} steps/s; "
-              f"{args.device} / CPU = {best[1] / base:.2f}x")
+        print(
+            f"baseline (CPU, same cell {best[0].cell_id}, 100 steps): {base:.1f} steps/s; "
+            f"{args.device} / CPU = {best[1] / base:.2f}x"
+        )
 
 
 if __name__ == "__main__":

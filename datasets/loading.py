@@ -106,7 +106,9 @@ def to_normal_form(a, name: str = "samples") -> np.ndarray:
             "or images (n, c, h, w)."
         )
     if a.dtype == bool:
-        raise DiffauditError(f"{name}: is a boolean image array; save uint8 pixels (0..255) or floats in [-1, 1].")
+        raise DiffauditError(
+            f"{name}: is a boolean image array; save uint8 pixels (0..255) or floats in [-1, 1]."
+        )
     if np.issubdtype(a.dtype, np.integer):
         if a.dtype != np.uint8 and a.size and (a.min() < 0 or a.max() > 255):
             raise DiffauditError(
@@ -134,7 +136,9 @@ def to_normal_form(a, name: str = "samples") -> np.ndarray:
                 if lo >= 0 and hi <= 255
                 else "rescale them to [-1, 1] (e.g. x / 127.5 - 1 for 0..255 pixels)"
             )
-            raise DiffauditError(f"{name}: float image values span [{lo:.4g}, {hi:.4g}], outside [-1, 1]; {hint}.")
+            raise DiffauditError(
+                f"{name}: float image values span [{lo:.4g}, {hi:.4g}], outside [-1, 1]; {hint}."
+            )
         np.clip(a, -1.0, 1.0, out=a)
     return a
 
@@ -170,11 +174,15 @@ def list_image_files(folder) -> list[Path]:
 
 def _finish(x: np.ndarray, label: str, min_n: int) -> np.ndarray:
     if x.shape[0] < min_n:
-        raise DiffauditError(f"{label}: has {x.shape[0]} sample(s), needs at least {min_n}; pass more samples.")
+        raise DiffauditError(
+            f"{label}: has {x.shape[0]} sample(s), needs at least {min_n}; pass more samples."
+        )
     if x.ndim == 2 and x.shape[1] < 1:
         raise DiffauditError(f"{label}: samples have zero dimensions; pass an (n, d) array with d >= 1.")
     if x.ndim == 4 and min(x.shape[1:]) < 1:
-        raise DiffauditError(f"{label}: images of shape {x.shape[1:]} have an empty axis; pass (n, c, h, w) images.")
+        raise DiffauditError(
+            f"{label}: images of shape {x.shape[1:]} have an empty axis; pass (n, c, h, w) images."
+        )
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
         raise DiffauditError(f"{label}: {bad} sample(s) contain NaN or Inf; remove or fix them first.")
@@ -215,9 +223,13 @@ def _load_npy(p: Path, label: str) -> np.ndarray:
             raise DiffauditError(
                 f"{label}: is an object (pickled) array, which is not loaded for safety; save a numeric array."
             ) from None
-        raise DiffauditError(f"{label}: is not a valid .npy file ({e}); re-save it with numpy.save.") from None
+        raise DiffauditError(
+            f"{label}: is not a valid .npy file ({e}); re-save it with numpy.save."
+        ) from None
     except (OSError, EOFError) as e:
-        raise DiffauditError(f"{label}: is corrupt or not a .npy file ({e}); re-save it with numpy.save.") from None
+        raise DiffauditError(
+            f"{label}: is corrupt or not a .npy file ({e}); re-save it with numpy.save."
+        ) from None
 
 
 def _load_npz(p: Path, key: str | None, label: str) -> np.ndarray:
@@ -234,9 +246,13 @@ def _load_npz(p: Path, key: str | None, label: str) -> np.ndarray:
             raise DiffauditError(
                 f"{label}: holds an object (pickled) array, which is not loaded for safety; save numeric arrays."
             ) from None
-        raise DiffauditError(f"{label}: is not a valid .npz file ({e}); re-save it with numpy.savez.") from None
+        raise DiffauditError(
+            f"{label}: is not a valid .npz file ({e}); re-save it with numpy.savez."
+        ) from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise DiffauditError(f"{label}: is corrupt or not a .npz file ({e}); re-save it with numpy.savez.") from None
+        raise DiffauditError(
+            f"{label}: is corrupt or not a .npz file ({e}); re-save it with numpy.savez."
+        ) from None
 
 
 def _torch_to_numpy(t, label: str) -> np.ndarray:
@@ -265,10 +281,20 @@ def _load_pt(p: Path, key: str | None, label: str) -> np.ndarray:
         # weights_only refuses any global it does not allow-list *before* calling it: nothing ran.
         text = str(e)
         if "weights only load failed" not in text.lower():
-            raise DiffauditError(f"{label}: is corrupt or not a torch file; re-save it with torch.save(tensor).") from None
-        why = next((ln.strip() for ln in text.splitlines()
-                    if "global" in ln.lower() or "unsupported operand" in ln.lower()), "objects beyond tensors")
-        why = why.removeprefix("WeightsUnpickler error:").split(" whose module")[0].split(" was not")[0].strip()
+            raise DiffauditError(
+                f"{label}: is corrupt or not a torch file; re-save it with torch.save(tensor)."
+            ) from None
+        why = next(
+            (
+                ln.strip()
+                for ln in text.splitlines()
+                if "global" in ln.lower() or "unsupported operand" in ln.lower()
+            ),
+            "objects beyond tensors",
+        )
+        why = (
+            why.removeprefix("WeightsUnpickler error:").split(" whose module")[0].split(" was not")[0].strip()
+        )
         raise DiffauditError(
             f"{label}: needs full pickle to load ({why[:120]}), which could run arbitrary code and is refused; "
             "re-save the samples as a plain tensor (torch.save(tensor)), .safetensors or .npy."
@@ -281,7 +307,9 @@ def _load_pt(p: Path, key: str | None, label: str) -> np.ndarray:
         if key is not None:
             obj = _pick({str(k): v for k, v in obj.items()}, key, label, "entry")
         else:
-            obj = _pick({str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}, None, label, "tensor")
+            obj = _pick(
+                {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}, None, label, "tensor"
+            )
     elif isinstance(obj, (list, tuple)):
         raise DiffauditError(
             f"{label}: holds a {type(obj).__name__} of {len(obj)} items; save one stacked tensor (torch.stack)."
@@ -310,7 +338,9 @@ def _load_safetensors(p: Path, key: str | None, label: str) -> np.ndarray:
 def _load_image_folder(folder: Path, label: str) -> np.ndarray:
     files = list_image_files(folder)
     if not files:
-        raise DiffauditError(f"{label}: folder holds no PNG/JPEG images; point to a folder of .png/.jpg files.")
+        raise DiffauditError(
+            f"{label}: folder holds no PNG/JPEG images; point to a folder of .png/.jpg files."
+        )
     return _load_image_files(files, label, root=folder)
 
 
@@ -335,7 +365,9 @@ def _decode(q: Path, label: str) -> np.ndarray:
     except DiffauditError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DiffauditError(f"{label}: cannot decode image {q} ({type(e).__name__}); remove or re-save it.") from None
+        raise DiffauditError(
+            f"{label}: cannot decode image {q} ({type(e).__name__}); remove or re-save it."
+        ) from None
     return _pixels_to_unit(a)
 
 

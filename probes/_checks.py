@@ -15,7 +15,9 @@ def as_features(x, name: str, *, min_n: int = 2, dtype=np.float32) -> np.ndarray
     try:
         a = np.asarray(x)
     except Exception as e:  # ragged lists and the like
-        raise DiffauditError(f"{name}: could not be read as an array ({e}); pass an (n, D) numeric array.") from None
+        raise DiffauditError(
+            f"{name}: could not be read as an array ({e}); pass an (n, D) numeric array."
+        ) from None
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise DiffauditError(f"{name}: has dtype {a.dtype}; pass a numeric (n, D) array.")
     if a.ndim != 2:
@@ -23,13 +25,17 @@ def as_features(x, name: str, *, min_n: int = 2, dtype=np.float32) -> np.ndarray
             f"{name}: expected a 2-D feature array (n, D), got shape {a.shape}; flatten samples or embed them first."
         )
     if a.shape[0] < min_n:
-        raise DiffauditError(f"{name}: has {a.shape[0]} sample(s), needs at least {min_n}; pass more samples.")
+        raise DiffauditError(
+            f"{name}: has {a.shape[0]} sample(s), needs at least {min_n}; pass more samples."
+        )
     if a.shape[1] < 1:
         raise DiffauditError(f"{name}: has zero feature dimensions; pass an (n, D) array with D >= 1.")
     a = np.ascontiguousarray(a, dtype=dtype)
     if not np.isfinite(a).all():
         bad = int((~np.isfinite(a)).any(axis=1).sum())
-        raise DiffauditError(f"{name}: {bad} sample(s) contain NaN or Inf; remove or fix them before measuring.")
+        raise DiffauditError(
+            f"{name}: {bad} sample(s) contain NaN or Inf; remove or fix them before measuring."
+        )
     return a
 
 
@@ -49,7 +55,9 @@ def as_samples(x, name: str, *, min_n: int = 2) -> np.ndarray:
     try:
         a = np.asarray(x)
     except Exception as e:
-        raise DiffauditError(f"{name}: could not be read as an array ({e}); pass (n, ...) numeric samples.") from None
+        raise DiffauditError(
+            f"{name}: could not be read as an array ({e}); pass (n, ...) numeric samples."
+        ) from None
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise DiffauditError(f"{name}: has dtype {a.dtype}; pass (n, ...) numeric samples.")
     if a.ndim < 2 or a.shape[0] < min_n:

@@ -1,5 +1,6 @@
 """Interval helpers shared by the probes (their one home): binomial, bootstrap (percentile, bias-shifted,
-BCa), U-statistic variance, and ROC-AUC (DeLong) intervals. Pure functions on arrays.
+BCa), U-statistic variance, and ROC-AUC (DeLong) intervals; and the one excess-kurtosis estimator. Pure
+functions on arrays.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "u2_zetas",
     "u2_variance",
     "auc_delong",
+    "excess_kurtosis",
 ]
 
 
@@ -187,3 +189,20 @@ def auc_delong(
     se = float(np.sqrt(max(var, 0.0)))
     lo, hi = normal_interval(auc, se, confidence)
     return auc, (max(0.0, lo), min(1.0, hi)), se
+
+
+# --------------------------------------------------------------------------------------------- moments
+
+
+def excess_kurtosis(p) -> float | np.ndarray:
+    """Plug-in excess kurtosis ``m4 / m2^2 - 3`` (central sample moments, no small-sample correction;
+    scipy's ``kurtosis(fisher=True, bias=True)``) of ``p`` (n,) -> float, or of each column of ``p`` (n, k)
+    -> (k,). NaN where the variance is zero. Accumulated in float64.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    c = p - p.mean(0)
+    m2 = (c * c).mean(0)
+    m4 = (c**4).mean(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        k = np.where(m2 > 0, m4 / np.where(m2 > 0, m2, 1.0) ** 2 - 3.0, np.nan)
+    return float(k) if p.ndim == 1 else k

@@ -20,18 +20,42 @@ def entry_script() -> Path:
 
 
 def streamlit_argv(port: int, host: str) -> list[str]:
-    return [sys.executable, "-m", "streamlit", "run", str(entry_script()),
-            "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-            "--client.toolbarMode", "minimal"]
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(entry_script()),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--client.toolbarMode",
+        "minimal",
+    ]
 
 
 @click.command("app", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--results", "results", multiple=True, metavar="DIR",
-              help="folder with audits and sweeps (repeatable; default reports/)")
+@click.option(
+    "--results",
+    "results",
+    multiple=True,
+    metavar="DIR",
+    help="folder with audits and sweeps (repeatable; default reports/)",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="address to bind; the default keeps the app on this machine (0.0.0.0 exposes it)")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="address to bind; the default keeps the app on this machine (0.0.0.0 exposes it)",
+)
 def app_cmd(results, port, host):
     """Browse audits and sweeps in a local Streamlit app (reads results; computes nothing).
 
@@ -43,17 +67,23 @@ def app_cmd(results, port, host):
     try:
         import streamlit  # noqa: F401
     except ImportError:
-        raise DiffauditError("the app needs Streamlit; install it with: pip install 'diffaudit[app]'.") from None
+        raise DiffauditError(
+            "the app needs Streamlit; install it with: pip install 'diffaudit[app]'."
+        ) from None
     roots = [Path(r).expanduser() for r in (results or ("reports",))]
     for r in roots:
         if os.pathsep in str(r):
-            raise DiffauditError(f"--results {r}: a folder name containing {os.pathsep!r} is not supported; rename it.")
+            raise DiffauditError(
+                f"--results {r}: a folder name containing {os.pathsep!r} is not supported; rename it."
+            )
         if r.exists() and not r.is_dir():
             raise DiffauditError(f"--results {r} is a file; pass a folder of audits or sweeps.")
     env = dict(os.environ)
     env["DIFFAUDIT_RESULTS"] = os.pathsep.join(str(r.resolve()) for r in roots)
-    click.echo(f"diffaudit app on http://{host}:{port} (results: {', '.join(str(r) for r in roots)}); Ctrl+C stops it.",
-               err=True)
+    click.echo(
+        f"diffaudit app on http://{host}:{port} (results: {', '.join(str(r) for r in roots)}); Ctrl+C stops it.",
+        err=True,
+    )
     argv = streamlit_argv(port, host)
     if os.name == "posix":
         # Become the Streamlit server (same PID), so a SIGTERM/SIGINT sent to `diffaudit app` stops it

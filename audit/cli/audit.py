@@ -11,7 +11,8 @@ from rich.table import Table
 
 from diffaudit.errors import DiffauditError
 from diffaudit.fileio import check_out_dir
-from diffaudit.models.adapters import FORMS, load_model, model_name
+from diffaudit.models.adapters import FORMS, check_spec, load_model, model_name
+from diffaudit.models.controls import CONTROLS
 from diffaudit.pipeline.config import AuditConfig
 from diffaudit.pipeline.run import run_audit
 from diffaudit.pipeline.setup import file_data, synthetic_data
@@ -28,7 +29,11 @@ def print_summary(report: dict, gate_results: list[dict], out_dir: Path | None) 
     t.add_column("why")
     for k in schema.VERDICTS:
         v = report["verdict"][k]
-        t.add_row(k, f"[{colour.get(v, 'yellow')}]{v}[/]", report["reasons"].get(k, ""), )
+        t.add_row(
+            k,
+            f"[{colour.get(v, 'yellow')}]{v}[/]",
+            report["reasons"].get(k, ""),
+        )
     con.print(t)
     m = Table(title="key metrics")
     m.add_column("metric")
@@ -47,9 +52,14 @@ def print_summary(report: dict, gate_results: list[dict], out_dir: Path | None) 
         g.add_column("value", justify="right")
         g.add_column("result")
         for r in gate_results:
-            g.add_row(r["gate"], "n/a" if r["value"] is None else f"{r['value']:.4g}",
-                      "[green]pass[/]" if r["passed"] else "[red]FAIL[/]")
+            g.add_row(
+                r["gate"],
+                "n/a" if r["value"] is None else f"{r['value']:.4g}",
+                "[green]pass[/]" if r["passed"] else "[red]FAIL[/]",
+            )
         con.print(g)
+    for w in report.get("warnings", []):
+        con.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
     tm = report["timings"]
     con.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in tm.items()), markup=False, highlight=False)
     if out_dir is not None:
@@ -57,28 +67,100 @@ def print_summary(report: dict, gate_results: list[dict], out_dir: Path | None) 
 
 
 @click.command("audit", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_spec", required=True, metavar="SPEC",
-              help="samples:PATH | entry:pkg.module:factory | ckpt:PATH | diffusers:PATH | control:NAME (oracle, gaussian, memorizer, shrunk, collapsed, interpolator, noisy-memorizer, mode-dropper)")
-@click.option("--dataset", "dataset_spec", metavar="SPEC", help="synthetic dataset, e.g. hidden-manifold:d=32 (with --n-train, or to add factor probes to --train data)")
-@click.option("--n-train", type=click.IntRange(min=2), help="training-set size drawn from --dataset (seed --seed)")
-@click.option("--train", "train_path", metavar="PATH", help="training samples (.npy/.npz/.pt/.safetensors or image folder)")
-@click.option("--holdout", "holdout_path", metavar="PATH", help="held-out real samples never used in training")
-@click.option("--holdout-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
-              help="with --train and no --holdout: split this share off as holdout (only if the model never saw it)")
-@click.option("--n-holdout", type=click.IntRange(min=2), help="holdout size drawn from --dataset (default: --n-samples)")
-@click.option("--features", default="pixels", show_default=True, help="pixels | pixels:K | inception | clip:ARCH | dinov2 | oracle")
+@click.option(
+    "--model",
+    "model_spec",
+    required=True,
+    metavar="SPEC",
+    help="the model: " + " | ".join(FORMS) + " (control NAME: " + ", ".join(CONTROLS) + ")",
+)
+@click.option(
+    "--dataset",
+    "dataset_spec",
+    metavar="SPEC",
+    help="synthetic dataset, e.g. hidden-manifold:d=32 (with --n-train, or to add factor probes to --train data)",
+)
+@click.option(
+    "--n-train", type=click.IntRange(min=2), help="training-set size drawn from --dataset (seed --seed)"
+)
+@click.option(
+    "--train",
+    "train_path",
+    metavar="PATH",
+    help="training samples (.npy/.npz/.pt/.safetensors or image folder)",
+)
+@click.option(
+    "--holdout", "holdout_path", metavar="PATH", help="held-out real samples never used in training"
+)
+@click.option(
+    "--holdout-fraction",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="with --train and no --holdout: split this share off as holdout (only if the model never saw it)",
+)
+@click.option(
+    "--n-holdout",
+    type=click.IntRange(min=2),
+    help="holdout size drawn from --dataset (default: max(--n-samples, 2000))",
+)
+@click.option(
+    "--features",
+    default="pixels",
+    show_default=True,
+    help="pixels | pixels:K | inception | clip:ARCH | dinov2 | oracle",
+)
 @click.option("--weights", metavar="PATH", help="feature-network weights file (inception/clip/dinov2)")
-@click.option("--n-samples", type=click.IntRange(min=2), help="generated samples (default: all pre-generated samples, else 2000)")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="model sampling seed (data: 3 seed + 1, 3 seed + 2)")
-@click.option("--num-steps", type=click.IntRange(min=1), help="Heun sampler steps for denoiser models (default 32)")
-@click.option("--n-boot", type=click.IntRange(min=0), help="bootstrap resamples of the train-vs-holdout FD floor "
-              "(default 10, skipped above 1024 feature dims; an explicit value applies at any dimension)")
-@click.option("--gate", "gates", multiple=True, metavar="EXPR", help="release gate, e.g. 'memorization.copy_rate<=0.001' (repeatable)")
+@click.option(
+    "--n-samples",
+    type=click.IntRange(min=2),
+    help="generated samples (default: all pre-generated samples, else 2000)",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="model sampling seed (data: 3 seed + 1, 3 seed + 2)",
+)
+@click.option(
+    "--num-steps", type=click.IntRange(min=1), help="Heun sampler steps for denoiser models (default 32)"
+)
+@click.option(
+    "--n-boot",
+    type=click.IntRange(min=0),
+    help="bootstrap resamples of the train-vs-holdout FD floor "
+    "(default 10, skipped above 1024 feature dims; an explicit value applies at any dimension)",
+)
+@click.option(
+    "--gate",
+    "gates",
+    multiple=True,
+    metavar="EXPR",
+    help="release gate, e.g. 'memorization.copy_rate<=0.001' (repeatable)",
+)
 @click.option("--out", "out", metavar="DIR", help="report folder (default reports/<timestamp>-<model>)")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--no-progress", is_flag=True, help="no progress bars")
-def audit_cmd(model_spec, dataset_spec, n_train, train_path, holdout_path, holdout_fraction, n_holdout, features,
-              weights, n_samples, seed, num_steps, n_boot, gates, out, device, no_progress):
+def audit_cmd(
+    model_spec,
+    dataset_spec,
+    n_train,
+    train_path,
+    holdout_path,
+    holdout_fraction,
+    n_holdout,
+    features,
+    weights,
+    n_samples,
+    seed,
+    num_steps,
+    n_boot,
+    gates,
+    out,
+    device,
+    no_progress,
+):
     """Audit a model for both thresholds and memorization; write a report folder.
 
     \b
@@ -93,28 +175,50 @@ def audit_cmd(model_spec, dataset_spec, n_train, train_path, holdout_path, holdo
     t0 = time.perf_counter()
     parsed = [parse_gate(g) for g in gates]  # before anything runs
     if train_path is None and (dataset_spec is None or n_train is None):
-        raise DiffauditError("pass the training data: --dataset SPEC --n-train N, or --train PATH [--holdout PATH].")
+        raise DiffauditError(
+            "pass the training data: --dataset SPEC --n-train N, or --train PATH [--holdout PATH]."
+        )
     if train_path is not None and n_train is not None:
-        raise DiffauditError("pass either --dataset SPEC --n-train N or --train PATH, not both "
-                             "(--dataset with --train adds factor probes; drop --n-train).")
+        raise DiffauditError(
+            "pass either --dataset SPEC --n-train N or --train PATH, not both "
+            "(--dataset with --train adds factor probes; drop --n-train)."
+        )
     if holdout_path and train_path is None:
-        raise DiffauditError("--holdout goes with --train PATH; with --dataset the holdout is drawn from the dataset.")
-    kind = model_spec.partition(":")[0].strip().lower()
-    if kind not in ("samples", "entry", "ckpt", "diffusers", "control") or not model_spec.partition(":")[2].strip():
-        raise DiffauditError(f"model spec {model_spec!r} is not understood; use one of: {', '.join(FORMS)}.")
-    cfg = AuditConfig(features=features, n_samples=n_samples, seed=seed, holdout_fraction=holdout_fraction,
-                      device=device, weights=weights, progress=not no_progress).check()
+        raise DiffauditError(
+            "--holdout goes with --train PATH; with --dataset the holdout is drawn from the dataset."
+        )
+    check_spec(model_spec)  # before any data are read: a mistyped spec fails at once
+    cfg = AuditConfig(
+        features=features,
+        n_samples=n_samples,
+        seed=seed,
+        holdout_fraction=holdout_fraction,
+        device=device,
+        weights=weights,
+        progress=not no_progress,
+    ).check()
     if n_boot is not None:
         cfg.n_boot, cfg.boot_max_dim = n_boot, 1 << 30
     out_dir = check_out_dir(Path(out) if out else default_out_dir(model_spec))
     if train_path:
         data = file_data(train_path, holdout_path, dataset_spec)
     else:
-        data = synthetic_data(dataset_spec, n_train, n_holdout or n_samples or 2000, seed)
+        # the holdout calibrates the copy rule and is the real side of FD/KID: never fewer than 2,000 by default
+        data = synthetic_data(dataset_spec, n_train, n_holdout or max(n_samples or 2000, 2000), seed)
     model = load_model(model_spec, train=data.train, dataset=data.dataset, device=device, num_steps=num_steps)
-    report = run_audit(model, train=data.train, holdout=data.holdout, dataset=data.dataset, config=cfg,
-                       out_dir=out_dir, model_spec=model_spec, inputs=data.provenance, train_z=data.train_z,
-                       holdout_z=data.holdout_z, timings={"load": round(time.perf_counter() - t0, 4)})
+    report = run_audit(
+        model,
+        train=data.train,
+        holdout=data.holdout,
+        dataset=data.dataset,
+        config=cfg,
+        out_dir=out_dir,
+        model_spec=model_spec,
+        inputs=data.provenance,
+        train_z=data.train_z,
+        holdout_z=data.holdout_z,
+        timings={"load": round(time.perf_counter() - t0, 4)},
+    )
     results = evaluate_gates(report, parsed)
     print_summary(report, results, out_dir)
     if any(not r["passed"] for r in results):

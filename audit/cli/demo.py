@@ -30,9 +30,14 @@ def demo_cmd(out, no_progress):
         check_out_dir(out_dir)
     con = Console()
     t0 = time.perf_counter()
-    con.print("diffaudit demo: auditing analytic controls on 2 datasets, then training 2 small EDM models",
-              markup=False, highlight=False)
-    entries = run_demo(out_dir, progress=not no_progress, echo=lambda s: con.print(s, markup=False, highlight=False))
+    con.print(
+        "diffaudit demo: auditing analytic controls on 2 datasets, then training 2 small EDM models",
+        markup=False,
+        highlight=False,
+    )
+    entries = run_demo(
+        out_dir, progress=not no_progress, echo=lambda s: con.print(s, markup=False, highlight=False)
+    )
     colour = {"pass": "green", "fail": "red"}
     t = Table(title=f"diffaudit demo ({time.perf_counter() - t0:.0f} s)")
     t.add_column("model", no_wrap=True)
@@ -44,6 +49,8 @@ def demo_cmd(out, no_progress):
     con.print(t)
     con.print("In plain words:", markup=False, highlight=False)
     for e in entries:
-        con.print(f"  [{e['name'].split('/')[0]}] {e['summary']}", markup=False, highlight=False, soft_wrap=True)
+        con.print(
+            f"  [{e['name'].split('/')[0]}] {e['summary']}", markup=False, highlight=False, soft_wrap=True
+        )
     con.print(f"index: {out_dir / 'index.html'}", markup=False, highlight=False)
     return 0

@@ -13,15 +13,28 @@ from diffaudit.sweeps.thresholds import compute_thresholds, group_title, render_
 @click.command("thresholds")
 @click.argument("sweep_dir", type=click.Path(path_type=Path))
 @click.option(
-    "--level", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.5, show_default=True, help="Crossing level of the threshold-2 curves."
+    "--level",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="Crossing level of the threshold-2 curves.",
 )
 @click.option(
-    "--eps1", type=click.FloatRange(min=0.0, min_open=True), default=None, help="Threshold-1 tolerance on E1 [default: the cells' audit value]."
+    "--eps1",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Threshold-1 tolerance on E1 [default: the cells' audit value].",
 )
 @click.option(
-    "--n-boot", type=click.IntRange(min=10), default=1000, show_default=True, help="Bootstrap resamples for the intervals."
+    "--n-boot",
+    type=click.IntRange(min=10),
+    default=1000,
+    show_default=True,
+    help="Bootstrap resamples for the intervals.",
 )
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the bootstrap."
+)
 def thresholds_cmd(sweep_dir, level, eps1, n_boot, seed):
     """Fit n1* (threshold 1) and n2* (threshold 2) with intervals from a sweep folder.
 

@@ -13,18 +13,43 @@ from diffaudit.harness.train import TrainConfig, train
 
 
 @click.command("train")
-@click.option("--dataset", "dataset_spec", default=None, help="Dataset spec, e.g. 'hidden-manifold:d=32' or 'mcm:d=16'.")
-@click.option("--train", "train_path", default=None, type=click.Path(path_type=Path),
-              help="Train on samples from a file/folder (.npy, .npz, .pt, .safetensors, images) instead of --dataset.")
-@click.option("--n-train", type=click.IntRange(min=2), default=None, help="Number of training samples (required with --dataset).")
-@click.option("--model", "model_spec", default="mlp:width=256,depth=4", show_default=True,
-              help="Network spec: 'mlp:width=256,depth=4' or 'unet:channels=32,levels=3,attention=true'.")
+@click.option(
+    "--dataset", "dataset_spec", default=None, help="Dataset spec, e.g. 'hidden-manifold:d=32' or 'mcm:d=16'."
+)
+@click.option(
+    "--train",
+    "train_path",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Train on samples from a file/folder (.npy, .npz, .pt, .safetensors, images) instead of --dataset.",
+)
+@click.option(
+    "--n-train",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Number of training samples (required with --dataset).",
+)
+@click.option(
+    "--model",
+    "model_spec",
+    default="mlp:width=256,depth=4",
+    show_default=True,
+    help="Network spec: 'mlp:width=256,depth=4' or 'unet:channels=32,levels=3,attention=true'.",
+)
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seeds the training set draw, init, batches and noise.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seeds the training set draw, init, batches and noise.",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run folder for the checkpoint.")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run folder for the checkpoint."
+)
 @click.option("--quiet", is_flag=True, help="No per-log progress lines.")
 def train_cmd(dataset_spec, train_path, n_train, model_spec, steps, batch, lr, seed, device, out_dir, quiet):
     """Train an EDM denoiser and write a checkpoint that `diffaudit audit ckpt:DIR` reads.
@@ -48,11 +73,15 @@ def train_cmd(dataset_spec, train_path, n_train, model_spec, steps, batch, lr, s
         x = load_samples(train_path)
         if n_train is not None:
             if n_train < 2 or n_train > len(x):
-                raise DiffauditError(f"--n-train {n_train} must be between 2 and the {len(x)} samples in {train_path}.")
+                raise DiffauditError(
+                    f"--n-train {n_train} must be between 2 and the {len(x)} samples in {train_path}."
+                )
             x = x[:n_train]
         spec = f"file:{train_path}"
     cfg = TrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, device=device)
     res = train(x, model_spec, cfg, out_dir=out_dir, progress=not quiet, dataset_spec=spec)
     last = res.stats[-1]
-    click.echo(f"trained {res.config['model']} on n={res.config['n_train']} for {last['step']} steps "
-               f"(final loss {last['loss']:.4f}, {last['elapsed_s']:.1f}s); checkpoint in {out_dir}")
+    click.echo(
+        f"trained {res.config['model']} on n={res.config['n_train']} for {last['step']} steps "
+        f"(final loss {last['loss']:.4f}, {last['elapsed_s']:.1f}s); checkpoint in {out_dir}"
+    )

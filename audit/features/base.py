@@ -6,14 +6,12 @@ what the feature cache keys on, so they must encode everything that changes the 
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diffaudit.errors import DiffauditError
+from diffaudit.progress import progress_bar as progress_bar  # re-exported: the extractors import it from here
 
 
 class Embedder:
@@ -70,25 +68,3 @@ class Embedder:
         if x.shape[0] == 0:
             raise DiffauditError(f"{self.name} features: input has no samples; pass at least one.")
         return x
-
-
-def progress_bar(total: int, enabled: bool, label: str):
-    """A rich progress bar on stderr yielding ``advance(k)``; yields ``None`` when disabled."""
-    if not enabled:
-        return contextlib.nullcontext(None)
-    prog = Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-
-    @contextlib.contextmanager
-    def ctx():
-        with prog:
-            task = prog.add_task(label, total=total)
-            yield lambda k: prog.advance(task, k)
-
-    return ctx()

@@ -42,14 +42,24 @@ def read_config(dir) -> dict:
         raise DiffauditError(f"checkpoint {dir} is not a folder; give the --out folder of 'diffaudit train'.")
     path = dir / CONFIG
     if not path.is_file():
-        raise DiffauditError(f"checkpoint {dir} has no {CONFIG}; it is not a (complete) diffaudit checkpoint.")
+        raise DiffauditError(
+            f"checkpoint {dir} has no {CONFIG}; it is not a (complete) diffaudit checkpoint."
+        )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DiffauditError(f"checkpoint config {path} cannot be read ({e}); re-run training to rewrite it.") from None
-    missing = [k for k in ("model", "shape", "sigma_data") if k not in config] if isinstance(config, dict) else ["all"]
+        raise DiffauditError(
+            f"checkpoint config {path} cannot be read ({e}); re-run training to rewrite it."
+        ) from None
+    missing = (
+        [k for k in ("model", "shape", "sigma_data") if k not in config]
+        if isinstance(config, dict)
+        else ["all"]
+    )
     if missing:
-        raise DiffauditError(f"checkpoint config {path} lacks {', '.join(missing)}; it was not written by diffaudit train.")
+        raise DiffauditError(
+            f"checkpoint config {path} lacks {', '.join(missing)}; it was not written by diffaudit train."
+        )
     return config
 
 
@@ -67,13 +77,17 @@ def load_checkpoint(dir, device: str = "cpu"):
     try:
         state = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError) as e:
-        raise DiffauditError(f"checkpoint weights {wpath} cannot be read ({e}); the file is corrupt.") from None
+        raise DiffauditError(
+            f"checkpoint weights {wpath} cannot be read ({e}); the file is corrupt."
+        ) from None
     net = build_network(parse_model_spec(config["model"]), tuple(config["shape"]))
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else "mismatch"
-        raise DiffauditError(f"checkpoint weights {wpath} do not match model {config['model']!r} ({first}).") from None
+        raise DiffauditError(
+            f"checkpoint weights {wpath} do not match model {config['model']!r} ({first})."
+        ) from None
     precond = EDMPrecond(net, float(config["sigma_data"])).to(torch.device(device)).eval()
     for p in precond.parameters():
         p.requires_grad_(False)

@@ -72,8 +72,10 @@ def parse_model_spec(spec: str | ModelConfig) -> ModelConfig:
     kind, _, rest = str(spec).strip().partition(":")
     kind = kind.strip().lower()
     if kind not in MODEL_KEYS:
-        raise DiffauditError(f"unknown model {kind!r} in {spec!r}; choose one of: {', '.join(MODEL_KEYS)} "
-                             f"(e.g. 'mlp:width=256,depth=4').")
+        raise DiffauditError(
+            f"unknown model {kind!r} in {spec!r}; choose one of: {', '.join(MODEL_KEYS)} "
+            f"(e.g. 'mlp:width=256,depth=4')."
+        )
     keys = MODEL_KEYS[kind]
     params = {k: d for k, (_, d, _) in keys.items()}
     for part in rest.split(","):
@@ -82,9 +84,13 @@ def parse_model_spec(spec: str | ModelConfig) -> ModelConfig:
         key, eq, val = part.partition("=")
         key = key.strip().replace("-", "_")
         if not eq:
-            raise DiffauditError(f"model spec {spec!r}: {part!r} is not key=value; write e.g. 'mlp:width=256,depth=4'.")
+            raise DiffauditError(
+                f"model spec {spec!r}: {part!r} is not key=value; write e.g. 'mlp:width=256,depth=4'."
+            )
         if key not in keys:
-            raise DiffauditError(f"model {kind!r} has no parameter {key!r}; valid parameters: {', '.join(keys)}.")
+            raise DiffauditError(
+                f"model {kind!r} has no parameter {key!r}; valid parameters: {', '.join(keys)}."
+            )
         params[key] = _cast(kind, key, keys[key][0], val.strip(), spec)
     return ModelConfig(kind, params)
 
@@ -96,18 +102,33 @@ def build_network(cfg: ModelConfig | str, shape: tuple[int, ...]):
     p = cfg.params
     if cfg.kind == "mlp":
         if len(shape) != 1:
-            raise DiffauditError(f"model 'mlp' needs vector data (n, d), got samples of shape {shape}; use 'unet' for images.")
+            raise DiffauditError(
+                f"model 'mlp' needs vector data (n, d), got samples of shape {shape}; use 'unet' for images."
+            )
         return MLPDenoiser(shape[0], width=p["width"], depth=p["depth"], emb_dim=p["emb_dim"])
     if len(shape) != 3 or shape[1] != shape[2]:
-        raise DiffauditError(f"model 'unet' needs square images (n, c, h, h), got samples of shape {shape}; use 'mlp' for vectors.")
+        raise DiffauditError(
+            f"model 'unet' needs square images (n, c, h, h), got samples of shape {shape}; use 'mlp' for vectors."
+        )
     if p["channels"] % 8:
-        raise DiffauditError(f"model spec {cfg.spec!r}: channels must be a multiple of 8 (GroupNorm), got {p['channels']}.")
+        raise DiffauditError(
+            f"model spec {cfg.spec!r}: channels must be a multiple of 8 (GroupNorm), got {p['channels']}."
+        )
     size, levels = shape[1], p["levels"]
     if size % 2 ** (levels - 1) or size // 2 ** (levels - 1) < 4:
-        raise DiffauditError(f"model spec {cfg.spec!r}: {levels} levels do not fit {size} px images; "
-                             f"use levels <= {max(1, int(math.log2(max(size // 4, 1))) + 1)}.")
-    return UNet(shape[0], size, channels=p["channels"], levels=levels, blocks=p["blocks"],
-                attention=p["attention"], emb_dim=p["emb_dim"])
+        raise DiffauditError(
+            f"model spec {cfg.spec!r}: {levels} levels do not fit {size} px images; "
+            f"use levels <= {max(1, int(math.log2(max(size // 4, 1))) + 1)}."
+        )
+    return UNet(
+        shape[0],
+        size,
+        channels=p["channels"],
+        levels=levels,
+        blocks=p["blocks"],
+        attention=p["attention"],
+        emb_dim=p["emb_dim"],
+    )
 
 
 # --- modules -----------------------------------------------------------------------------------
@@ -191,8 +212,16 @@ class SelfAttention(nn.Module):
 class UNet(nn.Module):
     """Small UNet F(x_in, c_noise) for (c, size, size) images; channels double per level up to 4x."""
 
-    def __init__(self, img_channels: int, size: int, channels: int = 32, levels: int = 3, blocks: int = 1,
-                 attention: bool = False, emb_dim: int = 64):
+    def __init__(
+        self,
+        img_channels: int,
+        size: int,
+        channels: int = 32,
+        levels: int = 3,
+        blocks: int = 1,
+        attention: bool = False,
+        emb_dim: int = 64,
+    ):
         super().__init__()
         self.size = int(size)
         emb_ch = 4 * channels
@@ -210,7 +239,9 @@ class UNet(nn.Module):
                 cur = ch
                 skips.append(cur)
             self.down.append(level)
-            self.downsample.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1) if i < levels - 1 else nn.Identity())
+            self.downsample.append(
+                nn.Conv2d(cur, cur, 3, stride=2, padding=1) if i < levels - 1 else nn.Identity()
+            )
         self.mid1 = ResBlock(cur, cur, emb_ch)
         self.attn = SelfAttention(cur) if attention else nn.Identity()
         self.mid2 = ResBlock(cur, cur, emb_ch)

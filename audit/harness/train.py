@@ -65,8 +65,15 @@ class TrainConfig:
             raise DiffauditError(f"steps and batch must be >= 1, got steps={self.steps}, batch={self.batch}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise DiffauditError(f"the learning rate must be a positive number, got lr={self.lr}.")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0 or self.ema_halflife_nimg <= 0:
-            raise DiffauditError("weight_decay, grad_clip and warmup_steps must be >= 0 and ema_halflife_nimg > 0.")
+        if (
+            self.weight_decay < 0
+            or self.grad_clip < 0
+            or self.warmup_steps < 0
+            or self.ema_halflife_nimg <= 0
+        ):
+            raise DiffauditError(
+                "weight_decay, grad_clip and warmup_steps must be >= 0 and ema_halflife_nimg > 0."
+            )
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise DiffauditError(f"device {self.device!r} is not one of auto, cpu, cuda.")
         if self.log_every < 1:
@@ -88,7 +95,9 @@ def check_training_data(x, name: str = "training data") -> np.ndarray:
     try:
         x = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError):
-        raise DiffauditError(f"{name} is not a numeric array; pass (n, d) vectors or (n, c, h, w) images.") from None
+        raise DiffauditError(
+            f"{name} is not a numeric array; pass (n, d) vectors or (n, c, h, w) images."
+        ) from None
     if x.ndim not in (2, 4):
         raise DiffauditError(f"{name} has shape {x.shape}; expected (n, d) vectors or (n, c, h, w) images.")
     if x.shape[0] < 2:
@@ -108,7 +117,6 @@ def data_sigma(x: np.ndarray) -> float:
 def init_network(model_cfg, shape, seed: int):
     """The raw network F with initial weights from ``seed`` (global torch RNG left untouched)."""
     import torch
-
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
@@ -189,12 +197,16 @@ def prepare_out_dir(out_dir, overwrite: bool) -> Path | None:
     if out_dir.exists() and not out_dir.is_dir():
         raise DiffauditError(f"--out {out_dir} is a file; give a folder for the run.")
     if (out_dir / "config.json").exists() and not overwrite:
-        raise DiffauditError(f"--out {out_dir} already holds a finished checkpoint; choose a new folder or delete it.")
+        raise DiffauditError(
+            f"--out {out_dir} already holds a finished checkpoint; choose a new folder or delete it."
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
 
 
-def checkpoint_config(model_cfg, shape, sigma_data, n_train, train_cfg: TrainConfig, dataset_spec, data_sha256):
+def checkpoint_config(
+    model_cfg, shape, sigma_data, n_train, train_cfg: TrainConfig, dataset_spec, data_sha256
+):
 
     return {
         "format": CHECKPOINT_FORMAT,
@@ -229,7 +241,6 @@ def train(
     """
     import torch
 
-
     cfg = train_cfg or TrainConfig()
     cfg.check()
     model_cfg = parse_model_spec(model_cfg)
@@ -241,15 +252,22 @@ def train(
     config = checkpoint_config(model_cfg, shape, sigma_data, n, cfg, dataset_spec, array_sha256(x_np))
     out_dir = prepare_out_dir(out_dir, overwrite)
     if out_dir is not None:
-        atomic_write_json(out_dir / "options.json", {**config, "device": str(device), "out_dir": str(out_dir)})
+        atomic_write_json(
+            out_dir / "options.json", {**config, "device": str(device), "out_dir": str(out_dir)}
+        )
 
     precond = EDMPrecond(net, sigma_data).to(device).train()
     ema = EDMPrecond(init_network(model_cfg, shape, cfg.seed), sigma_data).to(device).eval()
     ema.load_state_dict(precond.state_dict())
     for p in ema.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(precond.parameters(), lr=lr_at(0, cfg), betas=tuple(cfg.betas), eps=1e-8,
-                            weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        precond.parameters(),
+        lr=lr_at(0, cfg),
+        betas=tuple(cfg.betas),
+        eps=1e-8,
+        weight_decay=cfg.weight_decay,
+    )
     X = torch.from_numpy(x_np).to(device)
     gen = make_generator(cfg.seed, device)
     sampler = BatchSampler(n, cfg.batch, gen)
@@ -277,7 +295,9 @@ def train(
                 if cfg.grad_clip > 0:
                     gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 else:
-                    gn = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+                    gn = torch.linalg.vector_norm(
+                        torch.stack([torch.linalg.vector_norm(p.grad) for p in params])
+                    )
                 lr = lr_at(step, cfg)
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -306,13 +326,18 @@ def train(
                         f.write(json.dumps(line) + "\n")
                         f.flush()
                     if progress:
-                        print(f"step {line['step']}/{cfg.steps}  loss {line['loss']:.4f}  lr {lr:.2e}  "
-                              f"grad {line['grad_norm']:.3f}  {line['elapsed_s']:.1f}s", file=sys.stderr)
+                        print(
+                            f"step {line['step']}/{cfg.steps}  loss {line['loss']:.4f}  lr {lr:.2e}  "
+                            f"grad {line['grad_norm']:.3f}  {line['elapsed_s']:.1f}s",
+                            file=sys.stderr,
+                        )
                     if callback is not None:
                         callback(line)
                     if not math.isfinite(line["loss"]):
-                        raise DiffauditError(f"training diverged at step {step + 1} (loss {line['loss']}); "
-                                             "lower --lr or raise the warm-up.")
+                        raise DiffauditError(
+                            f"training diverged at step {step + 1} (loss {line['loss']}); "
+                            "lower --lr or raise the warm-up."
+                        )
     finally:
         if f is not None:
             f.close()
@@ -321,7 +346,9 @@ def train(
     net_out = precond.cpu().eval()
     if out_dir is not None:
         save_checkpoint(out_dir, ema, config)
-    return TrainResult(ema=ema, net=net_out, stats=stats, sigma_data=sigma_data, config=config, out_dir=out_dir)
+    return TrainResult(
+        ema=ema, net=net_out, stats=stats, sigma_data=sigma_data, config=config, out_dir=out_dir
+    )
 
 
 # --- CLI ---------------------------------------------------------------------------------------

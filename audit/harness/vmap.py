@@ -52,9 +52,15 @@ from diffaudit.hashing import array_sha256
 
 @dataclass
 class MultiTrainResult:
-    ema_states: list[dict]  # per model: the EMA raw-network state dict (CPU tensors), as save_checkpoint writes
-    configs: list[dict]  # per model: the checkpoint config.json content (with its own seed, n_train, sigma_data)
-    stats: list[dict] = field(default_factory=list)  # lines like stats.jsonl, "loss"/"grad_norm" are lists of M
+    ema_states: list[
+        dict
+    ]  # per model: the EMA raw-network state dict (CPU tensors), as save_checkpoint writes
+    configs: list[
+        dict
+    ]  # per model: the checkpoint config.json content (with its own seed, n_train, sigma_data)
+    stats: list[dict] = field(
+        default_factory=list
+    )  # lines like stats.jsonl, "loss"/"grad_norm" are lists of M
     model_spec: str = ""
 
     def precond(self, m: int):
@@ -85,7 +91,6 @@ def train_many(
     import torch
     from torch.func import functional_call, stack_module_state, vmap
 
-
     cfg = train_cfg or TrainConfig()
     cfg.check()
     model_cfg = parse_model_spec(model_cfg)
@@ -96,8 +101,10 @@ def train_many(
     shape = tuple(xs[0].shape[1:])
     for m, x in enumerate(xs):
         if tuple(x.shape[1:]) != shape:
-            raise DiffauditError(f"training set {m} has samples of shape {x.shape[1:]}, set 0 has {shape}; "
-                                 "models trained together must share the sample shape.")
+            raise DiffauditError(
+                f"training set {m} has samples of shape {x.shape[1:]}, set 0 has {shape}; "
+                "models trained together must share the sample shape."
+            )
     seeds = [cfg.seed + m for m in range(M)] if seeds is None else [int(s) for s in seeds]
     if len(seeds) != M:
         raise DiffauditError(f"got {len(seeds)} seeds for {M} training sets; give one seed per set.")
@@ -105,8 +112,12 @@ def train_many(
     device = resolve_device(cfg.device)
     use_bf16 = bool(cfg.bf16) and device.type == "cuda"
     sds = [data_sigma(x) for x in xs]
-    configs = [checkpoint_config(model_cfg, shape, sds[m], len(xs[m]), replace(cfg, seed=seeds[m]), specs[m],
-                                 array_sha256(xs[m])) for m in range(M)]
+    configs = [
+        checkpoint_config(
+            model_cfg, shape, sds[m], len(xs[m]), replace(cfg, seed=seeds[m]), specs[m], array_sha256(xs[m])
+        )
+        for m in range(M)
+    ]
 
     nets = [init_network(model_cfg, shape, s).to(device) for s in seeds]
     params, buffers = stack_module_state(nets)
@@ -207,11 +218,16 @@ def train_many(
                 win_gn.zero_()
                 win_k = 0
                 if progress:
-                    print(f"step {line['step']}/{cfg.steps}  mean loss {float(np.mean(line['loss'])):.4f}  "
-                          f"{line['elapsed_s']:.1f}s", file=sys.stderr)
+                    print(
+                        f"step {line['step']}/{cfg.steps}  mean loss {float(np.mean(line['loss'])):.4f}  "
+                        f"{line['elapsed_s']:.1f}s",
+                        file=sys.stderr,
+                    )
                 bad = [m for m, v in enumerate(line["loss"]) if not math.isfinite(v)]
                 if bad:
-                    raise DiffauditError(f"training diverged at step {step + 1} for model(s) {bad}; lower the lr.")
+                    raise DiffauditError(
+                        f"training diverged at step {step + 1} for model(s) {bad}; lower the lr."
+                    )
 
     ema_states = []
     for m in range(M):

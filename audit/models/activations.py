@@ -43,7 +43,9 @@ def layer_activations(
     import torch
 
     if not isinstance(module, torch.nn.Module):
-        raise DiffauditError(f"activations need a torch.nn.Module, got {type(module).__name__}; pass the network itself.")
+        raise DiffauditError(
+            f"activations need a torch.nn.Module, got {type(module).__name__}; pass the network itself."
+        )
     try:
         layer = module.get_submodule(layer_name)
     except AttributeError:
@@ -84,7 +86,9 @@ def layer_activations(
                 else:
                     forward(module, xb, sb)
                 if not captured:
-                    raise DiffauditError(f"layer {layer_name!r} was not called in the forward pass; pick a layer the network uses.")
+                    raise DiffauditError(
+                        f"layer {layer_name!r} was not called in the forward pass; pick a layer the network uses."
+                    )
                 chunks.append(captured[0])  # the first call of the layer in this forward pass
     finally:
         handle.remove()

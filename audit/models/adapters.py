@@ -30,6 +30,12 @@ k-diffusion's ``external.py`` wraps foreign models into one ``D(x, sigma)``:
     in ``control:shrunk:factor=0.3``; fitted to ``train`` (oracle and mode-dropper need ``dataset``). The
     gaussian is NOT clipped to [-1, 1] on images: it is the moments-only control, and clipping changes
     its mean and covariance (on 16 x 16 sprites: FD 4x the real-data floor instead of 1.4x).
+
+Every form is one entry of ONE registry, ``ADAPTERS`` (spec prefix -> ``Adapter``): its form and
+one-line description make the help text and the error messages (``FORMS``), its loader
+``(ARG, ctx) -> Model`` builds the model, and its optional ``check(ARG)`` validates the argument
+without loading anything (``check_spec``, which the CLI runs before it reads any data). Add a model
+adapter: one class (a ``Model``) + one ``register_adapter`` call.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,69 +57,161 @@ from diffaudit.models.contract import DenoiserModel, Model
 from diffaudit.models.controls import CONTROLS, DENOISER_CONTROLS, make_control
 from diffaudit.models.sampler import SamplerConfig
 
-FORMS = ("samples:PATH", "entry:pkg.module:factory", "ckpt:PATH", "diffusers:PATH",
-         "control:NAME[:key=value,...]")
+__all__ = [
+    "ADAPTERS",
+    "FORMS",
+    "Adapter",
+    "LoadContext",
+    "register_adapter",
+    "check_spec",
+    "load_model",
+    "adapters_help",
+    "as_model",
+    "model_name",
+    "SamplesModel",
+    "FunctionModel",
+    "DiffusersModel",
+]
 
-__all__ = ["FORMS", "load_model", "SamplesModel", "FunctionModel", "DiffusersModel", "model_name"]
+
+# --------------------------------------------------------------------------------------------- registry
+
+
+def _as_is(arg: str) -> str:
+    return arg
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a loader may use besides its spec argument; each loader checks the parts it needs."""
+
+    train: np.ndarray | None = None  # the training set in the normal form (controls are fitted to it)
+    dataset: object | None = None  # the synthetic dataset (the oracle and mode-dropper controls sample it)
+    device: str = "auto"  # "auto" | "cpu" | "cuda", resolved by the loader that runs a network
+    num_steps: int | None = None  # Heun steps for denoiser models; None keeps each model's own default
+
+    def sampler_kwargs(self) -> dict:
+        """``num_steps`` as keyword arguments: empty when unset, so each model keeps its default."""
+        return {} if self.num_steps is None else {"num_steps": int(self.num_steps)}
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One spec form ``NAME:ARG``: how it reads in help text and how it becomes a ``Model``."""
+
+    name: str  # the spec prefix before the first ':' (lower case)
+    form: str  # the form as help text shows it, e.g. "ckpt:PATH"
+    description: str  # one line for help text
+    load: Callable[[str, LoadContext], Model]  # (ARG, ctx) -> Model; a user mistake raises DiffauditError
+    # a check of ARG that loads nothing (the CLI runs it before reading data, so a typo fails in a second)
+    check: Callable[[str], None] | None = None
+    label: Callable[[str], str] = _as_is  # ARG -> the short tail of report folder names (see model_name)
+
+
+ADAPTERS: dict[str, Adapter] = {}  # spec prefix -> adapter, in help-text order; filled by register_adapter
+FORMS: tuple[str, ...] = ()  # the registered forms, in order (rebuilt by register_adapter)
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def register_adapter(
+    name: str,
+    *,
+    form: str,
+    description: str,
+    load: Callable[[str, LoadContext], Model],
+    check: Callable[[str], None] | None = None,
+    label: Callable[[str], str] = _as_is,
+    replace: bool = False,
+) -> Adapter:
+    """Make ``NAME:ARG`` specs load through ``load(ARG, ctx)`` (see ``Adapter`` for the fields).
+
+    A name already registered is refused unless ``replace=True`` (a silent override would change what
+    every existing spec of that form loads).
+    """
+    if not name or not set(name) <= _NAME_CHARS:
+        raise DiffauditError(
+            f"model adapter name {name!r} is invalid; use lower-case letters, digits, '-' or '_'."
+        )
+    if not str(form).startswith(f"{name}:"):
+        raise DiffauditError(
+            f"model adapter {name!r}: form {form!r} must start with '{name}:', e.g. '{name}:PATH'."
+        )
+    if not str(description).strip() or "\n" in str(description):
+        raise DiffauditError(f"model adapter {name!r}: pass a description of one non-empty line.")
+    if not callable(load) or (check is not None and not callable(check)) or not callable(label):
+        raise DiffauditError(
+            f"model adapter {name!r}: load, check and label must be callables (check may be None)."
+        )
+    if name in ADAPTERS and not replace:
+        raise DiffauditError(
+            f"model adapter {name!r} is already registered; pick another name or pass replace=True."
+        )
+    adapter = Adapter(
+        name=name, form=str(form), description=str(description).strip(), load=load, check=check, label=label
+    )
+    ADAPTERS[name] = adapter
+    global FORMS
+    FORMS = tuple(a.form for a in ADAPTERS.values())
+    return adapter
 
 
 def _forms() -> str:
-    return ", ".join(FORMS)
+    return ", ".join(a.form for a in ADAPTERS.values())
 
 
-def model_name(spec: str) -> str:
-    """A short, file-name-safe name for a spec (used in default report folder names)."""
-    kind, _, rest = str(spec).partition(":")
-    tail = Path(rest.rstrip("/\\")).name if kind in ("samples", "ckpt", "diffusers") else rest
-    tail = tail.split(":")[-1] if kind == "entry" else tail
-    raw = f"{kind}-{tail}" if tail else kind
-    safe = "".join(c if (c.isalnum() or c in "-_.") else "-" for c in raw).strip("-.")
-    return (safe or "model")[:60]
+def adapters_help() -> str:
+    """One line per registered form, ``FORM  description``, for help text."""
+    width = max(len(a.form) for a in ADAPTERS.values())
+    return "\n".join(f"{a.form:<{width}}  {a.description}" for a in ADAPTERS.values())
 
 
-def load_model(spec: str, *, train=None, dataset=None, device: str = "auto", num_steps: int | None = None) -> Model:
+def check_spec(spec: str) -> tuple[Adapter, str]:
+    """The registered adapter of ``spec`` and its argument, after the adapter's cheap check; loads nothing.
+
+    A spec without an argument, or of an unregistered form -> ``DiffauditError`` listing the forms.
+    """
+    spec = str(spec).strip()
+    kind, sep, rest = spec.partition(":")
+    kind, rest = kind.strip().lower(), rest.strip()
+    if not sep or not rest:
+        raise DiffauditError(f"model spec {spec!r} is not understood; use one of: {_forms()}.")
+    adapter = ADAPTERS.get(kind)
+    if adapter is None:
+        raise DiffauditError(f"model spec {spec!r} has unknown form {kind!r}; use one of: {_forms()}.")
+    if adapter.check is not None:
+        adapter.check(rest)
+    return adapter, rest
+
+
+def load_model(
+    spec: str, *, train=None, dataset=None, device: str = "auto", num_steps: int | None = None
+) -> Model:
     """Build a ``Model`` from ``spec`` (forms in the module docstring). Unknown form -> ``DiffauditError``.
 
     ``train``: the training set in the normal form (controls are fitted to it); ``dataset``: the
     synthetic dataset (the oracle control samples it); ``num_steps``: Heun steps for denoiser models.
     """
-    spec = str(spec).strip()
-    kind, sep, rest = spec.partition(":")
-    kind = kind.strip().lower()
-    if not sep or not rest.strip():
-        raise DiffauditError(f"model spec {spec!r} is not understood; use one of: {_forms()}.")
-    rest = rest.strip()
-    steps = {} if num_steps is None else {"num_steps": int(num_steps)}
-    if kind == "samples":
-        return SamplesModel(rest)
-    if kind == "entry":
-        return _load_entry(rest)
-    if kind == "ckpt":
+    adapter, rest = check_spec(spec)
+    return adapter.load(rest, LoadContext(train=train, dataset=dataset, device=device, num_steps=num_steps))
 
-        m = CheckpointModel(rest, device=str(resolve_device(device)), **steps)
-        m.name = f"ckpt:{rest}"
-        return m
-    if kind == "diffusers":
-        return DiffusersModel(rest, device=device, **steps)
-    if kind == "control":
 
-        name = rest.partition(":")[0].strip().lower()
-        if name not in CONTROLS:
-            raise DiffauditError(
-                f"unknown control {name!r} in model spec {spec!r}; use control:NAME with NAME one of: {', '.join(CONTROLS)}."
-            )
-        if name in ("oracle", "mode-dropper") and dataset is None:
-            raise DiffauditError(
-                f"model control:{name} samples the true generator, so it needs --dataset SPEC (synthetic data)."
-            )
-        kw = dict(steps) if name in DENOISER_CONTROLS else {}  # the others are black boxes: no sampler
-        if name == "gaussian":
-            kw["clip"] = None  # keep the training mean/covariance exactly (clipping images to [-1, 1] changes both)
-        m = make_control(rest, train=train, dataset=dataset, **kw)
-        tail = rest.partition(":")[2].strip()
-        m.name = f"control:{name}:{tail}" if tail else f"control:{name}"
-        return m
-    raise DiffauditError(f"model spec {spec!r} has unknown form {kind!r}; use one of: {_forms()}.")
+def model_name(spec: str) -> str:
+    """A short, file-name-safe name for a spec (used in default report folder names)."""
+    kind, _, rest = str(spec).partition(":")
+    adapter = ADAPTERS.get(kind.strip().lower())
+    tail = adapter.label(rest) if adapter is not None else rest
+    raw = f"{kind}-{tail}" if tail else kind
+    safe = "".join(c if (c.isalnum() or c in "-_.") else "-" for c in raw).strip("-.")
+    return (safe or "model")[:60]
+
+
+def _path_tail(arg: str) -> str:
+    return Path(arg.rstrip("/\\")).name
+
+
+def _entry_tail(arg: str) -> str:
+    return arg.split(":")[-1]
 
 
 def as_model(obj, name: str | None = None) -> Model:
@@ -124,8 +224,10 @@ def as_model(obj, name: str | None = None) -> Model:
         return _ObjectModel(obj, label)
     if callable(obj) and _is_sample_function(obj):
         return FunctionModel(obj, getattr(obj, "__name__", label))
-    raise DiffauditError(f"model {label!r} has no sample(n, seed) method; pass a spec string, an object with "
-                         "sample(n, seed), or a sample(n, seed) function.")
+    raise DiffauditError(
+        f"model {label!r} has no sample(n, seed) method; pass a spec string, an object with "
+        "sample(n, seed), or a sample(n, seed) function."
+    )
 
 
 # --------------------------------------------------------------------------------------------- samples
@@ -135,7 +237,6 @@ class SamplesModel(Model):
     """Pre-generated samples as a black-box model: ``sample(n, seed)`` = the first n rows (seed ignored)."""
 
     def __init__(self, path, key: str | None = None):
-
         self.path = str(path)
         self.x = load_samples(path, key=key, name=f"generated samples {path}")
         self.shape = tuple(self.x.shape[1:])
@@ -206,18 +307,27 @@ def _call_user(fn, name: str, n: int, seed: int):
     except DiffauditError:
         raise
     except TypeError as e:
-        raise DiffauditError(f"model {name}: calling sample(n, seed) failed ({e}); the entry point must accept (n, seed).") from None
+        raise DiffauditError(
+            f"model {name}: calling sample(n, seed) failed ({e}); the entry point must accept (n, seed)."
+        ) from None
 
 
-def _load_entry(target: str) -> Model:
+def _check_entry(target: str) -> None:
     module_name, sep, attr = target.rpartition(":")
     if not sep or not module_name or not attr:
         raise DiffauditError(f"model spec 'entry:{target}' needs the form entry:pkg.module:factory.")
+
+
+def _load_entry(target: str, ctx: LoadContext) -> Model:
+    """``factory()`` or a ``sample(n, seed)`` function; ``ctx`` is unused (a factory takes no arguments)."""
+    module_name, _, attr = target.rpartition(":")
     name = f"entry:{target}"
     try:
         mod = importlib.import_module(module_name)
     except Exception as e:  # ImportError, or the module raising while it is imported
-        raise DiffauditError(f"model spec {name!r}: cannot import {module_name!r} ({type(e).__name__}: {e}); check the module path and PYTHONPATH.") from None
+        raise DiffauditError(
+            f"model spec {name!r}: cannot import {module_name!r} ({type(e).__name__}: {e}); check the module path and PYTHONPATH."
+        ) from None
     obj = mod
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -226,7 +336,9 @@ def _load_entry(target: str) -> Model:
     if isinstance(obj, Model):
         return obj
     if not callable(obj):
-        raise DiffauditError(f"model spec {name!r}: {attr!r} is not callable; point to a factory or a sample(n, seed) function.")
+        raise DiffauditError(
+            f"model spec {name!r}: {attr!r} is not callable; point to a factory or a sample(n, seed) function."
+        )
     if _is_sample_function(obj):
         return FunctionModel(obj, name)
     try:
@@ -234,13 +346,17 @@ def _load_entry(target: str) -> Model:
     except DiffauditError:
         raise
     except TypeError as e:
-        raise DiffauditError(f"model spec {name!r}: calling {attr}() failed ({e}); a factory takes no arguments.") from None
+        raise DiffauditError(
+            f"model spec {name!r}: calling {attr}() failed ({e}); a factory takes no arguments."
+        ) from None
     if isinstance(made, Model):
         made.name = getattr(made, "name", None) or name
         return made
     if callable(getattr(made, "sample", None)):
         return _ObjectModel(made, name)
-    raise DiffauditError(f"model spec {name!r}: {attr}() returned {type(made).__name__}, which has no sample(n, seed) method.")
+    raise DiffauditError(
+        f"model spec {name!r}: {attr}() returned {type(made).__name__}, which has no sample(n, seed) method."
+    )
 
 
 def _is_sample_function(fn) -> bool:
@@ -251,8 +367,11 @@ def _is_sample_function(fn) -> bool:
         return False
     if inspect.isclass(fn):
         return False
-    req = [p for p in sig.parameters.values()
-           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    req = [
+        p
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
     return len(req) >= 1
 
 
@@ -261,8 +380,14 @@ def _is_sample_function(fn) -> bool:
 
 def _find_parts(path: Path) -> tuple[Path, Path]:
     if not path.is_dir():
-        raise DiffauditError(f"diffusers model {path}: no such folder; pass a pipeline folder saved with save_pretrained.")
-    candidates = [(path / "unet", path / "scheduler"), (path, path / "scheduler"), (path, path.parent / "scheduler")]
+        raise DiffauditError(
+            f"diffusers model {path}: no such folder; pass a pipeline folder saved with save_pretrained."
+        )
+    candidates = [
+        (path / "unet", path / "scheduler"),
+        (path, path / "scheduler"),
+        (path, path.parent / "scheduler"),
+    ]
     for unet, sched in candidates:
         if (unet / "config.json").is_file() and (sched / "scheduler_config.json").is_file():
             return unet, sched
@@ -280,13 +405,22 @@ class DiffusersModel(DenoiserModel):
     ``DiscreteSchedule.sigma_to_t``), clamped to the covered range.
     """
 
-    def __init__(self, path, *, device: str = "auto", num_steps: int = 32, batch_size: int = 256, sigma_data: float = 0.5):
+    def __init__(
+        self,
+        path,
+        *,
+        device: str = "auto",
+        num_steps: int = 32,
+        batch_size: int = 256,
+        sigma_data: float = 0.5,
+    ):
         try:
             import diffusers
         except ImportError:
-            raise DiffauditError("the diffusers: adapter needs the optional 'diffusers' package; pip install 'diffaudit[diffusers]'.") from None
+            raise DiffauditError(
+                "the diffusers: adapter needs the optional 'diffusers' package; pip install 'diffaudit[diffusers]'."
+            ) from None
         import torch
-
 
         path = Path(os.fspath(path)).expanduser()
         unet_dir, sched_dir = _find_parts(path)
@@ -299,14 +433,20 @@ class DiffusersModel(DenoiserModel):
         except DiffauditError:
             raise
         except Exception as e:
-            raise DiffauditError(f"diffusers model {path}: cannot load it ({type(e).__name__}: {str(e)[:160]}); is it a UNet2DModel pipeline?") from None
+            raise DiffauditError(
+                f"diffusers model {path}: cannot load it ({type(e).__name__}: {str(e)[:160]}); is it a UNet2DModel pipeline?"
+            ) from None
         ac = getattr(scheduler, "alphas_cumprod", None)
         if ac is None:
-            raise DiffauditError(f"diffusers model {path}: scheduler {cls_name} has no alphas_cumprod; only DDPM-type discrete schedulers are supported.")
+            raise DiffauditError(
+                f"diffusers model {path}: scheduler {cls_name} has no alphas_cumprod; only DDPM-type discrete schedulers are supported."
+            )
         ac = np.asarray(torch.as_tensor(ac).double().cpu().numpy(), dtype=np.float64)
         self.prediction_type = str(getattr(scheduler.config, "prediction_type", "epsilon"))
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise DiffauditError(f"diffusers model {path}: prediction_type {self.prediction_type!r} is not supported.")
+            raise DiffauditError(
+                f"diffusers model {path}: prediction_type {self.prediction_type!r} is not supported."
+            )
         self.sigmas_ = np.sqrt((1.0 - ac) / ac)
         self.log_sigmas_ = np.log(self.sigmas_)
         self.device = resolve_device(device)
@@ -316,11 +456,15 @@ class DiffusersModel(DenoiserModel):
         c = int(unet.config.in_channels)
         size = unet.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
-        super().__init__((c, int(h), int(w)), sigma_data=sigma_data, num_steps=num_steps, batch_size=batch_size)
+        super().__init__(
+            (c, int(h), int(w)), sigma_data=sigma_data, num_steps=num_steps, batch_size=batch_size
+        )
         base = SamplerConfig.for_data(sigma_data, num_steps=num_steps)
         self.sampler_config = SamplerConfig(
-            num_steps=num_steps, sigma_min=max(base.sigma_min, float(self.sigmas_.min())),
-            sigma_max=min(base.sigma_max, float(self.sigmas_.max())), rho=base.rho,
+            num_steps=num_steps,
+            sigma_min=max(base.sigma_min, float(self.sigmas_.min())),
+            sigma_max=min(base.sigma_max, float(self.sigmas_.max())),
+            rho=base.rho,
         )
         self.name = f"diffusers:{path}"
 
@@ -334,7 +478,9 @@ class DiffusersModel(DenoiserModel):
 
         x = np.asarray(x, dtype=np.float64)
         if tuple(x.shape[1:]) != self.shape:
-            raise DiffauditError(f"diffusers model: input of shape {x.shape} does not match its sample shape {self.shape}.")
+            raise DiffauditError(
+                f"diffusers model: input of shape {x.shape} does not match its sample shape {self.shape}."
+            )
         sigma = float(np.asarray(sigma).reshape(-1)[0]) if np.ndim(sigma) else float(sigma)
         t = self.sigma_to_t(sigma)
         c_in = 1.0 / np.sqrt(1.0 + sigma**2)
@@ -352,3 +498,85 @@ class DiffusersModel(DenoiserModel):
                 else:
                     out[i : i + len(xb)] = y
         return out
+
+
+# --------------------------------------------------------------------------------------------- loaders
+
+
+def _load_samples(path: str, ctx: LoadContext) -> Model:
+    return SamplesModel(path)
+
+
+def _load_ckpt(path: str, ctx: LoadContext) -> Model:
+    m = CheckpointModel(path, device=str(resolve_device(ctx.device)), **ctx.sampler_kwargs())
+    m.name = f"ckpt:{path}"
+    return m
+
+
+def _load_diffusers(path: str, ctx: LoadContext) -> Model:
+    return DiffusersModel(path, device=ctx.device, **ctx.sampler_kwargs())
+
+
+def _check_control(arg: str) -> None:
+    name = arg.partition(":")[0].strip().lower()
+    if name not in CONTROLS:
+        raise DiffauditError(
+            f"unknown control {name!r} in model spec 'control:{arg}'; "
+            f"use control:NAME with NAME one of: {', '.join(CONTROLS)}."
+        )
+
+
+def _load_control(arg: str, ctx: LoadContext) -> Model:
+    name = arg.partition(":")[0].strip().lower()
+    if name in ("oracle", "mode-dropper") and ctx.dataset is None:
+        raise DiffauditError(
+            f"model control:{name} samples the true generator, so it needs --dataset SPEC (synthetic data)."
+        )
+    kw = ctx.sampler_kwargs() if name in DENOISER_CONTROLS else {}  # the others are black boxes: no sampler
+    if name == "gaussian":
+        kw["clip"] = (
+            None  # keep the training mean/covariance exactly (clipping images to [-1, 1] changes both)
+        )
+    m = make_control(arg, train=ctx.train, dataset=ctx.dataset, **kw)
+    tail = arg.partition(":")[2].strip()
+    m.name = f"control:{name}:{tail}" if tail else f"control:{name}"
+    return m
+
+
+# The built-in forms, in help-text order (each documented in the module docstring).
+register_adapter(
+    "samples",
+    form="samples:PATH",
+    description="pre-generated samples (.npy/.npz/.pt/.safetensors or an image folder); black box, first n rows",
+    load=_load_samples,
+    label=_path_tail,
+)
+register_adapter(
+    "entry",
+    form="entry:pkg.module:factory",
+    description="a Python factory returning an object with sample(n, seed), or a sample(n, seed) function",
+    load=_load_entry,
+    check=_check_entry,
+    label=_entry_tail,
+)
+register_adapter(
+    "ckpt",
+    form="ckpt:PATH",
+    description="a diffaudit checkpoint folder (model.safetensors + config.json); white box",
+    load=_load_ckpt,
+    label=_path_tail,
+)
+register_adapter(
+    "diffusers",
+    form="diffusers:PATH",
+    description="a local diffusers UNet2DModel pipeline folder with a DDPM-type scheduler; white box",
+    load=_load_diffusers,
+    label=_path_tail,
+)
+register_adapter(
+    "control",
+    form="control:NAME[:key=value,...]",
+    description=f"an analytic control fitted to the training data; NAME one of {', '.join(CONTROLS)}",
+    load=_load_control,
+    check=_check_control,
+)

@@ -50,7 +50,9 @@ class DenoiserModel(Model):
     how many samples go through the denoiser at once.
     """
 
-    def __init__(self, shape: tuple[int, ...], sigma_data: float, num_steps: int = 32, batch_size: int = 1024):
+    def __init__(
+        self, shape: tuple[int, ...], sigma_data: float, num_steps: int = 32, batch_size: int = 1024
+    ):
         self.shape = tuple(shape)
         self.sigma_data = float(sigma_data)
         self.sampler_config = SamplerConfig.for_data(self.sigma_data, num_steps=num_steps)
@@ -60,7 +62,9 @@ class DenoiserModel(Model):
         noise = np.asarray(noise, dtype=np.float64)
         out = np.empty(noise.shape, np.float32)
         for i in range(0, len(noise), self.batch_size):
-            out[i : i + self.batch_size] = heun_sample(self.denoise, noise[i : i + self.batch_size], self.sampler_config)
+            out[i : i + self.batch_size] = heun_sample(
+                self.denoise, noise[i : i + self.batch_size], self.sampler_config
+            )
         return out
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:

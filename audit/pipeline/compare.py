@@ -21,7 +21,6 @@ from diffaudit.probes import moment_error as me
 DEFAULT_METRICS = "e1,fd,kid,pr,dc,moments"
 
 
-
 def parse_metrics(spec: str) -> list[str]:
     """``"fd,kid"`` -> ``["fd", "kid"]`` in table order; ``"all"`` -> every metric."""
     names = [s.strip().lower() for s in str(spec).split(",") if s.strip()]
@@ -35,7 +34,9 @@ def parse_metrics(spec: str) -> list[str]:
     return [m for m in METRICS if m in names]
 
 
-def embed(x, spec: str, *, device: str, weights, random_init: bool, batch_size: int, cache: bool, progress: bool):
+def embed(
+    x, spec: str, *, device: str, weights, random_init: bool, batch_size: int, cache: bool, progress: bool
+):
     """Features of ``x`` in feature space ``spec`` (cached on disk unless ``cache`` is False)."""
     emb = feats.get_embedder(spec, device=device, weights=weights, random_init=random_init)
     if cache:
@@ -68,14 +69,26 @@ class CompareMetric:
 
 def _fd(gen, ref, o):
     r = cv.frechet_distance(gen, ref, n_boot=o["n_boot"], seed=o["seed"])
-    return {"value": r.value, "value_ci": _ci(r.value_ci), "mean_term": r.mean_term, "trace_term": r.trace_term,
-            "neg_eig_mass": r.neg_eig_mass, "singular": r.singular}
+    return {
+        "value": r.value,
+        "value_ci": _ci(r.value_ci),
+        "mean_term": r.mean_term,
+        "trace_term": r.trace_term,
+        "neg_eig_mass": r.neg_eig_mass,
+        "singular": r.singular,
+    }
 
 
 def _fd_rows(r):
     note = f"mean {_f(r['mean_term'])}, trace {_f(r['trace_term'])}"
-    return [("FD", _f(r["value"]), _cis(r["value_ci"]),
-             note + ("; singular covariance (n <= D): biased, see fdinf" if r["singular"] else ""))]
+    return [
+        (
+            "FD",
+            _f(r["value"]),
+            _cis(r["value_ci"]),
+            note + ("; singular covariance (n <= D): biased, see fdinf" if r["singular"] else ""),
+        )
+    ]
 
 
 def _fdinf(gen, ref, o):
@@ -83,8 +96,14 @@ def _fdinf(gen, ref, o):
         r = cv.fd_infinity(gen, ref, seed=o["seed"])
     except DiffauditError as e:  # too few samples for subsets >= 4 D: say so in the table, keep the rest
         return {"value": None, "slope": None, "r2": None, "sizes": [], "values": [], "warning": str(e)}
-    return {"value": r.value, "slope": r.slope, "r2": r.r2, "sizes": r.sizes.tolist(), "values": r.values.tolist(),
-            "warning": getattr(r, "warning", None)}
+    return {
+        "value": r.value,
+        "slope": r.slope,
+        "r2": r.r2,
+        "sizes": r.sizes.tolist(),
+        "values": r.values.tolist(),
+        "warning": getattr(r, "warning", None),
+    }
 
 
 def _fdinf_rows(r):
@@ -94,24 +113,46 @@ def _fdinf_rows(r):
 
 def _e1(gen, ref, o):
     r = me.two_sample_moment_mmd(gen, ref, seed=o["seed"])
-    return {"value": r.value, "value_ci": _ci(r.ci), "mean_part": r.mean_part, "whitening": r.whitening,
-            "rank": int(r.rank)}
+    return {
+        "value": r.value,
+        "value_ci": _ci(r.ci),
+        "mean_part": r.mean_part,
+        "whitening": r.whitening,
+        "rank": int(r.rank),
+    }
 
 
 def _e1_rows(r):
-    return [("E1 (2nd moments)", _f(r["value"]), _cis(r["value_ci"]),
-             f"whitened by REF ({r['whitening']}, rank {r['rank']}); threshold 1 passes at <= 0.1")]
+    return [
+        (
+            "E1 (2nd moments)",
+            _f(r["value"]),
+            _cis(r["value_ci"]),
+            f"whitened by REF ({r['whitening']}, rank {r['rank']}); threshold 1 passes at <= 0.1",
+        )
+    ]
 
 
 def _kid(gen, ref, o):
     r = cv.kid(gen, ref, n_subsets=o["kid_subsets"], subset_size=o["kid_size"], seed=o["seed"])
-    return {"value": r.value, "std": r.std, "value_ci": _ci(r.value_ci), "subset_size": r.subset_size,
-            "n_subsets": len(r.values)}
+    return {
+        "value": r.value,
+        "std": r.std,
+        "value_ci": _ci(r.value_ci),
+        "subset_size": r.subset_size,
+        "n_subsets": len(r.values),
+    }
 
 
 def _kid_rows(r):
-    return [("KID", _f(r["value"]), _cis(r["value_ci"]), f"std {_f(r['std'])} over {r['n_subsets']} subsets of "
-             f"{r['subset_size']}")]
+    return [
+        (
+            "KID",
+            _f(r["value"]),
+            _cis(r["value_ci"]),
+            f"std {_f(r['std'])} over {r['n_subsets']} subsets of {r['subset_size']}",
+        )
+    ]
 
 
 def _prdc(gen, ref, o):
@@ -123,13 +164,20 @@ def _prdc(gen, ref, o):
 
 def _pr(gen, ref, o):
     pr = _prdc(gen, ref, o)[0]
-    return {"precision": pr.precision, "precision_ci": _ci(pr.precision_ci), "recall": pr.recall,
-            "recall_ci": _ci(pr.recall_ci), "k": pr.k}
+    return {
+        "precision": pr.precision,
+        "precision_ci": _ci(pr.precision_ci),
+        "recall": pr.recall,
+        "recall_ci": _ci(pr.recall_ci),
+        "k": pr.k,
+    }
 
 
 def _pr_rows(r):
-    return [("precision", _f(r["precision"]), _cis(r["precision_ci"]), f"k={r['k']}"),
-            ("recall", _f(r["recall"]), _cis(r["recall_ci"]), f"k={r['k']}")]
+    return [
+        ("precision", _f(r["precision"]), _cis(r["precision_ci"]), f"k={r['k']}"),
+        ("recall", _f(r["recall"]), _cis(r["recall_ci"]), f"k={r['k']}"),
+    ]
 
 
 def _dc(gen, ref, o):
@@ -138,22 +186,33 @@ def _dc(gen, ref, o):
 
 
 def _dc_rows(r):
-    return [("density", _f(r["density"]), "", f"k={r['k']}"),
-            ("coverage", _f(r["coverage"]), _cis(r["coverage_ci"]), f"k={r['k']}")]
+    return [
+        ("density", _f(r["density"]), "", f"k={r['k']}"),
+        ("coverage", _f(r["coverage"]), _cis(r["coverage_ci"]), f"k={r['k']}"),
+    ]
 
 
 def _moments(gen, ref, o):
     r = cv.moments(gen, ref)
-    return {"mean_error": r.mean_error, "cov_rel_error": r.cov_rel_error, "spectrum_rel_error": r.spectrum_rel_error,
-            "kurtosis_error": r.kurtosis_error, "top_eig_gen": r.top_eig_a.tolist(), "top_eig_ref": r.top_eig_b.tolist(),
-            "kurtosis_gen": r.kurtosis_a.tolist(), "kurtosis_ref": r.kurtosis_b.tolist()}
+    return {
+        "mean_error": r.mean_error,
+        "cov_rel_error": r.cov_rel_error,
+        "spectrum_rel_error": r.spectrum_rel_error,
+        "kurtosis_error": r.kurtosis_error,
+        "top_eig_gen": r.top_eig_a.tolist(),
+        "top_eig_ref": r.top_eig_b.tolist(),
+        "kurtosis_gen": r.kurtosis_a.tolist(),
+        "kurtosis_ref": r.kurtosis_b.tolist(),
+    }
 
 
 def _moments_rows(r):
-    return [("mean error", _f(r["mean_error"]), "", "||mu_gen - mu_ref||"),
-            ("cov rel. error", _f(r["cov_rel_error"]), "", "||S_gen - S_ref||_F / ||S_ref||_F"),
-            ("spectrum rel. error", _f(r["spectrum_rel_error"]), "", "top-10 eigenvalues"),
-            ("kurtosis error", _f(r["kurtosis_error"]), "", "max |excess kurtosis diff|, top-10 PCs of ref")]
+    return [
+        ("mean error", _f(r["mean_error"]), "", "||mu_gen - mu_ref||"),
+        ("cov rel. error", _f(r["cov_rel_error"]), "", "||S_gen - S_ref||_F / ||S_ref||_F"),
+        ("spectrum rel. error", _f(r["spectrum_rel_error"]), "", "top-10 eigenvalues"),
+        ("kurtosis error", _f(r["kurtosis_error"]), "", "max |excess kurtosis diff|, top-10 PCs of ref"),
+    ]
 
 
 def _kl(gen, ref, o):
@@ -166,25 +225,51 @@ def _swd(gen, ref, o):
 
 # metric name -> its definition (the table's order). Add a metric: one entry here.
 METRICS: dict[str, CompareMetric] = {
-    "e1": CompareMetric("whitened second-moment error E1 against REF (threshold 1's statistic)", _e1, _e1_rows),
+    "e1": CompareMetric(
+        "whitened second-moment error E1 against REF (threshold 1's statistic)", _e1, _e1_rows
+    ),
     "fd": CompareMetric("Frechet distance between fitted Gaussians (FID in Inception space)", _fd, _fd_rows),
-    "fdinf": CompareMetric("FD extrapolated to infinitely many samples (Chong & Forsyth 2020)", _fdinf, _fdinf_rows),
+    "fdinf": CompareMetric(
+        "FD extrapolated to infinitely many samples (Chong & Forsyth 2020)", _fdinf, _fdinf_rows
+    ),
     "kid": CompareMetric("unbiased MMD^2, cubic polynomial kernel (KID)", _kid, _kid_rows),
     "pr": CompareMetric("improved precision / recall, k=3 (Kynkaanniemi et al. 2019)", _pr, _pr_rows),
     "dc": CompareMetric("density / coverage, k=5 (Naeem et al. 2020)", _dc, _dc_rows),
     "moments": CompareMetric("mean, covariance, spectrum and kurtosis errors", _moments, _moments_rows),
-    "kl": CompareMetric("KL(N_gen || N_ref) between fitted Gaussians", _kl,
-                        lambda r: [("Gaussian KL", _f(r["value"]), "", f"nats, ridge {r['ridge']:g}")]),
-    "swd": CompareMetric("sliced Wasserstein-2 distance (128 projections)", _swd,
-                         lambda r: [("sliced W2", _f(r["value"]), "", "128 projections")]),
+    "kl": CompareMetric(
+        "KL(N_gen || N_ref) between fitted Gaussians",
+        _kl,
+        lambda r: [("Gaussian KL", _f(r["value"]), "", f"nats, ridge {r['ridge']:g}")],
+    ),
+    "swd": CompareMetric(
+        "sliced Wasserstein-2 distance (128 projections)",
+        _swd,
+        lambda r: [("sliced W2", _f(r["value"]), "", "128 projections")],
+    ),
 }
 
 
-def run_metrics(gen, ref, metrics: list[str], *, seed: int = 0, n_boot: int = 0, kid_subsets: int = 100,
-                kid_size: int = 1000, kl_ridge: float = 0.0, budget_mib: float = 512) -> dict[str, dict]:
+def run_metrics(
+    gen,
+    ref,
+    metrics: list[str],
+    *,
+    seed: int = 0,
+    n_boot: int = 0,
+    kid_subsets: int = 100,
+    kid_size: int = 1000,
+    kl_ridge: float = 0.0,
+    budget_mib: float = 512,
+) -> dict[str, dict]:
     """Run the named metrics on features ``gen`` (n_gen, D) and ``ref`` (n_ref, D); JSON-ready dicts."""
-    opts = {"seed": seed, "n_boot": n_boot, "kid_subsets": kid_subsets, "kid_size": kid_size, "kl_ridge": kl_ridge,
-            "budget_mib": budget_mib}
+    opts = {
+        "seed": seed,
+        "n_boot": n_boot,
+        "kid_subsets": kid_subsets,
+        "kid_size": kid_size,
+        "kl_ridge": kl_ridge,
+        "budget_mib": budget_mib,
+    }
     return {name: METRICS[name].compute(gen, ref, opts) for name in metrics}
 
 

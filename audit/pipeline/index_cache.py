@@ -53,7 +53,6 @@ def cached_index(xb, params: dict[str, Any] | None = None):
     ``diffaudit.probes.neighbors.search(..., index=...)`` or ``find_copies(..., index=...)``."""
     import faiss
 
-
     xb = as_features(xb, "training set", min_n=2)
     p = _normalise(dict(params or {}))
     path = index_path(xb, p)

@@ -31,7 +31,8 @@ def split_holdout(train: np.ndarray, fraction: float, seed: int) -> tuple[np.nda
     k = int(round(n * fraction))
     if k < 2 or n - k < 2:
         raise DiffauditError(
-            f"holdout fraction {fraction} of {n} training samples leaves fewer than 2 on a side; pass more data.")
+            f"holdout fraction {fraction} of {n} training samples leaves fewer than 2 on a side; pass more data."
+        )
     perm = np.random.default_rng([0x401D, int(seed)]).permutation(n)
     return train[np.sort(perm[k:])], train[np.sort(perm[:k])]
 
@@ -67,7 +68,10 @@ def synthetic_data(dataset, n_train: int, n_holdout: int, seed: int) -> AuditDat
     ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
     xt, zt, xh, zh = dataset_split(ds, n_train, n_holdout, seed)
     s_train, s_hold = data_seeds(seed)
-    prov = {"train": f"{ds.spec} n={int(n_train)} seed={s_train}", "holdout": f"{ds.spec} n={int(n_holdout)} seed={s_hold}"}
+    prov = {
+        "train": f"{ds.spec} n={int(n_train)} seed={s_train}",
+        "holdout": f"{ds.spec} n={int(n_holdout)} seed={s_hold}",
+    }
     return AuditData(xt, xh, ds, zt, zh, prov)
 
 

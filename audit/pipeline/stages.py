@@ -30,17 +30,18 @@ from diffaudit.probes import factors as fp
 from diffaudit.probes import memorization as mem
 from diffaudit.probes import moment_error as me
 from diffaudit.probes.membership import membership_inference, roc_points
+from diffaudit.progress import progress_display
 from diffaudit.report import schema
 
 # Probes of probes/ that an audit does not run, and why (shown in the architecture notes and tested).
 NOT_IN_AUDIT = {
     "convergence.fd_infinity": "extrapolates FD over many subset sizes, each >= a multiple of D: too costly per "
-                               "audit; run it from Python or 'diffaudit compare'",
+    "audit; run it from Python or 'diffaudit compare'",
     "convergence.moments / gaussian_kl / sliced_wasserstein": "in 'diffaudit compare'; threshold 1 uses E1",
     "factors.representation_probe": "needs the activations of a layer the user picks "
-                                    "(diffaudit.models.activations.layer_activations); run it from Python",
-    "membership.disjoint_reproducibility": "needs two models trained on disjoint halves: a sweep option "
-                                           "(reproducibility = true)",
+    "(diffaudit.models.activations.layer_activations); run it from Python",
+    "reproducibility.disjoint_reproducibility": "needs two models trained on disjoint halves: a sweep option "
+    "(reproducibility = true)",
 }
 
 
@@ -110,7 +111,9 @@ def check_array(x, name: str) -> np.ndarray:
         raise DiffauditError(f"{name}: has dtype {x.dtype}; pass real-valued numeric samples.")
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x.reshape(len(x), -1))).any(1).sum())
-        raise DiffauditError(f"{name}: {bad} sample(s) contain NaN or Inf; fix the model or remove those samples.")
+        raise DiffauditError(
+            f"{name}: {bad} sample(s) contain NaN or Inf; fix the model or remove those samples."
+        )
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -137,10 +140,13 @@ def sample(ctx: Context) -> None:
     gen = check_array(draw_samples(ctx.model, ctx.n_gen, ctx.cfg.seed, ctx.advance), "generated samples")
     if len(gen) != ctx.n_gen:
         raise DiffauditError(
-            f"the model returned {len(gen)} samples when asked for {ctx.n_gen}; its sample(n, seed) must return n rows.")
+            f"the model returned {len(gen)} samples when asked for {ctx.n_gen}; its sample(n, seed) must return n rows."
+        )
     if gen.shape[1:] != ctx.train.shape[1:]:
-        raise DiffauditError(f"generated samples have shape {gen.shape[1:]} but the training set has shape "
-                             f"{ctx.train.shape[1:]}; audit the model against its own kind of data.")
+        raise DiffauditError(
+            f"generated samples have shape {gen.shape[1:]} but the training set has shape "
+            f"{ctx.train.shape[1:]}; audit the model against its own kind of data."
+        )
     ctx.gen = gen
 
 
@@ -162,21 +168,30 @@ def moments(ctx: Context) -> None:
     if ctx.dataset is not None and ctx.embedder.name == "pixels" and ctx.embedder.id == "pixels":
         mu, sigma, n_ref = population_moments(ctx.dataset)
         r = me.whitened_moment_error(flat, mu, sigma)
-        ref = f"the population of {ctx.dataset.spec} ({n_ref} reference samples)" if n_ref else \
-            f"the population of {ctx.dataset.spec} (analytic)"
+        ref = (
+            f"the population of {ctx.dataset.spec} ({n_ref} reference samples)"
+            if n_ref
+            else f"the population of {ctx.dataset.spec} (analytic)"
+        )
     elif ctx.fh is not None:
         try:
             r = me.two_sample_moment_mmd(ctx.fg, ctx.fh, seed=ctx.cfg.seed)
         except DiffauditError as e:  # a holdout too small to whiten: the rest of the audit still stands
             ctx.skipped.append({"probe": "convergence.moment_error", "reason": str(e)})
+            ctx.details.setdefault("convergence", {})["moment_error_skipped"] = str(e)
             return
         ref = f"the holdout set ({ctx.embedder.id} features, {r.whitening} whitening, rank {r.rank})"
     else:
-        ctx.skipped.append({"probe": "convergence.moment_error", "reason": "no reference for the data's second "
-                            "moments: pass a synthetic --dataset or a holdout set."})
+        ctx.skipped.append(
+            {
+                "probe": "convergence.moment_error",
+                "reason": "no reference for the data's second "
+                "moments: pass a synthetic --dataset or a holdout set.",
+            }
+        )
         return
     ctx.put("convergence.moment_error", r.value, r.ci)
-    ctx.put("convergence.moment_error_mean", r.mean_part)
+    ctx.put("convergence.mean_shift", r.mean_part * r.dim)
     ctx.details.setdefault("convergence", {})["moment_error_reference"] = ref
     ctx.details["convergence"]["moment_error_dim"] = int(r.dim)
 
@@ -186,9 +201,14 @@ def convergence(ctx: Context) -> None:
     cfg, fg, ft, fh = ctx.cfg, ctx.fg, ctx.ft, ctx.fh
     big = fg.shape[1] > cfg.boot_max_dim
     if big:
-        ctx.skipped.append({"probe": "convergence.fd_gen_train / floor bootstrap", "reason": f"{fg.shape[1]} "
-                            f"feature dimensions > boot_max_dim={cfg.boot_max_dim}: each extra FD costs an eigh of "
-                            "D x D, so the floor has no bootstrap interval."})
+        ctx.skipped.append(
+            {
+                "probe": "convergence.fd_gen_train / floor bootstrap",
+                "reason": f"{fg.shape[1]} "
+                f"feature dimensions > boot_max_dim={cfg.boot_max_dim}: each extra FD costs an eigh of "
+                "D x D, so the floor has no bootstrap interval.",
+            }
+        )
     else:
         ctx.put("convergence.fd_gen_train", cv.frechet_distance(fg, ft).value)
     n_eq = min(len(fg), len(ft))
@@ -196,7 +216,9 @@ def convergence(ctx: Context) -> None:
     ctx.put("convergence.fd", fd.value)
     fd_eq = fd if n_eq == len(fg) else cv.frechet_distance(ctx.subsample(fg, n_eq, 0xC0), fh)
     ctx.put("convergence.fd_equal_n", fd_eq.value)
-    floor = cv.frechet_distance(ctx.subsample(ft, n_eq, 0xC1), fh, n_boot=0 if big else cfg.n_boot, seed=cfg.seed)
+    floor = cv.frechet_distance(
+        ctx.subsample(ft, n_eq, 0xC1), fh, n_boot=0 if big else cfg.n_boot, seed=cfg.seed
+    )
     # the floor's spread at this sample size (a BCa interval of its population value, ~0, says little here)
     ctx.put("convergence.fd_train_holdout", floor.value, floor.spread_ci)
     ctx.put("convergence.fd_ratio", fd_eq.value / floor.value if floor.value > 0 else None)
@@ -209,8 +231,14 @@ def convergence(ctx: Context) -> None:
     ctx.put("convergence.density", dc.density)
     ctx.put("convergence.coverage", dc.coverage, dc.coverage_ci)
     ctx.details.setdefault("convergence", {}).update(
-        {"kid_block_value": k.block_value, "kid_subset_std": k.std, "n_equal": int(n_eq), "fd_singular": bool(fd.singular or floor.singular),
-         "floor_ci": list(floor.spread_ci) if floor.spread_ci else None})
+        {
+            "kid_block_value": k.block_value,
+            "kid_subset_std": k.std,
+            "n_equal": int(n_eq),
+            "fd_singular": bool(fd.singular or floor.singular),
+            "floor_ci": list(floor.spread_ci) if floor.spread_ci else None,
+        }
+    )
 
 
 def copies(ctx: Context) -> None:
@@ -222,16 +250,23 @@ def copies(ctx: Context) -> None:
     ctx.put("memorization.n_copies", c.n_copies)
     for rule, rate in c.rule_rates.items():
         ctx.put(f"memorization.copy_rate_{rule}", rate)
-    ctx.details["memorization"] = {"rule": c.rule, "ratio_threshold": c.ratio_threshold,
-                                   "holdout_threshold": c.holdout_threshold, "most_copied": c.most_copied[:20].tolist(),
-                                   "index_method": c.index_method,
-                                   "n_calibration": None if fh_cal is None else int(len(fh_cal))}
+    ctx.details["memorization"] = {
+        "rule": c.rule,
+        "ratio_threshold": c.ratio_threshold,
+        "holdout_threshold": c.holdout_threshold,
+        "most_copied": c.most_copied[:20].tolist(),
+        "index_method": c.index_method,
+        "n_calibration": None if fh_cal is None else int(len(fh_cal)),
+    }
     ctx.art["copies"] = c
 
 
 def copy_tests(ctx: Context) -> None:
     """C_T (Meehan et al. 2020) and authenticity (Alaa et al. 2022) with its real-data reference."""
-    fg_s, fh_s = ctx.subsample(ctx.fg, ctx.cfg.max_ct_samples, 0xC8), ctx.subsample(ctx.fh, ctx.cfg.max_ct_samples, 0xC9)
+    fg_s, fh_s = (
+        ctx.subsample(ctx.fg, ctx.cfg.max_ct_samples, 0xC8),
+        ctx.subsample(ctx.fh, ctx.cfg.max_ct_samples, 0xC9),
+    )
     ct = mem.ct_test(fg_s, ctx.ft, fh_s, seed=ctx.cfg.seed, max_kmeans_fit=20_000)
     ctx.put("memorization.ct", ct.c_t)
     au = mem.authenticity(fg_s, ctx.ft, reference=fh_s)
@@ -246,14 +281,21 @@ def membership(ctx: Context) -> None:
     m_n = int(min(cfg.mia_n, len(ctx.train), len(ctx.holdout)))
     xt_m, xh_m = ctx.subsample(ctx.train, m_n, 0x31A), ctx.subsample(ctx.holdout, m_n, 0x31B)
     scale = float(np.sqrt(ctx.train.reshape(len(ctx.train), -1).astype(np.float64).var(0).mean()))
-    mia = membership_inference(ctx.model, xt_m, xh_m, [s * scale for s in cfg.mia_sigmas], n_draws=cfg.mia_draws,
-                               seed=cfg.seed)
+    mia = membership_inference(
+        ctx.model, xt_m, xh_m, [s * scale for s in cfg.mia_sigmas], n_draws=cfg.mia_draws, seed=cfg.seed
+    )
     ctx.put("memorization.mia_auc", mia.auc_eval, mia.auc_eval_ci)
     ctx.put("memorization.mia_tpr_at_1pct", mia.tpr_at_1pct)
-    ctx.details["membership"] = {"sigmas": mia.sigmas.tolist(), "auc": mia.auc.tolist(), "loss_gap": mia.loss_gap.tolist(),
-                                 "best_sigma": mia.best_sigma, "n": m_n, "n_eval": mia.n_eval,
-                                 "tpr_note": mia.tpr_note,
-                                 "roc": {"sigma": float(mia.best_sigma), **roc_points(mia)}}
+    ctx.details["membership"] = {
+        "sigmas": mia.sigmas.tolist(),
+        "auc": mia.auc.tolist(),
+        "loss_gap": mia.loss_gap.tolist(),
+        "best_sigma": mia.best_sigma,
+        "n": m_n,
+        "n_eval": mia.n_eval,
+        "tpr_note": mia.tpr_note,
+        "roc": {"sigma": float(mia.best_sigma), **roc_points(mia)},
+    }
 
 
 def factors(ctx: Context) -> None:
@@ -261,19 +303,31 @@ def factors(ctx: Context) -> None:
     ds, cfg = ctx.dataset, ctx.cfg
     c = ctx.art["copies"]
     # reference: the held-out true samples (never trained on); fresh draws of the dataset without a holdout
-    rec = fp.factor_recovery(ds, ctx.gen, train=ctx.train, is_copy=c.is_copy, x_ref=ctx.holdout,
-                             min_novel_valid_rate=cfg.min_novel_valid_rate, seed=cfg.seed)
+    rec = fp.factor_recovery(
+        ds,
+        ctx.gen,
+        train=ctx.train,
+        is_copy=c.is_copy,
+        x_ref=ctx.holdout,
+        min_novel_valid_rate=cfg.min_novel_valid_rate,
+        seed=cfg.seed,
+    )
     ctx.put("factors.validity", rec.validity.valid_rate, rec.validity.valid_rate_ci)
     ctx.put("factors.residual_median", rec.validity.median)
     ctx.put("factors.novel_valid_rate", rec.novel_valid_rate, rec.novel_valid_rate_ci)
-    ctx.put("factors.novel_rate_among_valid", rec.novelty.novel_rate_among_valid,
-            rec.novelty.novel_rate_among_valid_ci)
+    ctx.put(
+        "factors.novel_rate_among_valid",
+        rec.novelty.novel_rate_among_valid,
+        rec.novelty.novel_rate_among_valid_ci,
+    )
     ctx.put("factors.factor_coverage", rec.coverage)
     ctx.put("factors.recovery_score", rec.recovery_score)
     for name, w in rec.wasserstein_rel.items():
         ctx.put(f"factors.w1_{name}", w)
     ctx.details["factors"] = rec.summary()
-    ctx.art.update(validity=rec.validity, novelty=rec.novelty, z_true=rec.z_ref, z_recovered=rec.z_novel_valid)
+    ctx.art.update(
+        validity=rec.validity, novelty=rec.novelty, z_true=rec.z_ref, z_recovered=rec.z_novel_valid
+    )
 
 
 @dataclass(frozen=True)
@@ -284,6 +338,9 @@ class Stage:
     fills: tuple[str, ...]  # schema keys (families with their "*")
     needs: tuple[str, ...] = ()
     total: Callable[[Context], int] = lambda ctx: 1  # progress units
+    required: bool = (
+        False  # an input problem here aborts the audit; elsewhere the stage is skipped with the reason
+    )
 
 
 WHY_MISSING = {
@@ -294,32 +351,92 @@ WHY_MISSING = {
 }
 
 STAGES: tuple[Stage, ...] = (
-    Stage("sample", "sampling", sample, (), total=lambda ctx: ctx.n_gen),
-    Stage("embed", "embedding", embed, (),
-          total=lambda ctx: ctx.n_gen + len(ctx.train) + (0 if ctx.holdout is None else len(ctx.holdout))),
-    Stage("moments", "threshold 1: second moments", moments,
-          ("convergence.moment_error", "convergence.moment_error_mean"), ("reference",)),
-    Stage("convergence", "FD, KID, precision/recall", convergence,
-          ("convergence.fd", "convergence.fd_train_holdout", "convergence.fd_ratio", "convergence.fd_equal_n",
-           "convergence.fd_gen_train", "convergence.kid", "convergence.precision", "convergence.recall",
-           "convergence.density", "convergence.coverage"), ("holdout",)),
-    Stage("copies", "copy search", copies,
-          ("memorization.copy_rate", "memorization.unique_train_copied", "memorization.n_copies",
-           "memorization.copy_rate_ratio", "memorization.copy_rate_holdout",
-           "memorization.copy_rate_ratio_and_holdout")),
-    Stage("copy_tests", "C_T and authenticity", copy_tests,
-          ("memorization.ct", "memorization.auth_pct", "memorization.auth_pct_reference"), ("holdout",)),
-    Stage("membership", "membership inference", membership,
-          ("memorization.mia_auc", "memorization.mia_tpr_at_1pct"), ("holdout", "white_box")),
-    Stage("factors", "threshold 2: factor recovery", factors,
-          ("factors.validity", "factors.residual_median", "factors.novel_valid_rate", "factors.novel_rate_among_valid",
-           "factors.factor_coverage", "factors.recovery_score", "factors.w1_*"), ("dataset",)),
+    Stage("sample", "sampling", sample, (), total=lambda ctx: ctx.n_gen, required=True),
+    Stage(
+        "embed",
+        "embedding",
+        embed,
+        (),
+        total=lambda ctx: ctx.n_gen + len(ctx.train) + (0 if ctx.holdout is None else len(ctx.holdout)),
+        required=True,
+    ),
+    Stage(
+        "moments",
+        "threshold 1: second moments",
+        moments,
+        ("convergence.moment_error", "convergence.mean_shift"),
+        ("reference",),
+    ),
+    Stage(
+        "convergence",
+        "FD, KID, precision/recall",
+        convergence,
+        (
+            "convergence.fd",
+            "convergence.fd_train_holdout",
+            "convergence.fd_ratio",
+            "convergence.fd_equal_n",
+            "convergence.fd_gen_train",
+            "convergence.kid",
+            "convergence.precision",
+            "convergence.recall",
+            "convergence.density",
+            "convergence.coverage",
+        ),
+        ("holdout",),
+    ),
+    Stage(
+        "copies",
+        "copy search",
+        copies,
+        (
+            "memorization.copy_rate",
+            "memorization.unique_train_copied",
+            "memorization.n_copies",
+            "memorization.copy_rate_ratio",
+            "memorization.copy_rate_holdout",
+            "memorization.copy_rate_ratio_and_holdout",
+        ),
+    ),
+    Stage(
+        "copy_tests",
+        "C_T and authenticity",
+        copy_tests,
+        ("memorization.ct", "memorization.auth_pct", "memorization.auth_pct_reference"),
+        ("holdout",),
+    ),
+    Stage(
+        "membership",
+        "membership inference",
+        membership,
+        ("memorization.mia_auc", "memorization.mia_tpr_at_1pct"),
+        ("holdout", "white_box"),
+    ),
+    Stage(
+        "factors",
+        "threshold 2: factor recovery",
+        factors,
+        (
+            "factors.validity",
+            "factors.residual_median",
+            "factors.novel_valid_rate",
+            "factors.novel_rate_among_valid",
+            "factors.factor_coverage",
+            "factors.recovery_score",
+            "factors.w1_*",
+        ),
+        ("dataset",),
+    ),
 )
 
 
 def missing_needs(stage: Stage, ctx: Context) -> list[str]:
-    have = {"holdout": ctx.holdout is not None, "dataset": ctx.dataset is not None, "white_box": ctx.white_box,
-            "reference": ctx.dataset is not None or ctx.holdout is not None}
+    have = {
+        "holdout": ctx.holdout is not None,
+        "dataset": ctx.dataset is not None,
+        "white_box": ctx.white_box,
+        "reference": ctx.dataset is not None or ctx.holdout is not None,
+    }
     return [n for n in stage.needs if not have[n]]
 
 
@@ -328,21 +445,7 @@ class Progress:
 
     def __init__(self, enabled: bool):
         self.timings: dict[str, float] = {}
-        self._prog = None
-        if enabled:
-            from rich.console import Console  # rich only when progress is shown
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._prog = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True),
-                                  transient=True)
+        self._prog = progress_display() if enabled else None
 
     def __enter__(self):
         if self._prog is not None:
@@ -376,9 +479,17 @@ def run_stages(ctx: Context, stages=STAGES) -> dict[str, float]:
         for st in stages:
             missing = missing_needs(st, ctx)
             if missing:
-                ctx.skipped.append({"probe": st.name, "reason": "; ".join(WHY_MISSING[m] for m in missing) + "."})
+                ctx.skipped.append(
+                    {"probe": st.name, "reason": "; ".join(WHY_MISSING[m] for m in missing) + "."}
+                )
                 continue
             with prog.stage(st.name, st.label, st.total(ctx)) as adv:
                 ctx.advance = adv
-                st.fn(ctx)
+                try:
+                    st.fn(ctx)
+                except DiffauditError as e:
+                    if st.required:
+                        raise
+                    # e.g. too few samples for a k-NN or a whitening: the other measurements still stand
+                    ctx.skipped.append({"probe": st.name, "reason": str(e)})
     return {k: round(v, 4) for k, v in prog.timings.items()}

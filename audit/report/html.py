@@ -322,6 +322,7 @@ def render_html(report: dict, art: dict, images: dict, *, plotly: str = INLINE) 
             "<p class='fail v'><b>Warning:</b> features come from a randomly initialised network (plumbing "
             "test); the numbers mean nothing.</p>"
         )
+    warn += "".join(f"<p class='na v'><b>Warning:</b> {e(str(w))}</p>" for w in report.get("warnings", []))
     info_rows = [
         ("model", inp.get("model")),
         ("dataset", inp.get("dataset")),

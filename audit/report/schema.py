@@ -27,9 +27,13 @@ class Metric:
     unit: str = ""  # "" for dimensionless; "rate" for a share in [0, 1]
     better: str | None = None  # "lower" | "higher" | None (context, not a score)
     threshold: str | None = None  # the verdict it informs: "convergence" | "generalization" | "memorization"
-    needs: tuple[str, ...] = ()  # "holdout", "dataset" (synthetic, known factors), "white_box" (denoise(x, sigma))
+    needs: tuple[
+        str, ...
+    ] = ()  # "holdout", "dataset" (synthetic, known factors), "white_box" (denoise(x, sigma))
     public: bool = False  # part of the report's public contract (always present, null when not measured)
-    sweep: str | None = None  # "n1" | "n2": the sweep's transition metric for that threshold (see sweeps.thresholds)
+    sweep: str | None = (
+        None  # "n1" | "n2": the sweep's transition metric for that threshold (see sweeps.thresholds)
+    )
     help: str = ""  # one sentence: what it measures
 
     @property
@@ -47,69 +51,249 @@ class Metric:
 
 METRICS: tuple[Metric, ...] = (
     # ------------------------------------------------------------------ convergence (threshold 1)
-    Metric("convergence.moment_error", "whitened 2nd-moment error E1", better="lower", threshold="convergence",
-           sweep="n1", help="||E_g[y y^T] - I||_F^2 / d with y whitened by the data population (or holdout); "
-           "unbiased whatever the number of generated samples; an n-sample estimate of the data scores (d + kappa)/n"),
-    Metric("convergence.moment_error_mean", "E1: mean shift", better="lower", threshold="convergence",
-           help="||W (mu_g - mu)||^2 / d: the whitened mean shift (a pure shift m alone gives E1 = d x this^2)"),
-    Metric("convergence.fd", "FD (generated vs holdout)", better="lower", needs=("holdout",), public=True,
-           help="Frechet distance between the generated and the held-out features"),
-    Metric("convergence.fd_train_holdout", "FD floor (train vs holdout)", needs=("holdout",), public=True,
-           help="Frechet distance of real data against real data at the same n: FD's finite-sample floor"),
-    Metric("convergence.fd_ratio", "FD / floor", better="lower", needs=("holdout",),
-           help="FD (generated vs holdout, equal n) divided by the real-vs-real floor"),
-    Metric("convergence.fd_equal_n", "FD at equal n", better="lower", needs=("holdout",),
-           help="FD of min(n_generated, n_train) generated samples against the holdout"),
-    Metric("convergence.fd_gen_train", "FD (generated vs train)", better="lower",
-           help="Frechet distance between the generated and the training features"),
-    Metric("convergence.kid", "KID", better="lower", needs=("holdout",), public=True,
-           help="unbiased kernel inception distance (cubic polynomial kernel MMD^2)"),
-    Metric("convergence.precision", "precision", "rate", "higher", needs=("holdout",), public=True,
-           help="share of generated samples inside the real k-NN balls (Kynkaanniemi et al. 2019)"),
-    Metric("convergence.recall", "recall", "rate", "higher", needs=("holdout",), public=True,
-           help="share of real samples inside the generated k-NN balls"),
-    Metric("convergence.density", "density", better="higher", needs=("holdout",), public=True,
-           help="Naeem et al. 2020 density (1 for matching distributions)"),
-    Metric("convergence.coverage", "coverage", "rate", "higher", needs=("holdout",), public=True,
-           help="share of real k-NN balls that contain a generated sample (Naeem et al. 2020)"),
+    Metric(
+        "convergence.moment_error",
+        "whitened 2nd-moment error E1",
+        better="lower",
+        threshold="convergence",
+        sweep="n1",
+        help="||E_g[y y^T] - I||_F^2 / d with y whitened by the data population (or holdout); "
+        "unbiased whatever the number of generated samples; an n-sample estimate of the data scores (d + kappa)/n",
+    ),
+    Metric(
+        "convergence.mean_shift",
+        "whitened mean shift |m|^2",
+        better="lower",
+        threshold="convergence",
+        help="||W (mu_g - mu)||^2: squared mean shift in units of the data's own spread (unbiased); an "
+        "n-sample estimate of the mean scores d/n",
+    ),
+    Metric(
+        "convergence.fd",
+        "FD (generated vs holdout)",
+        better="lower",
+        needs=("holdout",),
+        public=True,
+        help="Frechet distance between the generated and the held-out features",
+    ),
+    Metric(
+        "convergence.fd_train_holdout",
+        "FD floor (train vs holdout)",
+        needs=("holdout",),
+        public=True,
+        help="Frechet distance of real data against real data at the same n: FD's finite-sample floor",
+    ),
+    Metric(
+        "convergence.fd_ratio",
+        "FD / floor",
+        better="lower",
+        needs=("holdout",),
+        help="FD (generated vs holdout, equal n) divided by the real-vs-real floor",
+    ),
+    Metric(
+        "convergence.fd_equal_n",
+        "FD at equal n",
+        better="lower",
+        needs=("holdout",),
+        help="FD of min(n_generated, n_train) generated samples against the holdout",
+    ),
+    Metric(
+        "convergence.fd_gen_train",
+        "FD (generated vs train)",
+        better="lower",
+        needs=("holdout",),
+        help="Frechet distance between the generated and the training features",
+    ),
+    Metric(
+        "convergence.kid",
+        "KID",
+        better="lower",
+        needs=("holdout",),
+        public=True,
+        help="unbiased kernel inception distance (cubic polynomial kernel MMD^2)",
+    ),
+    Metric(
+        "convergence.precision",
+        "precision",
+        "rate",
+        "higher",
+        needs=("holdout",),
+        public=True,
+        help="share of generated samples inside the real k-NN balls (Kynkaanniemi et al. 2019)",
+    ),
+    Metric(
+        "convergence.recall",
+        "recall",
+        "rate",
+        "higher",
+        needs=("holdout",),
+        public=True,
+        help="share of real samples inside the generated k-NN balls",
+    ),
+    Metric(
+        "convergence.density",
+        "density",
+        better="higher",
+        needs=("holdout",),
+        public=True,
+        help="Naeem et al. 2020 density (1 for matching distributions)",
+    ),
+    Metric(
+        "convergence.coverage",
+        "coverage",
+        "rate",
+        "higher",
+        needs=("holdout",),
+        public=True,
+        help="share of real k-NN balls that contain a generated sample (Naeem et al. 2020)",
+    ),
     # ------------------------------------------------------------------ factors (threshold 2)
-    Metric("factors.validity", "valid rate", "rate", "higher", "generalization", ("dataset",), public=True,
-           help="share of samples on the data manifold (scale-free oracle residual below tau)"),
-    Metric("factors.novel_valid_rate", "novel-valid rate", "rate", "higher", "generalization", ("dataset",),
-           public=True, help="share of samples that are valid AND not a training copy"),
-    Metric("factors.novel_rate_among_valid", "novel among valid", "rate", "higher", needs=("dataset",),
-           help="share of the valid samples that are not training copies"),
-    Metric("factors.residual_median", "median residual", better="lower", needs=("dataset",),
-           help="median scale-free oracle residual of the generated samples"),
-    Metric("factors.factor_coverage", "factor coverage", "rate", "higher", "generalization", ("dataset",),
-           help="share of the factor-space cells of the true distribution that novel-valid samples reach"),
-    Metric("factors.recovery_score", "recovery score", "rate", "higher", "generalization", ("dataset",),
-           sweep="n2", help="latent-factor recovery in [0, 1]: novel-valid rate x share of factors whose "
-           "distribution matches the truth within what true samples of the same size achieve"),
-    Metric("factors.w1_*", "W1 / std of factor", better="lower", needs=("dataset",),
-           help="1-D Wasserstein distance of a recovered factor to its true distribution, relative to its std"),
+    Metric(
+        "factors.validity",
+        "valid rate",
+        "rate",
+        "higher",
+        "generalization",
+        ("dataset",),
+        public=True,
+        help="share of samples on the data manifold (scale-free oracle residual below tau)",
+    ),
+    Metric(
+        "factors.novel_valid_rate",
+        "novel-valid rate",
+        "rate",
+        "higher",
+        "generalization",
+        ("dataset",),
+        public=True,
+        help="share of samples that are valid AND not a training copy",
+    ),
+    Metric(
+        "factors.novel_rate_among_valid",
+        "novel among valid",
+        "rate",
+        "higher",
+        needs=("dataset",),
+        help="share of the valid samples that are not training copies",
+    ),
+    Metric(
+        "factors.residual_median",
+        "median residual",
+        better="lower",
+        needs=("dataset",),
+        help="median scale-free oracle residual of the generated samples",
+    ),
+    Metric(
+        "factors.factor_coverage",
+        "factor coverage",
+        "rate",
+        "higher",
+        "generalization",
+        ("dataset",),
+        help="share of the factor-space cells of the true distribution that novel-valid samples reach",
+    ),
+    Metric(
+        "factors.recovery_score",
+        "recovery score",
+        "rate",
+        "higher",
+        "generalization",
+        ("dataset",),
+        sweep="n2",
+        help="latent-factor recovery in [0, 1]: novel-valid rate x share of factors whose "
+        "distribution matches the truth within what true samples of the same size achieve",
+    ),
+    Metric(
+        "factors.w1_*",
+        "W1 / std of factor",
+        better="lower",
+        needs=("dataset",),
+        help="1-D Wasserstein distance of a recovered factor to its true distribution, relative to its std",
+    ),
     # ------------------------------------------------------------------ memorization
-    Metric("memorization.copy_rate", "copy rate", "rate", "lower", "memorization", public=True,
-           help="share of generated samples that are copies of a training item (the default rule)"),
-    Metric("memorization.unique_train_copied", "training items copied", better="lower", public=True,
-           help="number of distinct training items reproduced by at least one copy"),
-    Metric("memorization.n_copies", "copies", better="lower", help="number of generated samples flagged as copies"),
-    Metric("memorization.copy_rate_ratio", "copy rate (ratio rule)", "rate", "lower",
-           help="copies by the d1/d2 < 1/3 rule alone (Yoon et al. 2023)"),
-    Metric("memorization.copy_rate_holdout", "copy rate (holdout rule)", "rate", "lower", needs=("holdout",),
-           help="copies by the holdout-calibrated distance quantile alone"),
-    Metric("memorization.copy_rate_ratio_and_holdout", "copy rate (both rules)", "rate", "lower",
-           needs=("holdout",), help="copies by both rules at once"),
-    Metric("memorization.ct", "C_T data-copying statistic", needs=("holdout",),
-           help="Meehan et al. 2020 test statistic: strongly negative = data copying"),
-    Metric("memorization.auth_pct", "authenticity", "rate", "higher", needs=("holdout",),
-           help="share of authentic samples (Alaa et al. 2022); compare with auth_pct_reference"),
-    Metric("memorization.auth_pct_reference", "authenticity of real data", "rate", needs=("holdout",),
-           help="the same authenticity statistic for held-out real data against the training set"),
-    Metric("memorization.mia_auc", "membership-inference AUC", "rate", "lower", "memorization",
-           ("holdout", "white_box"), help="AUC of the loss attack on a split not used to choose sigma"),
-    Metric("memorization.mia_tpr_at_1pct", "MIA TPR at 1 % FPR", "rate", "lower", needs=("holdout", "white_box"),
-           help="true-positive rate at 1 % false positives (only with >= 1000 evaluation non-members)"),
+    Metric(
+        "memorization.copy_rate",
+        "copy rate",
+        "rate",
+        "lower",
+        "memorization",
+        public=True,
+        help="share of generated samples that are copies of a training item (the default rule)",
+    ),
+    Metric(
+        "memorization.unique_train_copied",
+        "training items copied",
+        better="lower",
+        public=True,
+        help="number of distinct training items reproduced by at least one copy",
+    ),
+    Metric(
+        "memorization.n_copies",
+        "copies",
+        better="lower",
+        help="number of generated samples flagged as copies",
+    ),
+    Metric(
+        "memorization.copy_rate_ratio",
+        "copy rate (ratio rule)",
+        "rate",
+        "lower",
+        help="copies by the d1/d2 < 1/3 rule alone (Yoon et al. 2023)",
+    ),
+    Metric(
+        "memorization.copy_rate_holdout",
+        "copy rate (holdout rule)",
+        "rate",
+        "lower",
+        needs=("holdout",),
+        help="copies by the holdout-calibrated distance quantile alone",
+    ),
+    Metric(
+        "memorization.copy_rate_ratio_and_holdout",
+        "copy rate (both rules)",
+        "rate",
+        "lower",
+        needs=("holdout",),
+        help="copies by both rules at once",
+    ),
+    Metric(
+        "memorization.ct",
+        "C_T data-copying statistic",
+        needs=("holdout",),
+        help="Meehan et al. 2020 test statistic: strongly negative = data copying",
+    ),
+    Metric(
+        "memorization.auth_pct",
+        "authenticity",
+        "rate",
+        "higher",
+        needs=("holdout",),
+        help="share of authentic samples (Alaa et al. 2022); compare with auth_pct_reference",
+    ),
+    Metric(
+        "memorization.auth_pct_reference",
+        "authenticity of real data",
+        "rate",
+        needs=("holdout",),
+        help="the same authenticity statistic for held-out real data against the training set",
+    ),
+    Metric(
+        "memorization.mia_auc",
+        "membership-inference AUC",
+        "rate",
+        "lower",
+        "memorization",
+        ("holdout", "white_box"),
+        help="AUC of the loss attack on a split not used to choose sigma",
+    ),
+    Metric(
+        "memorization.mia_tpr_at_1pct",
+        "MIA TPR at 1 % FPR",
+        "rate",
+        "lower",
+        needs=("holdout", "white_box"),
+        help="true-positive rate at 1 % false positives (only with >= 1000 evaluation non-members)",
+    ),
 )
 
 _BY_KEY = {m.key: m for m in METRICS}
@@ -144,4 +328,4 @@ def label(key: str) -> str:
     m = get(key)
     if m is None:
         return key
-    return m.label if not m.is_family else f"{m.label} ({key.partition('.')[2][len(m.name) - 1:]})"
+    return m.label if not m.is_family else f"{m.label} ({key.partition('.')[2][len(m.name) - 1 :]})"

@@ -41,8 +41,17 @@ SCHEMA = schema.SCHEMA
 VERDICTS = schema.VERDICTS
 
 
-def build_report(*, probes: dict, verdict: dict, reasons: dict, thresholds: dict, timings: dict, inputs: dict,
-                 skipped: list, details: dict) -> dict:
+def build_report(
+    *,
+    probes: dict,
+    verdict: dict,
+    reasons: dict,
+    thresholds: dict,
+    timings: dict,
+    inputs: dict,
+    skipped: list,
+    details: dict,
+) -> dict:
     """Assemble the report dict; every metric of the schema is present (null when not applicable)."""
     out_probes: dict[str, dict] = {g: {} for g in schema.GROUPS}
     for m in schema.METRICS:  # every row of the schema is present, null when not measured
@@ -64,8 +73,6 @@ def build_report(*, probes: dict, verdict: dict, reasons: dict, thresholds: dict
     }
 
 
-
-
 def metric_rows(report: dict) -> list[dict]:
     rows = []
     for g, grp in report["probes"].items():
@@ -74,17 +81,19 @@ def metric_rows(report: dict) -> list[dict]:
                 rows.append({"name": f"{g}.{k}", "group": g, "value": None, "ci_lo": None, "ci_hi": None})
             else:
                 ci = m.get("ci") or [None, None]
-                rows.append({"name": f"{g}.{k}", "group": g, "value": m["value"], "ci_lo": ci[0], "ci_hi": ci[1]})
+                rows.append(
+                    {"name": f"{g}.{k}", "group": g, "value": m["value"], "ci_lo": ci[0], "ci_hi": ci[1]}
+                )
     return rows
 
 
 # --------------------------------------------------------------------------------------------- writing
 
 
-def write_report_dir(out_dir: Path, report: dict, art: dict, *, overwrite: bool = False,
-                     t_report_start: float | None = None) -> Path:
+def write_report_dir(
+    out_dir: Path, report: dict, art: dict, *, overwrite: bool = False, t_report_start: float | None = None
+) -> Path:
     """Write the whole report directory atomically (see the module docstring)."""
-
 
     t0 = t_report_start or time.perf_counter()
     out_dir = Path(out_dir)
@@ -92,12 +101,20 @@ def write_report_dir(out_dir: Path, report: dict, art: dict, *, overwrite: bool 
         with atomic_directory(out_dir, overwrite=overwrite) as tmp:
             _write_contents(tmp, report, art)
             report["timings"]["report"] = round(time.perf_counter() - t0, 4)
-            report["timings"]["total"] = round(report["timings"].get("total", 0.0) + report["timings"]["report"], 4)
-            (tmp / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+            report["timings"]["total"] = round(
+                report["timings"].get("total", 0.0) + report["timings"]["report"], 4
+            )
+            (tmp / "report.json").write_text(
+                json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8"
+            )
     except FileExistsError:
-        raise DiffauditError(f"output folder {out_dir} already exists; pass another --out or remove it.") from None
+        raise DiffauditError(
+            f"output folder {out_dir} already exists; pass another --out or remove it."
+        ) from None
     except (NotADirectoryError, PermissionError, IsADirectoryError) as e:
-        raise DiffauditError(f"output folder {out_dir} cannot be written ({e.strerror or e}); pass a writable --out.") from None
+        raise DiffauditError(
+            f"output folder {out_dir} cannot be written ({e.strerror or e}); pass a writable --out."
+        ) from None
     return out_dir
 
 
@@ -105,12 +122,19 @@ def _write_contents(tmp: Path, report: dict, art: dict) -> None:
     import pandas as pd
 
     pd.DataFrame(metric_rows(report), columns=["name", "group", "value", "ci_lo", "ci_hi"]).to_parquet(
-        tmp / "metrics.parquet", index=False)
+        tmp / "metrics.parquet", index=False
+    )
     copies = art["copies"]
     n = len(copies.nn_index)
-    cols = {"index": np.arange(n, dtype=np.int64), "nn_index": copies.nn_index.astype(np.int64),
-            "d1": copies.d1, "d2": copies.d2, "ratio": copies.ratio, "is_copy": copies.is_copy.astype(bool),
-            "is_copy_ratio": copies.is_copy_ratio.astype(bool)}
+    cols = {
+        "index": np.arange(n, dtype=np.int64),
+        "nn_index": copies.nn_index.astype(np.int64),
+        "d1": copies.d1,
+        "d2": copies.d2,
+        "ratio": copies.ratio,
+        "is_copy": copies.is_copy.astype(bool),
+        "is_copy_ratio": copies.is_copy_ratio.astype(bool),
+    }
     if copies.is_copy_holdout is not None:
         cols["is_copy_holdout"] = copies.is_copy_holdout.astype(bool)
     val = art.get("validity")
@@ -138,9 +162,15 @@ def _write_contents(tmp: Path, report: dict, art: dict) -> None:
             (tmp / "copies" / f"{rank}.png").write_bytes(png)
             pairs.append((int(i), int(copies.nn_index[i]), data_uri(png)))
         images["pairs"] = pairs
-        np.savez_compressed(tmp / "thumbs.npz", generated=to_uint8(gen[:64]), generated_index=np.arange(min(64, len(gen))),
-                            pairs_generated=to_uint8(gen[top]), pairs_train=to_uint8(train[copies.nn_index[top]]),
-                            pairs_generated_index=top.astype(np.int64), pairs_train_index=copies.nn_index[top].astype(np.int64))
+        np.savez_compressed(
+            tmp / "thumbs.npz",
+            generated=to_uint8(gen[:64]),
+            generated_index=np.arange(min(64, len(gen))),
+            pairs_generated=to_uint8(gen[top]),
+            pairs_train=to_uint8(train[copies.nn_index[top]]),
+            pairs_generated_index=top.astype(np.int64),
+            pairs_train_index=copies.nn_index[top].astype(np.int64),
+        )
     else:
         pca = _pca_points(art)
         pca.to_parquet(tmp / "pca.parquet", index=False)
@@ -158,13 +188,24 @@ def _pca_points(art: dict, n_max: int = 1000):
         parts.append(("holdout", art["fh"]))
     base = art["ft"].astype(np.float64)
     mu = base.mean(0)
-    _, _, vt = np.linalg.svd(base[rng.choice(len(base), min(len(base), 5000), replace=False)] - mu, full_matrices=False)
+    _, _, vt = np.linalg.svd(
+        base[rng.choice(len(base), min(len(base), 5000), replace=False)] - mu, full_matrices=False
+    )
     comp = vt[:2].T if vt.shape[0] >= 2 else np.eye(base.shape[1], 2)
     rows = []
     for name, f in parts:
         idx = np.sort(rng.choice(len(f), min(len(f), n_max), replace=False))
         p = (f[idx].astype(np.float64) - mu) @ comp
         flag = art["copies"].is_copy[idx] if name == "generated" else np.zeros(len(idx), bool)
-        rows.append(pd.DataFrame({"set": name, "index": idx.astype(np.int64), "pc1": p[:, 0],
-                                  "pc2": p[:, 1] if p.shape[1] > 1 else 0.0, "is_copy": flag}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "set": name,
+                    "index": idx.astype(np.int64),
+                    "pc1": p[:, 0],
+                    "pc2": p[:, 1] if p.shape[1] > 1 else 0.0,
+                    "is_copy": flag,
+                }
+            )
+        )
     return pd.concat(rows, ignore_index=True)

@@ -1,8 +1,8 @@
-"""Disjoint-split reproducibility: sample two models from the same initial noise and compare.
+"""Disjoint-split reproducibility in sweeps: sample two models from the same initial noise, then measure.
 
-Orchestration only: the noise comes from ``diffaudit.sampler.noise_from_seeds`` (one stream per
-sample), each model runs its own deterministic sampler through ``sample_from_noise`` (the model
-contract in ``diffaudit.models.contract``), and ``diffaudit.probes.membership.disjoint_reproducibility``
+Orchestration only: the noise comes from ``diffaudit.models.sampler.noise_from_seeds`` (one stream per
+sample), each model runs its own deterministic sampler through ``sample_from_noise`` (the model contract
+in ``diffaudit.models.contract``), and the probe ``diffaudit.probes.reproducibility.disjoint_reproducibility``
 measures the pairs (Zhang et al. 2023; Kadkhodaie et al. 2024).
 """
 
@@ -12,8 +12,7 @@ import numpy as np
 
 from diffaudit.errors import DiffauditError
 from diffaudit.models.sampler import noise_from_seeds
-from diffaudit.probes.membership import RP_THRESHOLD, RPResult
-from diffaudit.probes.membership import disjoint_reproducibility as _rp
+from diffaudit.probes.reproducibility import RP_THRESHOLD, RPResult, disjoint_reproducibility
 
 
 def shared_noise_samples(model_a, model_b, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -41,9 +40,9 @@ def shared_noise_samples(model_a, model_b, n: int, seed: int = 0) -> tuple[np.nd
     return a, b
 
 
-def disjoint_reproducibility(
+def shared_noise_reproducibility(
     model_a, model_b, n: int, seed: int = 0, threshold: float = RP_THRESHOLD, *, centre: bool = False
 ) -> RPResult:
     """RP score of two models (e.g. trained on disjoint halves of a dataset) from ``n`` shared noises."""
     a, b = shared_noise_samples(model_a, model_b, n, seed)
-    return _rp(a, b, threshold, centre=centre)
+    return disjoint_reproducibility(a, b, threshold, centre=centre)

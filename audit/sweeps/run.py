@@ -20,10 +20,12 @@ Training runs cell by cell (one ``diffaudit.train.train`` per cell). The vmap tr
 (``diffaudit.harness.vmap``) is not used: on CPU it measured no faster than a loop for the 3 x 256 MLP
 of the presets (0.84x for 8 models), and a group's numbers would depend on its composition.
 
-Executors: ``local`` runs cells in this process (``workers == 1``) or in a spawn process pool, each
-worker with a fixed torch thread count (one GPU per worker on CUDA); ``ray`` submits each cell as a
-task with ``num_cpus`` = threads and ``num_gpus`` = 1 on CUDA, to ``ray.init(address=...)`` or a local
-instance. On a cluster, ``DIR`` must be on a file system that every node sees under the same path.
+Executors (``diffaudit.sweeps.executors``, a registry by name): ``local`` runs cells in this process
+(``workers == 1``) or in a spawn process pool, each worker with a fixed torch thread count (one GPU per
+worker on CUDA); ``ray`` submits each cell as a task with ``num_cpus`` = threads and ``num_gpus`` = 1 on
+CUDA, to ``ray.init(address=...)`` or a local instance. On a cluster, ``DIR`` must be on a file system
+that every node sees under the same path. Every executor runs cells through ``run_unit``, so the
+atomicity and resume rules above hold under each of them.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ from diffaudit.models.checkpoint import CheckpointModel
 from diffaudit.pipeline.config import AuditConfig
 from diffaudit.pipeline.run import run_audit
 from diffaudit.pipeline.setup import AuditData, synthetic_data
-from diffaudit.sweeps.reproducibility import disjoint_reproducibility
+from diffaudit.progress import progress_display
+from diffaudit.report.html import shared_plotly_src, write_shared_plotly
+from diffaudit.sweeps.executors import check_executor, default_workers, make_executor
+from diffaudit.sweeps.reproducibility import shared_noise_reproducibility
 from diffaudit.sweeps.spec import (
     CELL_SCHEMA,
     SPEC_SCHEMA,
@@ -72,8 +77,12 @@ def _train_model(record: dict, x: np.ndarray, device: str, out_dir: Path | None,
 
     cfg = TrainConfig(steps=int(record["steps"]), seed=int(seed), device=device, **record["train"])
     res = train(x, record["model"], cfg, out_dir=out_dir, progress=False, dataset_spec=record["dataset_spec"])
-    model = CheckpointModel(precond=res.ema, config=res.config, device="cpu" if device == "cpu" else device,
-                            num_steps=int(record["sampler_steps"]))
+    model = CheckpointModel(
+        precond=res.ema,
+        config=res.config,
+        device="cpu" if device == "cpu" else device,
+        num_steps=int(record["sampler_steps"]),
+    )
     return model, res
 
 
@@ -81,9 +90,15 @@ def _reproducibility(model_a, model_b, record: dict) -> dict:
     """Disjoint-split reproducibility (Zhang et al. 2023; Kadkhodaie et al. 2024): two models trained on
     disjoint sets of the same size, sampled from the same noise (``diffaudit.sweeps.reproducibility``)."""
 
-    r = disjoint_reproducibility(model_a, model_b, int(record["n_samples"]), seed=derive_seed(record["seed"], "repro"))
-    return {"rp": {"value": float(r.rp), "ci": None if r.rp_ci is None else [float(v) for v in r.rp_ci]},
-            "mean_similarity": float(r.mean_similarity), "threshold": float(r.threshold), "n": int(r.n)}
+    r = shared_noise_reproducibility(
+        model_a, model_b, int(record["n_samples"]), seed=derive_seed(record["seed"], "repro")
+    )
+    return {
+        "rp": {"value": float(r.rp), "ci": None if r.rp_ci is None else [float(v) for v in r.rp_ci]},
+        "mean_similarity": float(r.mean_similarity),
+        "threshold": float(r.threshold),
+        "n": int(r.n),
+    }
 
 
 def _audit(model, data: AuditData, record: dict, out_dir: Path, device: str) -> dict:
@@ -92,14 +107,24 @@ def _audit(model, data: AuditData, record: dict, out_dir: Path, device: str) -> 
     opts.setdefault("n_samples", int(record["n_samples"]))
     opts.setdefault("seed", int(record["seed"]))
     opts.setdefault("device", "cpu" if device == "cpu" else device)
-    opts["kid_subset_size"] = min(int(opts.get("kid_subset_size", 1000)), int(record["n_samples"]),
-                                  int(record["n_holdout"]))
+    opts["kid_subset_size"] = min(
+        int(opts.get("kid_subset_size", 1000)), int(record["n_samples"]), int(record["n_holdout"])
+    )
     cfg = AuditConfig.from_options(opts, where=f"cell {record['cell_id']} [audit]")
     sub = out_dir / "audit"  # run_audit builds its own folder atomically; its files are moved up
-    report = run_audit(model, train=data.train, holdout=data.holdout, dataset=data.dataset, config=cfg,
-                       out_dir=sub, model_spec=record["model"], train_z=data.train_z, holdout_z=data.holdout_z,
-                       inputs={"sweep_cell": record["cell_id"], **data.provenance},
-                       html_plotly=record.get("html_plotly", "inline"))
+    report = run_audit(
+        model,
+        train=data.train,
+        holdout=data.holdout,
+        dataset=data.dataset,
+        config=cfg,
+        out_dir=sub,
+        model_spec=record["model"],
+        train_z=data.train_z,
+        holdout_z=data.holdout_z,
+        inputs={"sweep_cell": record["cell_id"], **data.provenance},
+        html_plotly=record.get("html_plotly", "inline"),
+    )
     for p in sub.iterdir():
         os.replace(p, out_dir / p.name)
     sub.rmdir()
@@ -130,7 +155,9 @@ def compute_cell(record: dict, out_dir: Path, device: str = "cpu") -> dict:
         if record["reproducibility"]:
             x_b = ds.sample(int(record["n_train"]), derive_seed(record["seed"], "half-b"))[0]
             # its own initialisation too: agreement must come from the data, not from a shared init
-            model_b, _ = _train_model(record, x_b, device, out_dir / "checkpoint_b", derive_seed(record["seed"], "half-b"))
+            model_b, _ = _train_model(
+                record, x_b, device, out_dir / "checkpoint_b", derive_seed(record["seed"], "half-b")
+            )
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
     report = _audit(model, data, record, out_dir, device)
@@ -144,16 +171,27 @@ def compute_cell(record: dict, out_dir: Path, device: str = "cpu") -> dict:
     report = dict(report)
     report["sweep"] = {
         "cell_id": record["cell_id"],
-        "cell": {k: record[k] for k in ("dataset", "params", "dataset_spec", "d", "n_train", "seed", "model",
-                                        "model_label", "n_samples", "n_holdout")},
+        "cell": {
+            k: record[k]
+            for k in (
+                "dataset",
+                "params",
+                "dataset_spec",
+                "d",
+                "n_train",
+                "seed",
+                "model",
+                "model_label",
+                "n_samples",
+                "n_holdout",
+            )
+        },
         "train": train_info,
         **extra,
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
     atomic_write_json(out_dir / "report.json", jsonable(report))
     return report
-
-
 
 
 def cell_dir(out: Path, cell_id: str) -> Path:
@@ -164,7 +202,9 @@ def is_complete(out: Path, cell_id: str) -> bool:
     return (cell_dir(out, cell_id) / "report.json").is_file()
 
 
-def run_one(record: dict, out: str, device: str = "cpu", threads: int = 0, cell_fn: CellFn | None = None) -> dict:
+def run_one(
+    record: dict, out: str, device: str = "cpu", threads: int = 0, cell_fn: CellFn | None = None
+) -> dict:
     """Run one cell into ``out/cells/<id>`` atomically (skips a complete one). Returns a status dict."""
     out = Path(out)
     cid = record["cell_id"]
@@ -182,6 +222,8 @@ def run_one(record: dict, out: str, device: str = "cpu", threads: int = 0, cell_
     fn = cell_fn or compute_cell
     t0 = time.perf_counter()
     final = cell_dir(out, cid)
+    # every cell's report.html loads the sweep's one plotly.min.js (prepare writes it) instead of inlining 4.8 MB
+    record = {**record, "html_plotly": shared_plotly_src(final, out)}
     try:
         # overwrite: a folder without report.json under the final name is not a cell; replace it
         with atomic_directory(final, overwrite=True) as tmp:
@@ -192,13 +234,19 @@ def run_one(record: dict, out: str, device: str = "cpu", threads: int = 0, cell_
     except DiffauditError as e:
         return {"cell_id": cid, "status": "failed", "error": str(e), "seconds": time.perf_counter() - t0}
     except Exception as e:  # a bug of ours or a diverged run: report, keep the other cells going
-        return {"cell_id": cid, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc(), "seconds": time.perf_counter() - t0}
+        return {
+            "cell_id": cid,
+            "status": "failed",
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(),
+            "seconds": time.perf_counter() - t0,
+        }
     return {"cell_id": cid, "status": "done", "seconds": time.perf_counter() - t0}
 
 
-def run_unit(records: list[dict], out: str, device: str = "cpu", threads: int = 0,
-             cell_fn: CellFn | None = None) -> list[dict]:
+def run_unit(
+    records: list[dict], out: str, device: str = "cpu", threads: int = 0, cell_fn: CellFn | None = None
+) -> list[dict]:
     """A unit of work for an executor: one or more cells, run in order."""
     return [run_one(r, out, device, threads, cell_fn) for r in records]
 
@@ -240,7 +288,9 @@ def _sweep_lock(out: Path):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise DiffauditError(f"another sweep is running in {out}; wait for it or pass a new --out.") from None
+            raise DiffauditError(
+                f"another sweep is running in {out}; wait for it or pass a new --out."
+            ) from None
         yield
     finally:
         f.close()
@@ -266,7 +316,9 @@ def prepare(spec: SweepSpec, out: Path, resume: bool) -> list[dict]:
     records = [c.record() for c in cells]
     doc = _sweep_doc(spec, cells)
     sj = out / "sweep.json"
-    existing_cells = (out / "cells").is_dir() and any(not p.name.startswith(".") for p in (out / "cells").iterdir())
+    existing_cells = (out / "cells").is_dir() and any(
+        not p.name.startswith(".") for p in (out / "cells").iterdir()
+    )
     if sj.is_file():
         try:
             old = json.loads(sj.read_text())
@@ -274,49 +326,18 @@ def prepare(spec: SweepSpec, out: Path, resume: bool) -> list[dict]:
             old = {}
         old_ids = [c.get("cell_id") for c in old.get("cells", [])]
         if old_ids and old_ids != [r["cell_id"] for r in records] and existing_cells:
-            raise DiffauditError(f"{out} holds a different sweep (its sweep.json lists other cells); pass a new --out.")
+            raise DiffauditError(
+                f"{out} holds a different sweep (its sweep.json lists other cells); pass a new --out."
+            )
     if existing_cells and not resume:
-        raise DiffauditError(f"{out} already holds sweep cells; pass --resume to finish that sweep or a new --out.")
+        raise DiffauditError(
+            f"{out} already holds sweep cells; pass --resume to finish that sweep or a new --out."
+        )
     atomic_write_json(sj, doc)
     (out / "cells").mkdir(parents=True, exist_ok=True)
+    write_shared_plotly(out)
     clean_stale(out)
     return records
-
-
-def default_workers(device: str) -> int:
-    if device.startswith("cuda") or device == "auto":
-        with contextlib.suppress(ImportError):
-            import torch
-
-            if torch.cuda.is_available():
-                return max(1, torch.cuda.device_count())
-    return max(1, os.cpu_count() or 1)
-
-
-def _worker_init(threads: int, gpu_queue) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MKL_NUM_THREADS"] = str(threads)
-    if gpu_queue is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    prog = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"),
-                    disable=not enabled, transient=False)
-    return prog
 
 
 def run_sweep(
@@ -333,10 +354,10 @@ def run_sweep(
     threads: int | None = None,
 ) -> SweepResult:
     """Run (or finish) a sweep into ``out``. ``cell_fn(record, tmp_dir, device)`` computes one cell
-    (default ``compute_cell``); with ``workers == 1`` cells run in this process, in order."""
+    (default ``compute_cell``); ``executor`` names an entry of ``diffaudit.sweeps.executors.EXECUTORS``
+    (``local`` with ``workers == 1`` runs cells in this process, in order)."""
     out = Path(out)
-    if executor not in ("local", "ray"):
-        raise DiffauditError(f"--executor {executor!r}: choose local or ray.")
+    check_executor(executor)
     if workers is not None and workers < 1:
         raise DiffauditError(f"--workers must be >= 1, got {workers}.")
     if threads is not None and threads < 1:
@@ -354,7 +375,7 @@ def run_sweep(
         # run computes every cell with the same thread count as an uninterrupted one
         threads = int(threads or max(1, (os.cpu_count() or 1) // n_workers))
         units = [[r] for r in pending]
-        with _progress(len(records), res.already_complete, progress) as prog:
+        with progress_display("sweep", enabled=progress, transient=False) as prog:
             task = prog.add_task("", total=len(records), completed=res.already_complete)
 
             def on_done(statuses: list[dict]) -> None:
@@ -367,100 +388,53 @@ def run_sweep(
                         res.cell_seconds[s["cell_id"]] = s["seconds"]
                     prog.update(task, advance=1, description=s["cell_id"][:48])
 
-            if executor == "ray":
-                _run_ray(units, out, device, threads, cell_fn, ray_address, on_done, n_workers)
-            elif n_workers == 1:
-                for u in units:
-                    on_done(run_unit(u, str(out), device, threads, cell_fn))
-            else:
-                _run_pool(units, out, device, threads, cell_fn, min(n_workers, len(units)), on_done)
+            ex = make_executor(executor, workers=n_workers, ray_address=ray_address)
+            ex.run(
+                units, out, device=device, threads=threads, cell_fn=cell_fn, unit_fn=run_unit, on_done=on_done
+            )
         res.seconds = time.perf_counter() - t0
     return res
-
-
-def _run_pool(units, out, device, threads, cell_fn, n_proc, on_done) -> None:
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    if not units:
-        return
-    ctx = mp.get_context("spawn")
-    gpu_queue = None
-    if device.startswith("cuda"):
-        import torch
-
-        gpu_queue = ctx.Manager().Queue()
-        for i in range(n_proc):
-            gpu_queue.put(i % max(1, torch.cuda.device_count()))
-    with ProcessPoolExecutor(max_workers=n_proc, mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads, gpu_queue)) as pool:
-        futs = {pool.submit(run_unit, u, str(out), device, threads, cell_fn): u for u in units}
-        for f in as_completed(futs):
-            try:
-                on_done(f.result())
-            except Exception as e:  # the worker process died (OOM, signal)
-                on_done([{"cell_id": r["cell_id"], "status": "failed", "error": f"worker died: {e}", "seconds": 0.0}
-                         for r in futs[f]])
-
-
-def _run_ray(units, out, device, threads, cell_fn, address, on_done, n_workers) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise DiffauditError("--executor ray needs Ray; install it with pip install 'diffaudit[ray]'.") from None
-    if not units:
-        return
-    started = False
-    if not ray.is_initialized():
-        try:
-            if address:
-                ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-            else:
-                ray.init(num_cpus=n_workers * threads, ignore_reinit_error=True, log_to_driver=False,
-                         include_dashboard=False)
-        except ConnectionError as e:
-            raise DiffauditError(f"--ray-address {address}: could not connect to a Ray cluster ({e}); "
-                                 "start one with 'ray start --head' or omit --ray-address.") from None
-        started = True
-    try:
-        gpus = 1 if device.startswith("cuda") else 0
-        remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(_ray_unit)
-        futs = {remote.remote(u, str(out.resolve()), device, threads, cell_fn): u for u in units}
-        pending = list(futs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for f in done:
-                try:
-                    on_done(ray.get(f))
-                except Exception as e:  # the task's worker died
-                    on_done([{"cell_id": r["cell_id"], "status": "failed", "error": f"ray task failed: {e}",
-                              "seconds": 0.0} for r in futs[f]])
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _ray_unit(records, out, device, threads, cell_fn):
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    return run_unit(records, out, device, threads, cell_fn)
 
 
 # ------------------------------------------------------------------------------ one cell, for the demo
 
 
-def train_and_audit_cell(dataset_spec: str, n_train: int, model_spec: str, steps: int, seed: int, out_dir,
-                         *, n_samples: int = 2000, n_holdout: int = 2000, sampler_steps: int = 32,
-                         train: dict | None = None, audit_options: dict | None = None, device: str = "cpu") -> dict:
+def train_and_audit_cell(
+    dataset_spec: str,
+    n_train: int,
+    model_spec: str,
+    steps: int,
+    seed: int,
+    out_dir,
+    *,
+    n_samples: int = 2000,
+    n_holdout: int = 2000,
+    sampler_steps: int = 32,
+    train: dict | None = None,
+    audit_options: dict | None = None,
+    device: str = "cpu",
+) -> dict:
     """Train ``model_spec`` on ``dataset.sample(n_train, seed)`` for ``steps`` steps and audit it, as a
     sweep cell would; writes ``out_dir`` atomically (report.json, metrics.parquet, checkpoint/) and
     returns the report dict. ``out_dir`` must not exist yet."""
 
     name, params = parse_spec(dataset_spec)
     get_dataset(name, **params)
-    cell = Cell(dataset=name, params=params, n_train=int(n_train), seed=int(seed), model=model_spec,
-                steps=int(steps), budget={"rule": "steps", "steps": int(steps)}, train=dict(train or {}),
-                n_samples=int(n_samples), n_holdout=int(n_holdout), sampler_steps=int(sampler_steps),
-                audit_options=dict(audit_options or {}), reproducibility=False)
+    cell = Cell(
+        dataset=name,
+        params=params,
+        n_train=int(n_train),
+        seed=int(seed),
+        model=model_spec,
+        steps=int(steps),
+        budget={"rule": "steps", "steps": int(steps)},
+        train=dict(train or {}),
+        n_samples=int(n_samples),
+        n_holdout=int(n_holdout),
+        sampler_steps=int(sampler_steps),
+        audit_options=dict(audit_options or {}),
+        reproducibility=False,
+    )
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise DiffauditError(f"{out_dir} already exists; pass a new folder for the cell.")

@@ -65,8 +65,20 @@ SPEC_SCHEMA = "diffaudit.sweep/1"
 CELL_SCHEMA = "diffaudit.sweep-cell/1"
 BUDGET_RULES = ("steps", "epochs", "grow")
 CONTROL_NAMES = tuple(c for c in CONTROLS if c != "oracle")  # the oracle needs no sweep
-_TOP_KEYS = {"name", "n", "seeds", "model", "controls", "reproducibility", "dataset", "budget", "train", "audit",
-             "device", "train_models"}
+_TOP_KEYS = {
+    "name",
+    "n",
+    "seeds",
+    "model",
+    "controls",
+    "reproducibility",
+    "dataset",
+    "budget",
+    "train",
+    "audit",
+    "device",
+    "train_models",
+}
 _AUDIT_KEYS = {"n_samples", "n_holdout", "sampler_steps", "options"}
 _BUDGET_KEYS = {"rule", "steps", "epochs", "min_steps", "max_steps"}
 
@@ -116,7 +128,10 @@ class DatasetGrid:
 
     def expand(self) -> list[dict]:
         keys = sorted(self.params)
-        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(self.params[k] for k in keys))]
+        return [
+            dict(zip(keys, combo, strict=True))
+            for combo in itertools.product(*(self.params[k] for k in keys))
+        ]
 
 
 @dataclass(frozen=True)
@@ -162,7 +177,9 @@ class Cell:
 
     @property
     def dataset_spec(self) -> str:
-        return self.dataset + (":" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) if self.params else "")
+        return self.dataset + (
+            ":" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) if self.params else ""
+        )
 
     @property
     def is_control(self) -> bool:
@@ -235,19 +252,34 @@ def _n_grid(v: Any, where: str) -> tuple[int, ...]:
     if isinstance(v, dict):
         unknown = set(v) - {"min", "max", "num"}
         if unknown or not {"min", "max", "num"} <= set(v):
-            raise _err(where, "'n' as a table needs exactly min, max and num, e.g. n = {min = 64, max = 8192, num = 8}.")
+            raise _err(
+                where,
+                "'n' as a table needs exactly min, max and num, e.g. n = {min = 64, max = 8192, num = 8}.",
+            )
         lo, hi, num = v["min"], v["max"], v["num"]
-        if not all(isinstance(a, int) and not isinstance(a, bool) for a in (lo, hi, num)) or lo < 2 or hi < lo or num < 1:
+        if (
+            not all(isinstance(a, int) and not isinstance(a, bool) for a in (lo, hi, num))
+            or lo < 2
+            or hi < lo
+            or num < 1
+        ):
             raise _err(where, "'n' needs integers 2 <= min <= max and num >= 1.")
         if num == 1:
             vals = [lo]
         else:
-            vals = [round(math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / (num - 1))) for i in range(num)]
+            vals = [
+                round(math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / (num - 1)))
+                for i in range(num)
+            ]
         out = tuple(sorted(set(int(x) for x in vals)))
         if len(out) != num:
             raise _err(where, f"'n' = {v} rounds to repeated sizes; widen the range or lower num.")
         return out
-    if isinstance(v, list) and v and all(isinstance(a, int) and not isinstance(a, bool) and a >= 2 for a in v):
+    if (
+        isinstance(v, list)
+        and v
+        and all(isinstance(a, int) and not isinstance(a, bool) and a >= 2 for a in v)
+    ):
         if len(set(v)) != len(v):
             raise _err(where, "'n' has repeated sizes; list each training-set size once.")
         return tuple(sorted(v))
@@ -258,16 +290,24 @@ def _budget(v: Any, where: str) -> Budget:
     if v is None:
         return Budget()
     if not isinstance(v, dict):
-        raise _err(where, "[budget] must be a table, e.g. [budget] rule = \"steps\", steps = 2000.")
+        raise _err(where, '[budget] must be a table, e.g. [budget] rule = "steps", steps = 2000.')
     unknown = sorted(set(v) - _BUDGET_KEYS)
     if unknown:
-        raise _err(where, f"[budget] has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_BUDGET_KEYS))}.")
+        raise _err(
+            where,
+            f"[budget] has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_BUDGET_KEYS))}.",
+        )
     rule = v.get("rule", "steps")
     if rule not in BUDGET_RULES:
         raise _err(where, f"[budget] rule = {rule!r}; choose one of: {', '.join(BUDGET_RULES)}.")
     try:
-        b = Budget(rule=rule, steps=int(v.get("steps", 2000)), epochs=float(v.get("epochs", 0.0)),
-                   min_steps=int(v.get("min_steps", 1)), max_steps=int(v.get("max_steps", 0)))
+        b = Budget(
+            rule=rule,
+            steps=int(v.get("steps", 2000)),
+            epochs=float(v.get("epochs", 0.0)),
+            min_steps=int(v.get("min_steps", 1)),
+            max_steps=int(v.get("max_steps", 0)),
+        )
     except (TypeError, ValueError):
         raise _err(where, "[budget] values must be numbers.") from None
     if rule == "steps" and b.steps < 1:
@@ -301,14 +341,20 @@ def parse_spec(data: dict, *, where: str = "<dict>", check_datasets: bool = True
         raise _err(where, f"unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(_TOP_KEYS))}.")
     dsets = data.get("dataset")
     if not isinstance(dsets, list) or not dsets:
-        raise _err(where, "needs at least one [[dataset]] table with a name, e.g. [[dataset]] name = \"hidden-manifold\".")
+        raise _err(
+            where,
+            'needs at least one [[dataset]] table with a name, e.g. [[dataset]] name = "hidden-manifold".',
+        )
     grids = []
     for i, ds in enumerate(dsets):
         if not isinstance(ds, dict) or not isinstance(ds.get("name"), str):
-            raise _err(where, f"[[dataset]] #{i + 1} needs name = \"...\".")
+            raise _err(where, f'[[dataset]] #{i + 1} needs name = "...".')
         extra = sorted(set(ds) - {"name", "params", "model"})
         if extra:
-            raise _err(where, f"[[dataset]] {ds['name']!r} has unknown key(s) {', '.join(extra)}; use name, params, model.")
+            raise _err(
+                where,
+                f"[[dataset]] {ds['name']!r} has unknown key(s) {', '.join(extra)}; use name, params, model.",
+            )
         ds_model = ds.get("model")
         if ds_model is not None:
             if not isinstance(ds_model, str):
@@ -316,12 +362,17 @@ def parse_spec(data: dict, *, where: str = "<dict>", check_datasets: bool = True
             ds_model = _canonical_model(ds_model, where)
         params = ds.get("params", {})
         if not isinstance(params, dict):
-            raise _err(where, f"[[dataset]] {ds['name']!r}: params must be a table, e.g. params = {{d = [16, 32]}}.")
+            raise _err(
+                where, f"[[dataset]] {ds['name']!r}: params must be a table, e.g. params = {{d = [16, 32]}}."
+            )
         grid = {}
         for k, v in params.items():
             vals = v if isinstance(v, list) else [v]
             if not vals or any(isinstance(a, dict | list) for a in vals):
-                raise _err(where, f"[[dataset]] {ds['name']!r}: params.{k} must be a value or a non-empty list of values.")
+                raise _err(
+                    where,
+                    f"[[dataset]] {ds['name']!r}: params.{k} must be a value or a non-empty list of values.",
+                )
             grid[k] = list(vals)
         g = DatasetGrid(ds["name"], grid, ds_model)
         if check_datasets:
@@ -332,8 +383,12 @@ def parse_spec(data: dict, *, where: str = "<dict>", check_datasets: bool = True
         raise _err(where, "needs the training-set sizes 'n', e.g. n = {min = 64, max = 8192, num = 8}.")
     n_grid = _n_grid(data["n"], where)
     seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                                                            for s in seeds) or len(set(seeds)) != len(seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
         raise _err(where, "'seeds' must be a list of distinct non-negative integers, e.g. seeds = [0, 1, 2].")
     train_models = data.get("train_models", True)
     if not isinstance(train_models, bool):
@@ -345,9 +400,12 @@ def parse_spec(data: dict, *, where: str = "<dict>", check_datasets: bool = True
         model = _canonical_model(model, where)
     controls = data.get("controls", [])
     if not isinstance(controls, list) or any(c not in CONTROL_NAMES for c in controls):
-        raise _err(where, f"'controls' must be a list drawn from {', '.join(CONTROL_NAMES)} (the oracle needs no sweep).")
+        raise _err(
+            where,
+            f"'controls' must be a list drawn from {', '.join(CONTROL_NAMES)} (the oracle needs no sweep).",
+        )
     if not train_models and not controls:
-        raise _err(where, "train_models = false needs at least one control, e.g. controls = [\"gaussian\"].")
+        raise _err(where, 'train_models = false needs at least one control, e.g. controls = ["gaussian"].')
     rep = data.get("reproducibility", False)
     if not isinstance(rep, bool):
         raise _err(where, "'reproducibility' must be true or false.")
@@ -360,7 +418,10 @@ def parse_spec(data: dict, *, where: str = "<dict>", check_datasets: bool = True
         raise _err(where, "[audit] must be a table (n_samples, n_holdout, sampler_steps, options).")
     unknown = sorted(set(audit) - _AUDIT_KEYS)
     if unknown:
-        raise _err(where, f"[audit] has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_AUDIT_KEYS))}.")
+        raise _err(
+            where,
+            f"[audit] has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_AUDIT_KEYS))}.",
+        )
     ints = {}
     for k, default in (("n_samples", 2000), ("n_holdout", 2000), ("sampler_steps", 32)):
         v = audit.get(k, default)
@@ -374,9 +435,19 @@ def parse_spec(data: dict, *, where: str = "<dict>", check_datasets: bool = True
     AuditConfig.from_options({k: v for k, v in opts.items()}, where=f"{where}: [audit.options]")
     name = data.get("name", Path(where).stem if where != "<dict>" else "sweep")
     return SweepSpec(
-        name=str(name), datasets=tuple(grids), n_grid=n_grid, seeds=tuple(int(s) for s in seeds), model=model,
-        budget=_budget(data.get("budget"), where), train=dict(train), audit_options=dict(opts),
-        controls=tuple(controls), reproducibility=rep, train_models=train_models, raw=data, **ints,
+        name=str(name),
+        datasets=tuple(grids),
+        n_grid=n_grid,
+        seeds=tuple(int(s) for s in seeds),
+        model=model,
+        budget=_budget(data.get("budget"), where),
+        train=dict(train),
+        audit_options=dict(opts),
+        controls=tuple(controls),
+        reproducibility=rep,
+        train_models=train_models,
+        raw=data,
+        **ints,
     )
 
 
@@ -391,14 +462,18 @@ def _check_train(train: dict, where: str) -> None:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(train) - names - {"batch"})
     if unknown:
-        raise _err(where, f"[train] has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}.")
+        raise _err(
+            where, f"[train] has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}."
+        )
 
 
 def load_spec(path: str | Path, *, check_datasets: bool = True) -> SweepSpec:
     """Read and validate a sweep TOML file."""
     p = Path(path)
     if not p.is_file():
-        raise DiffauditError(f"sweep spec {str(p)!r} does not exist; pass a TOML file or --preset quick|paper.")
+        raise DiffauditError(
+            f"sweep spec {str(p)!r} does not exist; pass a TOML file or --preset quick|paper."
+        )
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
@@ -428,21 +503,34 @@ def expand(spec: SweepSpec) -> list[Cell]:
     """All cells of a sweep, in a fixed order (dataset grid, seed, model, n ascending)."""
     cells = []
     for g in spec.datasets:
-        models = ([g.model or spec.model] if spec.train_models else []) + [f"control:{c}" for c in spec.controls]
+        models = ([g.model or spec.model] if spec.train_models else []) + [
+            f"control:{c}" for c in spec.controls
+        ]
         for params in g.expand():
             for seed in spec.seeds:
                 for model in models:
                     for n in spec.n_grid:
                         control = model.startswith("control:")
                         steps = 0 if control else spec.budget.steps_for(n, spec.batch)
-                        cells.append(Cell(
-                            dataset=g.name, params=params, n_train=n, seed=seed, model=model, steps=steps,
-                            budget={"rule": "none"} if control else {**spec.budget.describe(), "steps": steps},
-                            train={} if control else dict(spec.train), n_samples=spec.n_samples,
-                            n_holdout=spec.n_holdout, sampler_steps=spec.sampler_steps,
-                            audit_options=dict(spec.audit_options),
-                            reproducibility=spec.reproducibility and not control,
-                        ))
+                        cells.append(
+                            Cell(
+                                dataset=g.name,
+                                params=params,
+                                n_train=n,
+                                seed=seed,
+                                model=model,
+                                steps=steps,
+                                budget={"rule": "none"}
+                                if control
+                                else {**spec.budget.describe(), "steps": steps},
+                                train={} if control else dict(spec.train),
+                                n_samples=spec.n_samples,
+                                n_holdout=spec.n_holdout,
+                                sampler_steps=spec.sampler_steps,
+                                audit_options=dict(spec.audit_options),
+                                reproducibility=spec.reproducibility and not control,
+                            )
+                        )
     ids = [c.cell_id for c in cells]
     if len(set(ids)) != len(ids):
         raise DiffauditError("sweep spec expands to duplicate cells; list each dataset parameter value once.")

@@ -11,19 +11,13 @@ import numpy as np
 
 from diffaudit.errors import DiffauditError
 from diffaudit.probes.factors._common import flat as _flat
+from diffaudit.probes.stats import excess_kurtosis
 
 
 def mcm_target_kurtosis(beta_v: float) -> float:
     """Excess kurtosis of v.x in the mixed cumulant model: -2 beta_v^2 / (1 + beta_v)^2 (Bardone & Goldt 2024)."""
     b = float(beta_v)
     return -2.0 * b * b / (1.0 + b) ** 2
-
-
-def excess_kurtosis(s) -> float:
-    s = np.asarray(s, dtype=np.float64)
-    s = s - s.mean()
-    v = (s * s).mean()
-    return float((s**4).mean() / (v * v) - 3.0) if v > 0 else float("nan")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from diffaudit.app import data  # noqa: E402
 from diffaudit.report import schema  # noqa: E402
-from diffaudit.report.html import ordered_metrics  # noqa: E402
+from diffaudit.report.html import _CSS, ordered_metrics, plotly_tag  # noqa: E402
 
 APP = Path(data.__file__).resolve().parent
 PAGES = {
@@ -639,3 +639,12 @@ def test_app_command_binds_localhost_by_default(tmp_path):
         [sys.executable, "-m", "diffaudit", "app", "--results", str(f)], capture_output=True, text=True
     )
     assert r.returncode == 2 and r.stderr.startswith("error: --results") and "Traceback" not in r.stderr
+
+
+def test_html_plotly_src_reads_the_writers_script_tag(tmp_path):
+    shared, inline = tmp_path / "shared.html", tmp_path / "inline.html"
+    shared.write_text(f"<html><head><style>{_CSS}</style>{plotly_tag('../../plotly.min.js')}</head></html>")
+    inline.write_text(f"<html><head><style>{_CSS}</style>{plotly_tag('inline')}</head></html>")
+    assert data.html_plotly_src(shared) == "../../plotly.min.js"
+    assert data.html_plotly_src(inline) is None
+    assert data.html_plotly_src(tmp_path / "missing.html") is None

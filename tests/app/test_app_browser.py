@@ -21,8 +21,10 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "app"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium; .ci/run does)"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(),
+        reason=f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium; .ci/run does)",
+    ),
 ]
 
 
@@ -39,8 +41,12 @@ def app_url(tmp_path_factory):
     log = tmp_path_factory.mktemp("app-log") / "app.log"
     env = {**os.environ, "DIFFAUDIT_CACHE_DIR": str(tmp_path_factory.mktemp("app-browser-cache"))}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "diffaudit", "app", "--results", str(results), "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "diffaudit", "app", "--results", str(results), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -74,7 +80,12 @@ PAGES = [
     ("audit-vector", "Audit?run=0%3Aaudits%2Fmemorizer-hm", "control:memorizer on hidden-manifold", 6),
     ("audit-image", "Audit?run=0%3Aaudits%2Fmemorizer-sprites", "control:memorizer on sprites", 5),
     ("scaling", "Scaling", "Phase diagram", 3),
-    ("compare", "Compare?runs=0%3Aaudits%2Fmemorizer-hm&runs=0%3Aaudits%2Fmemorizer-sprites", "Overlaid curves", 4),
+    (
+        "compare",
+        "Compare?runs=0%3Aaudits%2Fmemorizer-hm&runs=0%3Aaudits%2Fmemorizer-sprites",
+        "Overlaid curves",
+        4,
+    ),
 ]
 
 
@@ -84,9 +95,17 @@ def test_every_page_renders_in_chromium(app_url, tmp_path):
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 4400})
             for name, path, expected, n_charts in PAGES:
@@ -95,11 +114,15 @@ def test_every_page_renders_in_chromium(app_url, tmp_path):
                 page.get_by_text(expected).first.wait_for(timeout=60_000)
                 # the script has finished once the "running" status widget is gone
                 page.wait_for_function(
-                    "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+                    "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000
+                )
                 page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=60_000)
                 # plotly is a lazily loaded component: wait until every chart has drawn its SVG
-                page.wait_for_function("(n) => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 2 * n",
-                                       arg=n_charts, timeout=60_000)
+                page.wait_for_function(
+                    "(n) => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 2 * n",
+                    arg=n_charts,
+                    timeout=60_000,
+                )
                 page.wait_for_timeout(1000)  # let the data grid paint
                 page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
                 assert page.locator('[data-testid="stException"]').count() == 0, f"error box on page {name}"
@@ -116,7 +139,9 @@ def test_traversal_in_the_url_is_refused_in_the_browser(app_url):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+        )
         try:
             page = browser.new_page()
             page.goto(f"{app_url}/Audit?run=0%3A..%2F..%2F..%2Fetc", wait_until="domcontentloaded")

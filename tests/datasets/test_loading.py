@@ -45,7 +45,9 @@ def test_named_keys(tmp_path, vec):
     other = vec[:3] * 2
     np.savez(tmp_path / "two.npz", gen=vec, ref=other)
     torch.save({"gen": torch.from_numpy(vec), "ref": torch.from_numpy(other)}, tmp_path / "two.pt")
-    save_file({"gen": torch.from_numpy(vec), "ref": torch.from_numpy(other)}, str(tmp_path / "two.safetensors"))
+    save_file(
+        {"gen": torch.from_numpy(vec), "ref": torch.from_numpy(other)}, str(tmp_path / "two.safetensors")
+    )
     for f in ["two.npz", "two.pt", "two.safetensors"]:
         np.testing.assert_array_equal(load_samples(tmp_path / f, key="ref"), other)
         with pytest.raises(DiffauditError, match=r"several .*'gen', 'ref'"):
@@ -168,7 +170,9 @@ def test_png_grayscale_and_rgba(tmp_path, rng):
 def test_jpeg_folder(tmp_path, rng):
     # JPEG is lossy: compare against PIL's own decoding of the saved files.
     for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg", quality=90)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.jpg", quality=90
+        )
     Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "3.JPEG", quality=90)
     out = load_samples(tmp_path)
     names = ["0.jpg", "1.jpg", "2.jpg", "3.JPEG"]

@@ -57,7 +57,13 @@ def test_renderer_matches_supersampled_reference(size):
 def test_centroid_equals_position(shape):
     rng = np.random.default_rng(shape)
     size = 32
-    z = _z(shape, rng.uniform(0.5, 1, 50), rng.uniform(0, np.pi, 50), rng.uniform(0, 1, 50), rng.uniform(0, 1, 50))
+    z = _z(
+        shape,
+        rng.uniform(0.5, 1, 50),
+        rng.uniform(0, np.pi, 50),
+        rng.uniform(0, 1, 50),
+        rng.uniform(0, 1, 50),
+    )
     w = (sp.render(z, size)[:, 0].astype(np.float64) + 1) / 2
     c = np.arange(size) + 0.5
     mx = (w.sum(1) * c).sum(1) / w.sum((1, 2))
@@ -158,7 +164,9 @@ def test_oracle_accuracy_on_fresh_samples(oracle_ds):
     assert np.quantile(res_g, 0.05) > 0.2  # measured ~0.33
     # a rendered image of the projected factors reproduces the residual
     r2 = np.linalg.norm((x[:50] - ds.generate(z_hat[:50])).reshape(50, -1), axis=1)
-    np.testing.assert_allclose(r2 / np.linalg.norm(x[:50].reshape(50, -1), axis=1), res[:50], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        r2 / np.linalg.norm(x[:50].reshape(50, -1), axis=1), res[:50], rtol=1e-4, atol=1e-6
+    )
 
 
 @pytest.mark.slow

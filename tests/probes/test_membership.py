@@ -1,4 +1,4 @@
-"""White-box membership inference and disjoint-split reproducibility against the analytic controls."""
+"""White-box membership inference against the analytic controls."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,6 @@ from sklearn.metrics import roc_auc_score
 from diffaudit.errors import DiffauditError
 from diffaudit.probes.membership import (
     auc_lower_is_member,
-    disjoint_reproducibility,
     membership_inference,
     roc_points,
     tpr_at_fpr,
@@ -163,50 +162,3 @@ def test_mia_bad_inputs(split):
                 return data(n, seed), None
 
         membership_inference(OracleModel(_DS()), train, hold, [0.1])
-
-
-# --- reproducibility ----------------------------------------------------------------------------
-
-
-def test_rp_cosine_reference(rng):
-    a = rng.standard_normal((100, 2, 3, 3))
-    b = a + 0.8 * rng.standard_normal(a.shape)
-    r = disjoint_reproducibility(a, b)
-    A, B = a.reshape(100, -1), b.reshape(100, -1)
-    cos = (A * B).sum(1) / np.linalg.norm(A, axis=1) / np.linalg.norm(B, axis=1)
-    np.testing.assert_allclose(r.similarity, cos, rtol=1e-12)
-    assert r.rp == pytest.approx((cos > 0.6).mean())
-    rc = disjoint_reproducibility(a + 5, b + 5, centre=True)
-    np.testing.assert_allclose(
-        rc.similarity,
-        disjoint_reproducibility(
-            a - a.mean(axis=(1, 2, 3), keepdims=True), b - b.mean(axis=(1, 2, 3), keepdims=True)
-        ).similarity,
-    )
-    with pytest.raises(DiffauditError, match="same noise"):
-        disjoint_reproducibility(a, b[:50])
-
-
-def test_rp_controls_disjoint_splits():
-    """Gaussians fitted on disjoint halves generalise: same noise -> same sample (RP ~ 1).
-    Memorizers of disjoint halves land on their own training items (RP low)."""
-    from diffaudit.models.controls import GaussianModel, MemorizerModel
-    from diffaudit.sweeps.reproducibility import disjoint_reproducibility as rp_models
-
-    g = rp_models(GaussianModel(data(2000, 1), num_steps=18), GaussianModel(data(2000, 2), num_steps=18), 200)
-    m = rp_models(MemorizerModel(data(100, 1), num_steps=18), MemorizerModel(data(100, 2), num_steps=18), 200)
-    assert g.rp >= 0.95 and g.mean_similarity > 0.95
-    assert m.rp <= 0.5 and m.mean_similarity < 0.7
-    # same model twice: identical samples from the same noise
-    same = rp_models(GaussianModel(data(500, 1), num_steps=8), GaussianModel(data(500, 1), num_steps=8), 20)
-    np.testing.assert_allclose(same.similarity, 1.0, atol=1e-6)
-
-
-def test_rp_needs_sample_from_noise():
-    from diffaudit.sweeps.reproducibility import disjoint_reproducibility as rp_models
-
-    class BlackBox:
-        shape = (D,)
-
-    with pytest.raises(DiffauditError, match="sample_from_noise"):
-        rp_models(BlackBox(), BlackBox(), 5)

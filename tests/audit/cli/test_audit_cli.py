@@ -60,19 +60,62 @@ BAD = {
     "single sample": ["--model", "samples:{d}/one.npy", "--train", "{d}/train.npy"],
     "unknown model spec": ["--model", "gan:{d}/gen.npy", "--train", "{d}/train.npy"],
     "unknown dataset": ["--model", "control:oracle", "--dataset", "no-such-data", "--n-train", "100"],
-    "malformed gate": ["--model", "samples:{d}/gen.npy", "--train", "{d}/train.npy", "--gate", "copy_rate=<0.1"],
-    "gate on unknown key": ["--model", "samples:{d}/gen.npy", "--train", "{d}/train.npy", "--gate", "memorization.nope<=0.1"],
+    "malformed gate": [
+        "--model",
+        "samples:{d}/gen.npy",
+        "--train",
+        "{d}/train.npy",
+        "--gate",
+        "copy_rate=<0.1",
+    ],
+    "gate on unknown key": [
+        "--model",
+        "samples:{d}/gen.npy",
+        "--train",
+        "{d}/train.npy",
+        "--gate",
+        "memorization.nope<=0.1",
+    ],
     "corrupt npz": ["--model", "samples:{d}/corrupt.npz", "--train", "{d}/train.npy"],
     "pickled code in .pt": ["--model", "samples:{d}/evil.pt", "--train", "{d}/train.npy"],
-    "unwritable output dir": ["--model", "samples:{d}/gen.npy", "--train", "{d}/train.npy", "--out", "{d}/file.txt/sub/report"],
+    "unwritable output dir": [
+        "--model",
+        "samples:{d}/gen.npy",
+        "--train",
+        "{d}/train.npy",
+        "--out",
+        "{d}/file.txt/sub/report",
+    ],
     "no training data": ["--model", "samples:{d}/gen.npy"],
     # numeric options out of range: checked at entry, before any work
-    "zero sampler steps": ["--model", "control:gaussian", "--dataset", "hidden-manifold", "--n-train", "50",
-                           "--num-steps", "0"],
+    "zero sampler steps": [
+        "--model",
+        "control:gaussian",
+        "--dataset",
+        "hidden-manifold",
+        "--n-train",
+        "50",
+        "--num-steps",
+        "0",
+    ],
     "one training sample": ["--model", "control:oracle", "--dataset", "hidden-manifold", "--n-train", "1"],
-    "holdout fraction 1": ["--model", "samples:{d}/gen.npy", "--train", "{d}/train.npy", "--holdout-fraction", "1"],
+    "holdout fraction 1": [
+        "--model",
+        "samples:{d}/gen.npy",
+        "--train",
+        "{d}/train.npy",
+        "--holdout-fraction",
+        "1",
+    ],
     "negative seed": ["--model", "samples:{d}/gen.npy", "--train", "{d}/train.npy", "--seed", "-1"],
-    "one generated sample": ["--model", "samples:{d}/gen.npy", "--train", "{d}/train.npy", "--n-samples", "1"],
+    "one generated sample": [
+        "--model",
+        "samples:{d}/gen.npy",
+        "--train",
+        "{d}/train.npy",
+        "--n-samples",
+        "1",
+    ],
 }
 
 
@@ -85,8 +128,12 @@ def test_bad_inputs_exit_2_one_line_no_report(files, tmp_path):
         argv = [a.format(d=files) for a in args]
         if "--out" not in argv:
             argv += ["--out", str(work / "report")]
-        procs[name] = (work, subprocess.Popen(_cmd(*argv), cwd=work, env=_env(), stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, text=True))
+        procs[name] = (
+            work,
+            subprocess.Popen(
+                _cmd(*argv), cwd=work, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ),
+        )
     for name, (work, p) in procs.items():
         out, err = p.communicate(timeout=300)
         assert p.returncode == 2, (name, out, err)
@@ -99,18 +146,45 @@ def test_bad_inputs_exit_2_one_line_no_report(files, tmp_path):
 
 
 def test_gate_exit_codes_and_report(files, tmp_path):
-    base = ["--model", f"samples:{files}/gen.npy", "--train", f"{files}/train.npy", "--holdout", f"{files}/holdout.npy"]
-    ok = subprocess.run(_cmd(*base, "--gate", "memorization.copy_rate<=0.5", "--gate", "convergence.precision>=0",
-                             "--out", str(tmp_path / "a")), env=_env(), capture_output=True, text=True, timeout=300)
+    base = [
+        "--model",
+        f"samples:{files}/gen.npy",
+        "--train",
+        f"{files}/train.npy",
+        "--holdout",
+        f"{files}/holdout.npy",
+    ]
+    ok = subprocess.run(
+        _cmd(
+            *base,
+            "--gate",
+            "memorization.copy_rate<=0.5",
+            "--gate",
+            "convergence.precision>=0",
+            "--out",
+            str(tmp_path / "a"),
+        ),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stderr
     rep = json.loads((tmp_path / "a" / "report.json").read_text())
     assert rep["schema"] == "diffaudit.report/1" and rep["inputs"]["n_generated"] == 40
     assert rep["verdict"]["generalization"] == "n/a"  # no synthetic dataset
     assert "verdicts" in ok.stdout
-    bad = subprocess.run(_cmd(*base, "--gate", "memorization.copy_rate>=0.5", "--out", str(tmp_path / "b")),
-                         env=_env(), capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        _cmd(*base, "--gate", "memorization.copy_rate>=0.5", "--out", str(tmp_path / "b")),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 1, bad.stderr
     assert (tmp_path / "b" / "report.json").is_file()  # a failed gate still writes the report
     assert "gates failed" in bad.stderr
-    again = subprocess.run(_cmd(*base, "--out", str(tmp_path / "a")), env=_env(), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        _cmd(*base, "--out", str(tmp_path / "a")), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 2 and "already exists" in again.stderr

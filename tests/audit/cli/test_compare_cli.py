@@ -9,14 +9,20 @@ import numpy as np
 import pytest
 
 from diffaudit.errors import DiffauditError
-from diffaudit.probes import moment_error as me
 from diffaudit.probes import convergence as cv
+from diffaudit.probes import moment_error as me
 
 
 def run_cli(*args, cwd=None):
     env = dict(os.environ, COLUMNS="160")
-    return subprocess.run([sys.executable, "-m", "diffaudit", "compare", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "diffaudit", "compare", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -32,8 +38,21 @@ def files(tmp_path):
 def test_compare_json_matches_probes(files):
     tmp, gen, ref = files
     out = tmp / "res" / "compare.json"
-    p = run_cli(tmp / "gen.npy", tmp / "ref.npz", "--metrics", "all", "--json", out, "--seed", 3,
-                "--kid-subsets", 10, "--kid-size", 50, "--no-cache")
+    p = run_cli(
+        tmp / "gen.npy",
+        tmp / "ref.npz",
+        "--metrics",
+        "all",
+        "--json",
+        out,
+        "--seed",
+        3,
+        "--kid-subsets",
+        10,
+        "--kid-size",
+        50,
+        "--no-cache",
+    )
     assert p.returncode == 0, p.stderr
     assert "FD" in p.stdout and "precision" in p.stdout and "coverage" in p.stdout
     doc = json.loads(out.read_text())
@@ -59,8 +78,17 @@ def test_compare_images_and_pixels_downsampling(tmp_path):
     np.save(tmp_path / "a.npy", imgs[:10])
     np.save(tmp_path / "b.npy", imgs[10:])
     out = tmp_path / "o.json"
-    p = run_cli(tmp_path / "a.npy", tmp_path / "b.npy", "--features", "pixels:4", "--metrics", "fd,swd",
-                "--json", out, "--quiet")
+    p = run_cli(
+        tmp_path / "a.npy",
+        tmp_path / "b.npy",
+        "--features",
+        "pixels:4",
+        "--metrics",
+        "fd,swd",
+        "--json",
+        out,
+        "--quiet",
+    )
     assert p.returncode == 0, p.stderr
     doc = json.loads(out.read_text())
     assert doc["dim"] == 3 * 4 * 4 and p.stdout == ""
@@ -111,7 +139,11 @@ def test_compare_user_mistakes_exit_2(files, case, needle):
 def test_compare_help_has_examples():
     p = run_cli("--help")
     assert p.returncode == 0
-    assert "Examples:" in p.stdout and "diffaudit compare gen.npy ref.npy" in p.stdout and "--metrics" in p.stdout
+    assert (
+        "Examples:" in p.stdout
+        and "diffaudit compare gen.npy ref.npy" in p.stdout
+        and "--metrics" in p.stdout
+    )
 
 
 def test_parse_metrics():

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from diffaudit.errors import DiffauditError
 from diffaudit.harness.checkpoint import load_checkpoint, save_checkpoint
-from diffaudit.models.checkpoint import CheckpointModel
 from diffaudit.harness.edm import (
     P_MEAN,
     P_STD,
@@ -26,10 +26,10 @@ from diffaudit.harness.edm import (
     edm_loss,
     edm_weight,
 )
-from diffaudit.errors import DiffauditError
-from diffaudit.harness.vmap import train_many
 from diffaudit.harness.networks import MLPDenoiser, UNet, build_network, parse_model_spec
 from diffaudit.harness.train import TrainConfig, init_network, train
+from diffaudit.harness.vmap import train_many
+from diffaudit.models.checkpoint import CheckpointModel
 
 TINY = "mlp:width=32,depth=2,emb_dim=16"
 
@@ -140,7 +140,10 @@ def test_unet_trains_a_few_steps():
     res = train(x, "unet:channels=8,levels=2,attention=true", cfg, progress=False)
     init = init_network(parse_model_spec("unet:channels=8,levels=2,attention=true"), (1, 16, 16), 0)
     with torch.no_grad():
-        moved = max(float((a - b).abs().max()) for a, b in zip(res.net.net.parameters(), init.parameters(), strict=True))
+        moved = max(
+            float((a - b).abs().max())
+            for a, b in zip(res.net.net.parameters(), init.parameters(), strict=True)
+        )
     assert len(res.stats) == 4 and all(math.isfinite(s["loss"]) for s in res.stats)
     assert moved > 1e-4  # four AdamW steps of lr 1e-3 moved the weights
 
@@ -164,8 +167,10 @@ def test_mlp_learns_a_2d_gaussian():
     # MLP leave a few percent of model error (measured ~0.05 / ~0.05); tolerances 0.15 / 0.2.
     assert e_mu < 0.15 and e_cov < 0.2
     # Control: the untrained network's samples are far outside those tolerances.
-    untrained = CheckpointModel(precond=EDMPrecond(init_network(parse_model_spec("mlp:width=64,depth=3"), (2,), 0),
-                                                   res.sigma_data), config=res.config)
+    untrained = CheckpointModel(
+        precond=EDMPrecond(init_network(parse_model_spec("mlp:width=64,depth=3"), (2,), 0), res.sigma_data),
+        config=res.config,
+    )
     u_mu, u_cov = errors(untrained)
     assert u_mu > 0.3 or u_cov > 0.5
 
@@ -188,15 +193,28 @@ def test_options_written_before_training_and_checkpoint_after(tmp_path):
     seen = []
 
     def on_log(line):
-        seen.append(((out / "options.json").is_file(), (out / "config.json").exists(),
-                     len((out / "stats.jsonl").read_text().splitlines())))
+        seen.append(
+            (
+                (out / "options.json").is_file(),
+                (out / "config.json").exists(),
+                len((out / "stats.jsonl").read_text().splitlines()),
+            )
+        )
 
     cfg = TrainConfig(steps=20, batch=8, log_every=5, device="cpu")
     train(x, TINY, cfg, out_dir=out, progress=False, callback=on_log, dataset_spec="gaussian-2d")
-    assert seen[0] == (True, False, 1)  # options.json already there at the first stats line, no checkpoint yet
+    assert seen[0] == (
+        True,
+        False,
+        1,
+    )  # options.json already there at the first stats line, no checkpoint yet
     assert [s[2] for s in seen] == [1, 2, 3, 4]
     opts = json.loads((out / "options.json").read_text())
-    assert opts["model"] == parse_model_spec(TINY).spec and opts["n_train"] == 64 and opts["train"]["steps"] == 20
+    assert (
+        opts["model"] == parse_model_spec(TINY).spec
+        and opts["n_train"] == 64
+        and opts["train"]["steps"] == 20
+    )
     lines = [json.loads(s) for s in (out / "stats.jsonl").read_text().splitlines()]
     assert [s["step"] for s in lines] == [5, 10, 15, 20]
     assert set(lines[0]) >= {"step", "loss", "lr", "grad_norm", "elapsed_s"}
@@ -212,14 +230,18 @@ def test_options_written_before_training_and_checkpoint_after(tmp_path):
 
 def test_checkpoint_round_trip(tmp_path):
     x, _, _ = gaussian_2d(64)
-    res = train(x, TINY, TrainConfig(steps=10, batch=8, device="cpu"), out_dir=tmp_path / "ck", progress=False)
+    res = train(
+        x, TINY, TrainConfig(steps=10, batch=8, device="cpu"), out_dir=tmp_path / "ck", progress=False
+    )
     precond, config = load_checkpoint(tmp_path / "ck")
     assert config["shape"] == [2] and config["n_train"] == 64
     xq = torch.randn(50, 2)
     for s in (0.01, 0.5, 20.0):
         assert torch.equal(precond(xq, s), res.ema(xq, s))
     ref = res.ema(xq, 0.5).detach().double().numpy()
-    np.testing.assert_array_equal(CheckpointModel(tmp_path / "ck", batch_size=64).denoise(xq.numpy().astype(np.float64), 0.5), ref)
+    np.testing.assert_array_equal(
+        CheckpointModel(tmp_path / "ck", batch_size=64).denoise(xq.numpy().astype(np.float64), 0.5), ref
+    )
     # In batches of 16 the float32 matmuls may round differently (~1 ulp), nothing more.
     model = CheckpointModel(tmp_path / "ck", num_steps=8, batch_size=16)
     np.testing.assert_allclose(model.denoise(xq.numpy().astype(np.float64), 0.5), ref, rtol=1e-6, atol=1e-7)
@@ -259,8 +281,16 @@ def test_checkpoint_bad_files(tmp_path):
 def test_vmap_training_equals_sequential_training(tmp_path):
     rng = np.random.default_rng(0)
     sets = [rng.standard_normal((n, 3)).astype(np.float32) * s for n, s in ((40, 1.0), (100, 0.5), (7, 2.0))]
-    cfg = TrainConfig(steps=50, batch=16, lr=2e-3, warmup_steps=10, weight_decay=0.01, grad_clip=0.5,
-                      log_every=10, device="cpu")
+    cfg = TrainConfig(
+        steps=50,
+        batch=16,
+        lr=2e-3,
+        warmup_steps=10,
+        weight_decay=0.01,
+        grad_clip=0.5,
+        log_every=10,
+        device="cpu",
+    )
     seeds = [3, 5, 11]
     many = train_many(sets, TINY, cfg, seeds)
     for m in range(3):
@@ -271,7 +301,9 @@ def test_vmap_training_equals_sequential_training(tmp_path):
         # per-model norm reductions): measured max |diff| ~1e-6 after 50 steps.
         diff = max(float((ref[k] - many.ema_states[m][k]).abs().max()) for k in ref)
         assert diff < 1e-5, (m, diff)
-        np.testing.assert_allclose([s["loss"][m] for s in many.stats], [s["loss"] for s in one.stats], rtol=1e-5)
+        np.testing.assert_allclose(
+            [s["loss"][m] for s in many.stats], [s["loss"] for s in one.stats], rtol=1e-5
+        )
         assert many.configs[m]["sigma_data"] == one.config["sigma_data"]
         assert many.configs[m]["train"]["seed"] == seeds[m]
     # A different seed for model 0 gives different weights (the test above can fail).
@@ -286,9 +318,13 @@ def test_vmap_training_equals_sequential_training(tmp_path):
 
 def test_train_many_rejects_mismatched_sets():
     with pytest.raises(DiffauditError, match="shape"):
-        train_many([np.zeros((4, 2)) + np.arange(2), np.ones((4, 3)) * np.arange(3)], TINY, TrainConfig(steps=1))
+        train_many(
+            [np.zeros((4, 2)) + np.arange(2), np.ones((4, 3)) * np.arange(3)], TINY, TrainConfig(steps=1)
+        )
     with pytest.raises(DiffauditError, match="seeds"):
-        train_many([np.random.default_rng(0).standard_normal((4, 2))], TINY, TrainConfig(steps=1), seeds=[1, 2])
+        train_many(
+            [np.random.default_rng(0).standard_normal((4, 2))], TINY, TrainConfig(steps=1), seeds=[1, 2]
+        )
 
 
 # --- bad inputs and the CLI ------------------------------------------------------------------------
@@ -311,18 +347,42 @@ def test_bad_training_inputs():
 
 def run_cli(*args, cwd=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "diffaudit", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "diffaudit", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_train_cli_end_to_end(tmp_path):
     out = tmp_path / "run"
-    r = run_cli("train", "--dataset", "hidden-manifold:d=8,D=2", "--n-train", "64", "--model", "mlp:width=16,depth=2",
-                "--steps", "20", "--batch", "16", "--device", "cpu", "--out", str(out), "--quiet")
+    r = run_cli(
+        "train",
+        "--dataset",
+        "hidden-manifold:d=8,D=2",
+        "--n-train",
+        "64",
+        "--model",
+        "mlp:width=16,depth=2",
+        "--steps",
+        "20",
+        "--batch",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     precond, config = load_checkpoint(out)
-    assert config["n_train"] == 64 and config["shape"] == [8] and config["dataset"].startswith("hidden-manifold")
+    assert (
+        config["n_train"] == 64 and config["shape"] == [8] and config["dataset"].startswith("hidden-manifold")
+    )
     from diffaudit.datasets.base import get_dataset
 
     x = get_dataset("hidden-manifold:d=8,D=2").sample(64, 0)[0]
@@ -331,8 +391,22 @@ def test_train_cli_end_to_end(tmp_path):
     # --train PATH: the same samples from a file give the same weights as --dataset (same seed).
     np.save(tmp_path / "x.npy", x)
     out2 = tmp_path / "run2"
-    r = run_cli("train", "--train", str(tmp_path / "x.npy"), "--model", "mlp:width=16,depth=2", "--steps", "20",
-                "--batch", "16", "--device", "cpu", "--out", str(out2), "--quiet")
+    r = run_cli(
+        "train",
+        "--train",
+        str(tmp_path / "x.npy"),
+        "--model",
+        "mlp:width=16,depth=2",
+        "--steps",
+        "20",
+        "--batch",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        str(out2),
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     p2, _ = load_checkpoint(out2)
     assert all(torch.equal(a, b) for a, b in zip(precond.parameters(), p2.parameters(), strict=True))
@@ -341,7 +415,10 @@ def test_train_cli_end_to_end(tmp_path):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--dataset", "hidden-manifold:d=8", "--n-train", "64", "--model", "mlp:widht=3"], "valid parameters"),
+        (
+            ["--dataset", "hidden-manifold:d=8", "--n-train", "64", "--model", "mlp:widht=3"],
+            "valid parameters",
+        ),
         (["--dataset", "hidden-manifold:d=8", "--n-train", "1"], "n-train"),
         (["--dataset", "nosuch", "--n-train", "10"], "unknown dataset"),
         (["--n-train", "10"], "exactly one of"),

@@ -6,8 +6,18 @@ import textwrap
 import numpy as np
 import pytest
 
-from diffaudit.models.adapters import DiffusersModel, load_model, model_name
 from diffaudit.errors import DiffauditError
+from diffaudit.models import adapters
+from diffaudit.models.adapters import (
+    ADAPTERS,
+    FORMS,
+    DiffusersModel,
+    adapters_help,
+    check_spec,
+    load_model,
+    model_name,
+)
+from diffaudit.models.contract import Model
 
 
 def test_samples_first_n_and_too_many(tmp_path):
@@ -46,7 +56,8 @@ def test_controls(rng):
 
 
 def test_entry_factory_and_function(tmp_path, monkeypatch):
-    (tmp_path / "mymodels.py").write_text(textwrap.dedent("""
+    (tmp_path / "mymodels.py").write_text(
+        textwrap.dedent("""
         import numpy as np
 
         def sample(n, seed):
@@ -64,7 +75,8 @@ def test_entry_factory_and_function(tmp_path, monkeypatch):
 
         def bad_factory():
             return 42
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     f = load_model("entry:mymodels:sample")
     np.testing.assert_array_equal(f.sample(3, 5), np.full((3, 4), 5.0))
@@ -87,6 +99,128 @@ def test_model_name_is_file_safe():
     assert model_name("samples:/a/b/gen.npy") == "samples-gen.npy"
     assert model_name("control:oracle") == "control-oracle"
     assert "/" not in model_name("entry:pkg.mod:<script>")
+    assert model_name("ckpt:runs/mlp/") == "ckpt-mlp"  # path forms keep the last path component
+    assert model_name("diffusers:/x/pipe") == "diffusers-pipe"
+    assert model_name("entry:pkg.mod:factory") == "entry-factory"
+    assert model_name("gan:x/y") == "gan-x-y"  # an unregistered form keeps its whole argument
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+BUILT_IN = ("samples", "entry", "ckpt", "diffusers", "control")
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A private copy of the registry, restored after the test (registration is process-wide)."""
+    monkeypatch.setattr(adapters, "ADAPTERS", dict(adapters.ADAPTERS))
+    monkeypatch.setattr(adapters, "FORMS", adapters.FORMS)
+    return adapters
+
+
+class ToyModel(Model):
+    """Sample i of seed s is ``scale * (s + i)`` in every coordinate: its output is known exactly."""
+
+    def __init__(self, scale: float, d: int):
+        self.scale, self.shape, self.name = scale, (d,), f"toy:{scale}"
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        return self.scale * (seed + np.arange(n, dtype=np.float64))[:, None] * np.ones((1, self.shape[0]))
+
+
+def _check_toy(arg):
+    try:
+        float(arg)
+    except ValueError:
+        raise DiffauditError(f"model spec 'toy:{arg}' needs a number, as in toy:SCALE.") from None
+
+
+def test_registry_lists_every_built_in_form_once():
+    assert tuple(ADAPTERS) == BUILT_IN
+    assert FORMS == tuple(a.form for a in ADAPTERS.values())
+    for name, a in ADAPTERS.items():
+        assert a.name == name and a.form.startswith(f"{name}:")
+        assert a.description and "\n" not in a.description
+    help_lines = adapters_help().splitlines()
+    assert len(help_lines) == len(BUILT_IN)
+    assert all(line.startswith(a.form) for line, a in zip(help_lines, ADAPTERS.values(), strict=True))
+
+
+def test_unknown_form_lists_every_registered_form():
+    for spec in ("gan:x", "nonsense", "samples:", "  :x"):
+        with pytest.raises(DiffauditError) as e:
+            load_model(spec)
+        assert all(form in str(e.value) for form in FORMS), (spec, str(e.value))
+    with pytest.raises(DiffauditError, match="unknown form 'gan'"):
+        check_spec("gan:x")
+
+
+def test_check_spec_loads_nothing_and_refuses_typos():
+    # accepted without touching the file, importing the module or needing --dataset
+    assert check_spec(" Samples: /no/such/file.npy ") == (ADAPTERS["samples"], "/no/such/file.npy")
+    assert check_spec("entry:no_such_module_xyz:factory")[1] == "no_such_module_xyz:factory"
+    assert "no_such_module_xyz" not in sys.modules
+    assert check_spec("control:oracle") == (ADAPTERS["control"], "oracle")
+    assert check_spec("control:shrunk:factor=0.3")[1] == "shrunk:factor=0.3"
+    # refused by the adapter's own check, before any data
+    with pytest.raises(DiffauditError, match="unknown control 'vae'"):
+        check_spec("control:vae")
+    with pytest.raises(DiffauditError, match="entry:pkg.module:factory"):
+        check_spec("entry:justamodule")
+
+
+def test_registered_toy_adapter_is_reachable_through_load_model(registry):
+    seen = []
+
+    def load_toy(arg, ctx):
+        seen.append(ctx)
+        return ToyModel(float(arg), ctx.train.shape[1])
+
+    a = registry.register_adapter(
+        "toy",
+        form="toy:SCALE",
+        description="a toy: sample i is SCALE * (seed + i)",
+        load=load_toy,
+        check=_check_toy,
+    )
+    assert registry.ADAPTERS["toy"] is a and registry.FORMS == (*FORMS, "toy:SCALE")
+    train = np.zeros((4, 3), np.float32)
+    m = load_model("toy: 2.5", train=train, dataset="ds", device="cpu", num_steps=7)
+    np.testing.assert_array_equal(m.sample(3, seed=1), 2.5 * np.array([[1.0] * 3, [2.0] * 3, [3.0] * 3]))
+    (ctx,) = seen
+    assert ctx.train is train and ctx.dataset == "ds" and ctx.device == "cpu" and ctx.num_steps == 7
+    assert ctx.sampler_kwargs() == {"num_steps": 7}
+    load_model("toy:1", train=train)
+    assert seen[-1].num_steps is None and seen[-1].sampler_kwargs() == {}  # unset: the model's own default
+    with pytest.raises(DiffauditError, match="toy:SCALE"):
+        load_model("toy:abc", train=train)
+    assert len(seen) == 2  # the check refused it before the loader ran
+    with pytest.raises(DiffauditError, match="toy:SCALE"):  # the new form is listed in every error
+        load_model("gan:x")
+    assert "toy:SCALE" in adapters_help() and model_name("toy:2.5") == "toy-2.5"
+
+
+def test_register_adapter_refuses_mistakes(registry):
+    def load(arg, ctx):
+        return ToyModel(1.0, 2)
+
+    with pytest.raises(DiffauditError, match="already registered"):
+        registry.register_adapter("samples", form="samples:PATH", description="x", load=load)
+    for bad in ("Toy", "to:y", "", "toy model"):
+        with pytest.raises(DiffauditError, match="name"):
+            registry.register_adapter(bad, form=f"{bad}:X", description="x", load=load)
+    with pytest.raises(DiffauditError, match="must start with 'toy:'"):
+        registry.register_adapter("toy", form="TOY", description="x", load=load)
+    for desc in ("", "two\nlines"):
+        with pytest.raises(DiffauditError, match="one non-empty line"):
+            registry.register_adapter("toy", form="toy:X", description=desc, load=load)
+    with pytest.raises(DiffauditError, match="callables"):
+        registry.register_adapter("toy", form="toy:X", description="x", load=None)
+    assert "toy" not in registry.ADAPTERS and registry.FORMS == FORMS  # nothing half-registered
+    # replace=True swaps the loader of an existing form, keeping its place in the help order
+    registry.register_adapter("samples", form="samples:PATH", description="replaced", load=load, replace=True)
+    assert tuple(registry.ADAPTERS) == BUILT_IN and registry.ADAPTERS["samples"].description == "replaced"
+    assert load_model("samples:anything").shape == (2,)
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +229,16 @@ def tiny_pipeline(tmp_path_factory):
     import torch
 
     torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
-                                 block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
     sched = diffusers.DDPMScheduler(num_train_timesteps=100)
     path = tmp_path_factory.mktemp("pipe")
     diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(str(path))
@@ -121,7 +262,9 @@ def test_diffusers_denoiser_matches_epsilon_formula(tiny_pipeline):
     assert m.sigma_to_t(s_mid) == pytest.approx(10.5, abs=1e-6)
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8))
     with torch.no_grad():
-        eps = unet(torch.from_numpy((x / np.sqrt(1 + sigma**2)).astype(np.float32)), torch.full((3,), float(t))).sample
+        eps = unet(
+            torch.from_numpy((x / np.sqrt(1 + sigma**2)).astype(np.float32)), torch.full((3,), float(t))
+        ).sample
     ref = x - sigma * eps.double().numpy()
     np.testing.assert_allclose(m.denoise(x, sigma), ref, rtol=1e-5, atol=1e-5)
     s = m.sample(2, seed=0)

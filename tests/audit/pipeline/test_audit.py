@@ -31,10 +31,21 @@ def reports(hm, tmp_path_factory):
     res = {}
     for name in ("oracle", "gaussian", "memorizer"):
         # the gaussian needs the full 32 Heun steps: with 12, discretisation error alone gives FD ~5x the floor
-        model = load_model(f"control:{name}", train=xt, dataset=ds, num_steps=12 if name == "memorizer" else None)
+        model = load_model(
+            f"control:{name}", train=xt, dataset=ds, num_steps=12 if name == "memorizer" else None
+        )
         cfg = AuditConfig(n_samples=N_GEN, seed=0, n_boot=10, kid_subsets=10)
-        res[name] = run_audit(model, train=xt, holdout=xh, dataset=ds, config=cfg, out_dir=out / name,
-                              model_spec=f"control:{name}", train_z=zt, holdout_z=zh)
+        res[name] = run_audit(
+            model,
+            train=xt,
+            holdout=xh,
+            dataset=ds,
+            config=cfg,
+            out_dir=out / name,
+            model_spec=f"control:{name}",
+            train_z=zt,
+            holdout_z=zh,
+        )
     return out, res
 
 
@@ -51,8 +62,17 @@ def test_schema_public_keys(reports):
                 assert len(m["ci"]) == 2 and m["ci"][0] <= m["ci"][1]
     assert set(rep["verdict"]) == {"convergence", "generalization", "memorization"}
     assert all(v in ("pass", "fail", "n/a") for v in rep["verdict"].values())
-    for stage in ("sample", "embed", "moments", "convergence", "copies", "copy_tests", "factors",  # oracle: black box
-                  "report", "total"):
+    for stage in (
+        "sample",
+        "embed",
+        "moments",
+        "convergence",
+        "copies",
+        "copy_tests",
+        "factors",  # oracle: black box
+        "report",
+        "total",
+    ):
         assert rep["timings"][stage] >= 0
     inp = rep["inputs"]
     assert len(inp["hashes"]["train"]) == 64 and inp["features"]["id"] == "pixels"
@@ -91,7 +111,9 @@ def test_report_files(reports, hm):
     row = met[met["name"] == "memorization.copy_rate"].iloc[0]
     assert row["value"] == res["memorizer"]["probes"]["memorization"]["copy_rate"]["value"]
     cp = pd.read_parquet(d / "copies.parquet")
-    assert len(cp) == N_GEN and {"index", "nn_index", "d1", "d2", "ratio", "is_copy", "valid"} <= set(cp.columns)
+    assert len(cp) == N_GEN and {"index", "nn_index", "d1", "d2", "ratio", "is_copy", "valid"} <= set(
+        cp.columns
+    )
     # nearest neighbours against brute force: regenerate the samples (deterministic) and check a few rows
     model = load_model("control:memorizer", train=xt, num_steps=12)
     gen = model.sample(N_GEN, 0)
@@ -107,8 +129,15 @@ def test_html_escapes_user_strings(hm, tmp_path):
     ds, xt, zt, xh, zh = hm
     evil = "<script>alert('x')</script>"
     model = load_model("control:gaussian", train=xt, num_steps=8)
-    run_audit(model, train=xt, holdout=xh, config=AuditConfig(n_samples=100, n_boot=2, kid_subsets=2),
-              out_dir=tmp_path / "r", model_spec=f"entry:{evil}", inputs={"train": evil})
+    run_audit(
+        model,
+        train=xt,
+        holdout=xh,
+        config=AuditConfig(n_samples=100, n_boot=2, kid_subsets=2),
+        out_dir=tmp_path / "r",
+        model_spec=f"entry:{evil}",
+        inputs={"train": evil},
+    )
     html = (tmp_path / "r" / "report.html").read_text()
     assert evil not in html and "&lt;script&gt;alert(" in html
 
@@ -117,7 +146,10 @@ def test_no_holdout_skips_and_says_why(hm):
     ds, xt, zt, xh, zh = hm
     model = load_model("control:gaussian", train=xt, num_steps=8)
     rep = run_audit(model, train=xt, config=AuditConfig(n_samples=200))
-    assert rep["probes"]["convergence"]["fd"] is None and rep["probes"]["convergence"]["fd_train_holdout"] is None
+    assert (
+        rep["probes"]["convergence"]["fd"] is None
+        and rep["probes"]["convergence"]["fd_train_holdout"] is None
+    )
     assert rep["verdict"]["convergence"] == "n/a" and rep["verdict"]["generalization"] == "n/a"
     assert rep["verdict"]["memorization"] in ("pass", "fail")
     probes = {s["probe"] for s in rep["skipped"]}
@@ -128,7 +160,9 @@ def test_no_holdout_skips_and_says_why(hm):
 def test_holdout_fraction_split(hm):
     _, xt, _, _, _ = hm
     model = load_model("control:gaussian", train=xt, num_steps=8)
-    rep = run_audit(model, train=xt, config=AuditConfig(n_samples=200, holdout_fraction=0.25, n_boot=2, kid_subsets=2))
+    rep = run_audit(
+        model, train=xt, config=AuditConfig(n_samples=200, holdout_fraction=0.25, n_boot=2, kid_subsets=2)
+    )
     assert rep["inputs"]["n_train"] == 750 and rep["inputs"]["n_holdout"] == 250
     assert rep["probes"]["convergence"]["fd"] is not None
 
@@ -145,7 +179,13 @@ def test_failure_leaves_no_report_dir(hm, tmp_path, monkeypatch):
     monkeypatch.setattr(report_mod, "_write_contents", boom)
     model = load_model("control:gaussian", train=xt, num_steps=8)
     with pytest.raises(RuntimeError):
-        run_audit(model, train=xt, holdout=xh, config=AuditConfig(n_samples=50, n_boot=2, kid_subsets=2), out_dir=tmp_path / "r")
+        run_audit(
+            model,
+            train=xt,
+            holdout=xh,
+            config=AuditConfig(n_samples=50, n_boot=2, kid_subsets=2),
+            out_dir=tmp_path / "r",
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -164,14 +204,27 @@ def test_bad_inputs_in_process(hm, tmp_path):
 def test_gates():
     assert parse_gate("memorization.copy_rate<=0.001") == ("memorization.copy_rate", "<=", 0.001)
     assert parse_gate(" convergence.fd < 5e-1 ") == ("convergence.fd", "<", 0.5)
-    for bad in ("copy_rate<=0.1", "memorization.copy_rate=0.1", "memorization.copy_rate<=abc", "memorization.copy_rate<=0.1;rm"):
+    for bad in (
+        "copy_rate<=0.1",
+        "memorization.copy_rate=0.1",
+        "memorization.copy_rate<=abc",
+        "memorization.copy_rate<=0.1;rm",
+    ):
         with pytest.raises(DiffauditError, match="malformed"):
             parse_gate(bad)
     with pytest.raises(DiffauditError, match="valid keys"):
         parse_gate("memorization.nope<=1")
-    rep = {"probes": {"memorization": {"copy_rate": {"value": 0.01, "ci": None}}, "convergence": {"fd": None}}}
-    res = evaluate_gates(rep, [parse_gate("memorization.copy_rate<=0.01"), parse_gate("memorization.copy_rate<0.01"),
-                               parse_gate("convergence.fd<=100")])
+    rep = {
+        "probes": {"memorization": {"copy_rate": {"value": 0.01, "ci": None}}, "convergence": {"fd": None}}
+    }
+    res = evaluate_gates(
+        rep,
+        [
+            parse_gate("memorization.copy_rate<=0.01"),
+            parse_gate("memorization.copy_rate<0.01"),
+            parse_gate("convergence.fd<=100"),
+        ],
+    )
     assert [r["passed"] for r in res] == [True, False, False]  # an unmeasured metric fails its gate
 
 

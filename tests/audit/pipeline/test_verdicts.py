@@ -11,26 +11,41 @@ def m(v):
     return None if v is None else {"value": float(v), "ci": None}
 
 
-def probes(e1=0.01, nv=0.9, validity=0.95, copy=0.0, auc=None):
-    return {"convergence": {"moment_error": m(e1)},
-            "factors": {"novel_valid_rate": m(nv), "validity": m(validity)},
-            "memorization": {"copy_rate": m(copy), "mia_auc": m(auc)}}
+def probes(e1=0.01, nv=0.9, validity=0.95, copy=0.0, auc=None, shift=0.01):
+    return {
+        "convergence": {"moment_error": m(e1), "mean_shift": m(shift)},
+        "factors": {"novel_valid_rate": m(nv), "validity": m(validity)},
+        "memorization": {"copy_rate": m(copy), "mia_auc": m(auc)},
+    }
 
 
 def details(recovered=True, factor_match=True, coverage_ok=True):
-    return {"convergence": {"moment_error_reference": "the population"},
-            "factors": {"recovered": recovered, "factor_match": factor_match, "coverage_ok": coverage_ok}}
+    return {
+        "convergence": {"moment_error_reference": "the population"},
+        "factors": {"recovered": recovered, "factor_match": factor_match, "coverage_ok": coverage_ok},
+    }
 
 
 CFG = AuditConfig()
 
 
-@pytest.mark.parametrize("e1, expected", [(0.0, "pass"), (-0.01, "pass"), (CFG.eps1, "pass"),
-                                          (CFG.eps1 * 1.0001, "fail"), (2.5, "fail")])
+@pytest.mark.parametrize(
+    "e1, expected",
+    [(0.0, "pass"), (-0.01, "pass"), (CFG.eps1, "pass"), (CFG.eps1 * 1.0001, "fail"), (2.5, "fail")],
+)
 def test_threshold1_is_e1_against_eps1(e1, expected):
     v, why = decide(probes(e1=e1), CFG, details())
     assert v["convergence"] == expected
     assert ("within" if expected == "pass" else "above") in why["convergence"]
+
+
+@pytest.mark.parametrize(
+    "shift, expected", [(0.0, "pass"), (CFG.eps1, "pass"), (CFG.eps1 * 1.0001, "fail"), (1.0, "fail")]
+)
+def test_threshold1_also_bounds_the_mean_shift(shift, expected):
+    # a pure shift of one data std along one direction has E1 = 1/d (0.03 at d = 32) but |m|^2 = 1
+    v, why = decide(probes(e1=1 / 32, shift=shift), CFG, details())
+    assert v["convergence"] == expected and "mean shift" in why["convergence"]
 
 
 def test_threshold1_na_without_a_reference():
@@ -61,8 +76,17 @@ def test_threshold2_na_without_factors():
     assert v["generalization"] == "n/a" and "synthetic dataset" in why["generalization"]
 
 
-@pytest.mark.parametrize("copy, auc, expected", [(0.0, None, "pass"), (0.02, None, "pass"), (0.0201, None, "fail"),
-                                                 (0.0, 0.6, "pass"), (0.0, 0.61, "fail"), (1.0, 1.0, "fail")])
+@pytest.mark.parametrize(
+    "copy, auc, expected",
+    [
+        (0.0, None, "pass"),
+        (0.02, None, "pass"),
+        (0.0201, None, "fail"),
+        (0.0, 0.6, "pass"),
+        (0.0, 0.61, "fail"),
+        (1.0, 1.0, "fail"),
+    ],
+)
 def test_memorization(copy, auc, expected):
     assert decide(probes(copy=copy, auc=auc), CFG, details())[0]["memorization"] == expected
 
