@@ -11,15 +11,12 @@ arrays in ``diffaudit.probes`` (e.g. ``diffaudit.probes.moment_error.whitened_mo
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from diffaudit.datasets.base import get_dataset
 from diffaudit.errors import DiffauditError
 from diffaudit.fileio import check_out_dir
 from diffaudit.models.adapters import as_model, load_model
 from diffaudit.pipeline.config import AuditConfig
-from diffaudit.pipeline.run import Report, run_audit
-from diffaudit.pipeline.setup import AuditData, file_data, synthetic_data
+from diffaudit.pipeline.run import Report, run_audit_on
+from diffaudit.pipeline.setup import audit_data
 
 __all__ = ["AuditConfig", "Report", "audit"]
 
@@ -45,14 +42,9 @@ def audit(
     probes). ``options``: any ``AuditConfig`` field (``n_samples``, ``seed``, ``features``, ``eps1``, ...).
     """
     cfg = AuditConfig.from_options(options, where="audit()")
-    if train is None:
-        if dataset is None or n_train is None:
-            raise DiffauditError("audit(): pass dataset=... with n_train=N, or train=... (array or path).")
-        data = synthetic_data(dataset, n_train, n_holdout or max(cfg.n_samples or 2000, 2000), cfg.seed)
-    elif isinstance(train, str | Path):
-        data = file_data(train, holdout, dataset)
-    else:
-        data = AuditData(train, holdout, get_dataset(dataset) if isinstance(dataset, str) else dataset)
+    if train is None and (dataset is None or n_train is None):
+        raise DiffauditError("audit(): pass dataset=... with n_train=N, or train=... (array or path).")
+    data = audit_data(dataset, n_train, n_holdout, train, holdout, n_samples=cfg.n_samples, seed=cfg.seed)
     if isinstance(model, str):
         m = load_model(model, train=data.train, dataset=data.dataset, device=cfg.device, num_steps=num_steps)
         spec = model
@@ -60,15 +52,4 @@ def audit(
         m, spec = as_model(model), None
     if out_dir is not None:
         check_out_dir(out_dir)
-    return run_audit(
-        m,
-        train=data.train,
-        holdout=data.holdout,
-        dataset=data.dataset,
-        config=cfg,
-        out_dir=out_dir,
-        model_spec=spec,
-        inputs=data.provenance,
-        train_z=data.train_z,
-        holdout_z=data.holdout_z,
-    )
+    return run_audit_on(m, data, config=cfg, out_dir=out_dir, model_spec=spec)

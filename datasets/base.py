@@ -8,7 +8,12 @@ random structure (mixing matrices, hidden directions) comes from its own ``seed`
 - ``generate(z) -> x``: the generator applied to given factors;
 - ``project(x) -> (z_hat, residual)``: the oracle inversion; ``residual`` (n,) float64 distance to
   the data manifold in the units documented by the dataset;
-- ``factors``: a tuple of ``Factor`` specs (name, kind, range/categories).
+- ``factors``: a tuple of ``Factor`` specs (name, kind, range/categories);
+- ``n_population``: None for a generator (unlimited fresh draws); for a FINITE set of real items (digits)
+  the number of distinct items. ``sample`` then never returns more, draws of different seeds overlap, and
+  the dataset also has ``split(n_train, n_holdout, seed) -> ((x, z), (x, z))``: disjoint training and
+  holdout sets from one seeded permutation (train = ``sample(n_train, seed)``, so nested in n_train;
+  holdout nested in n_holdout), refusing n_train + n_holdout > n_population.
 
 Spec strings ``name:key=value,...`` build a dataset through ``get_dataset``.
 """
@@ -35,6 +40,7 @@ class Factor:
 class Dataset(abc.ABC):
     name: str = ""
     kind: str = "vector"  # "vector" | "image"
+    n_population: int | None = None  # items of a finite real set (which then has split()); None: a generator
 
     @property
     @abc.abstractmethod
@@ -98,7 +104,9 @@ def parse_spec(spec: str) -> tuple[str, dict]:
                 continue
             key, eq, val = part.partition("=")
             if not eq or not key.strip():
-                raise DiffauditError(f"dataset spec {spec!r}: {part!r} is not key=value; write e.g. 'mcm:d=16,beta_v=4'.")
+                raise DiffauditError(
+                    f"dataset spec {spec!r}: {part!r} is not key=value; write e.g. 'mcm:d=16,beta_v=4'."
+                )
             params[key.strip().replace("-", "_")] = _parse_value(val.strip())
     return name.strip(), params
 

@@ -2,15 +2,27 @@
 
 A small real image set for memorization experiments: x is (n, 1, 8, 8) float32 in [-1, 1]
 (sklearn's integer values 0..16 mapped by v / 8 - 1), the digit label the only factor. No download.
+The 1,797 images are pairwise distinct (no exact duplicate rows).
 
-There is no generator: ``generate`` raises. ``sample(n, seed)`` is the first n images of a seeded
-permutation (nested in n; n <= 1797).
+A finite population (``n_population = 1797``), not a generator: ``generate`` raises, and
+``sample(n, seed)`` is the first n images of a permutation keyed by ``seed`` (nested in n; n <= 1797),
+so two calls with different seeds overlap by ~ n1 n2 / 1797 images. Disjoint sets come from ONE
+permutation: ``split(n_train, n_holdout, seed)`` returns train = ``sample(n_train, seed)`` (its first
+n_train images) and holdout = the LAST n_holdout images of the same permutation, read from the end. The two
+never share an image when n_train + n_holdout <= 1797 (refused otherwise); train stays nested in n_train
+and the holdout nested in n_holdout and independent of n_train, as a data-scaling sweep needs.
 
 ``project(x)`` is a 1-nearest-neighbour oracle against the full real set: the label of the nearest
 real digit (1-NN accuracy on this set is ~98 % under cross-validation) and ``residual`` =
 ||x - x_nn|| / ||x|| on the [-1, 1] images (0 for an exact copy of a real digit). This measures
 closeness to the real set, not a manifold distance: a novel but plausible digit has a residual of
 the order of the typical nearest-neighbour distance between real digits (~0.4).
+
+Limitation: with this oracle, threshold 2's "validity" (residual <= tau = 0.1) means "within 10 % of its
+norm of one of the 1,797 real digits", i.e. a NEAR-COPY of a real digit (training ones included), not "a
+plausible digit": a novel digit is typically invalid (~0.4 > 0.1), and every real image, training copies
+too, is valid with residual 0. Validity and the novel-valid rate on digits therefore measure reproduction
+of the real set (novelty = not a copy of the TRAINING part of it), not generalization to new digits.
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ class Digits(Dataset):
     name = "digits"
     kind = "image"
     residual_is_relative = True  # project()'s residual ||x - x_nn|| / ||x|| is scale-free
-    n_total = 1797
+    n_population = 1797  # a finite set of real images: sample() and split() never draw more
 
     def __init__(self):
         self._params = {}
@@ -53,15 +65,38 @@ class Digits(Dataset):
     def factors(self) -> tuple[Factor, ...]:
         return (Factor("label", kind="categorical", categories=tuple(str(i) for i in range(10))),)
 
+    def _permutation(self, seed: int) -> np.ndarray:
+        return np.random.default_rng([_SAMPLE_SALT, int(seed)]).permutation(self.n_population)
+
     def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(x (n, 1, 8, 8) float32, z (n, 1) float64 labels): prefix of a seeded permutation."""
         n = check_n(n, self.name)
-        if n > self.n_total:
+        if n > self.n_population:
             raise DiffauditError(
-                f"digits: n={n} exceeds the {self.n_total} real images; ask for n <= {self.n_total}."
+                f"digits: n={n} exceeds the {self.n_population} real images; ask for n <= {self.n_population}."
             )
+        return self._take(self._permutation(seed)[:n])
+
+    def split(
+        self, n_train: int, n_holdout: int, seed: int = 0
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """Disjoint ((x_train, z_train), (x_holdout, z_holdout)) from one permutation keyed by ``seed``.
+
+        Train is ``sample(n_train, seed)``; the holdout is the permutation's last ``n_holdout`` images read
+        from the end (module docstring). Refuses n_train + n_holdout > 1797: they cannot be disjoint.
+        """
+        n_train, n_holdout = check_n(n_train, self.name), check_n(n_holdout, self.name)
+        N = self.n_population
+        if n_train + n_holdout > N:
+            raise DiffauditError(
+                f"digits: n_train={n_train} + n_holdout={n_holdout} exceeds the {N} real images, so the "
+                f"holdout cannot be disjoint from the training set; ask for n_train + n_holdout <= {N}."
+            )
+        perm = self._permutation(seed)
+        return self._take(perm[:n_train]), self._take(perm[::-1][:n_holdout])
+
+    def _take(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, y = load_digits_images()
-        idx = np.random.default_rng([_SAMPLE_SALT, int(seed)]).permutation(self.n_total)[:n]
         return x[idx].copy(), y[idx, None].astype(np.float64)
 
     def generate(self, z: np.ndarray) -> np.ndarray:

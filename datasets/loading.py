@@ -215,21 +215,22 @@ def _pick(arrays: dict, key: str | None, label: str, what: str):
     return next(iter(arrays.values()))
 
 
+def _numpy_error(e: Exception, label: str, kind: str, saver: str) -> DiffauditError:
+    """The user error for a ``kind`` (.npy/.npz) file that numpy could not load (``e``)."""
+    if isinstance(e, ValueError) and "pickle" in str(e).lower():
+        return DiffauditError(
+            f"{label}: holds an object (pickled) array, which is not loaded for safety; save numeric arrays."
+        )
+    if isinstance(e, ValueError):
+        return DiffauditError(f"{label}: is not a valid {kind} file ({e}); re-save it with {saver}.")
+    return DiffauditError(f"{label}: is corrupt or not a {kind} file ({e}); re-save it with {saver}.")
+
+
 def _load_npy(p: Path, label: str) -> np.ndarray:
     try:
         return np.load(p, allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise DiffauditError(
-                f"{label}: is an object (pickled) array, which is not loaded for safety; save a numeric array."
-            ) from None
-        raise DiffauditError(
-            f"{label}: is not a valid .npy file ({e}); re-save it with numpy.save."
-        ) from None
-    except (OSError, EOFError) as e:
-        raise DiffauditError(
-            f"{label}: is corrupt or not a .npy file ({e}); re-save it with numpy.save."
-        ) from None
+    except (ValueError, OSError, EOFError) as e:
+        raise _numpy_error(e, label, ".npy", "numpy.save") from None
 
 
 def _load_npz(p: Path, key: str | None, label: str) -> np.ndarray:
@@ -241,18 +242,8 @@ def _load_npz(p: Path, key: str | None, label: str) -> np.ndarray:
             return z[k]
     except DiffauditError:
         raise
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise DiffauditError(
-                f"{label}: holds an object (pickled) array, which is not loaded for safety; save numeric arrays."
-            ) from None
-        raise DiffauditError(
-            f"{label}: is not a valid .npz file ({e}); re-save it with numpy.savez."
-        ) from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise DiffauditError(
-            f"{label}: is corrupt or not a .npz file ({e}); re-save it with numpy.savez."
-        ) from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise _numpy_error(e, label, ".npz", "numpy.savez") from None
 
 
 def _torch_to_numpy(t, label: str) -> np.ndarray:

@@ -47,6 +47,14 @@ def same_width(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
         )
 
 
+def feature_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """Validated generated features ``a`` (n_a, D) and reference features ``b`` (n_b, D) of one width."""
+    a = as_features(a, "generated features")
+    b = as_features(b, "reference features")
+    same_width(a, b, "generated features", "reference features")
+    return a, b
+
+
 def as_samples(x, name: str, *, min_n: int = 2) -> np.ndarray:
     """Validate samples of any shape (n, ...) with n >= ``min_n`` and return them as float64.
 

@@ -26,7 +26,7 @@ from statistics import NormalDist
 import numpy as np
 
 from diffaudit.errors import DiffauditError
-from diffaudit.probes._checks import as_features, same_width
+from diffaudit.probes._checks import as_features, feature_pair, same_width
 from diffaudit.probes.stats import (
     bca_interval,
     bootstrap_values,
@@ -241,9 +241,7 @@ def frechet_distance(
       hold only ~63 % distinct rows, which inflates FD's bias). Not an interval for the population FD: it
       says where FD at these n falls (its sampling spread around ``value``), e.g. for a real-vs-real floor.
     """
-    a = as_features(a, "generated features")
-    b = as_features(b, "reference features")
-    same_width(a, b, "generated features", "reference features")
+    a, b = feature_pair(a, b)
     stats_a, stats_b = gaussian_stats(a), gaussian_stats(b)
     r = frechet_distance_from_stats(*stats_a, *stats_b, n1=len(a), n2=len(b))
     if n_boot <= 0:
@@ -333,9 +331,7 @@ def fd_infinity(
     ``eigh(S_b)`` is computed once: ``tr sqrt(sqrt(S_b) S_a sqrt(S_b))`` equals the trace term with the roles
     swapped (same spectrum), so each size costs one ``eigvalsh``.
     """
-    a = as_features(a, "generated features")
-    b = as_features(b, "reference features")
-    same_width(a, b, "generated features", "reference features")
+    a, b = feature_pair(a, b)
     n, dim = a.shape
     floor = FDINF_MIN_PER_DIM * dim
     if sizes is None:
@@ -458,9 +454,7 @@ def kid(
     skewed, the t interval assumes a symmetric mean; tests/probes/test_convergence.py). Ten blocks: fewer blocks make the t quantile large, more blocks make each block value
     noisier under P = Q (its variance grows as the block shrinks, O(1/m^2)).
     """
-    a = as_features(a, "generated features")
-    b = as_features(b, "reference features")
-    same_width(a, b, "generated features", "reference features")
+    a, b = feature_pair(a, b)
     if n_subsets < 1 or subset_size < 2:
         raise DiffauditError(
             f"kid needs n_subsets >= 1 and subset_size >= 2 (got {n_subsets}, {subset_size})."
@@ -538,9 +532,7 @@ def moments(a, b, directions=None, top: int = 10) -> MomentsResult:
     directions (eigenvectors of S_b) and along ``directions`` (k, D) or (D,) given by the user (normalised
     here) -- hidden non-Gaussian directions (threshold 2) show up there and not in FD.
     """
-    a = as_features(a, "generated features")
-    b = as_features(b, "reference features")
-    same_width(a, b, "generated features", "reference features")
+    a, b = feature_pair(a, b)
     dim = a.shape[1]
     top = int(max(1, min(top, dim)))
     mu_a, s_a = gaussian_stats(a)
@@ -590,9 +582,7 @@ def gaussian_kl(a, b, ridge: float = 0.0) -> float:
     (e.g. Bishop 2006, Eq. 2.x / Duchi's notes), through Cholesky factors. ``ridge`` is added to both
     diagonals; with n <= D a covariance is singular and a ``ridge > 0`` is required.
     """
-    a = as_features(a, "generated features")
-    b = as_features(b, "reference features")
-    same_width(a, b, "generated features", "reference features")
+    a, b = feature_pair(a, b)
     if not np.isfinite(ridge) or ridge < 0:
         raise DiffauditError(f"ridge={ridge} must be a finite number >= 0.")
     dim = a.shape[1]
@@ -914,9 +904,7 @@ def sliced_wasserstein(a, b, n_projections: int = 128, seed: int = 0, p: int = 2
     ``b`` (n_b, D): ``(mean_theta W_p^p(theta.a, theta.b))^(1/p)`` over ``n_projections`` unit directions
     drawn from N(0, I) with ``seed`` (the same directions for both sets). 1-D W_p is exact for unequal sizes.
     """
-    a = as_features(a, "generated features")
-    b = as_features(b, "reference features")
-    same_width(a, b, "generated features", "reference features")
+    a, b = feature_pair(a, b)
     if n_projections < 1 or p < 1:
         raise DiffauditError(
             f"sliced_wasserstein needs n_projections >= 1 and p >= 1 (got {n_projections}, {p})."

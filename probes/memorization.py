@@ -409,7 +409,9 @@ def ct_test(
     samples as in the paper's experiments) or that hold no holdout or training sample are left out of C_T
     (the paper's Pi_tau; its code stops on a cell without holdout or training samples). Z is the
     Mann-Whitney normal approximation without the continuity correction of the reference code (a shift of
-    0.5 / sqrt(m n (m + n + 1) / 12) per cell).
+    0.5 / sqrt(m n (m + n + 1) / 12) per cell). C_T is invariant under a common rescaling of the three sets, so
+    inputs of extreme magnitude (float32 squares overflow near 1e19) are scaled by a power of two first and the
+    distances scaled back. ``seed``: any non-negative integer; FAISS/sklearn get ``seed % (2**31 - 1)``.
     """
     from sklearn.decomposition import PCA
 
@@ -429,6 +431,21 @@ def ct_test(
     if distances not in ("cell", "global"):
         raise DiffauditError(f"distances={distances!r} is not known; use 'cell' (Meehan et al.) or 'global'.")
 
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise DiffauditError(f"seed={seed!r} must be a non-negative integer, e.g. 0.")
+    # FAISS and sklearn take 31/32-bit seeds: fold any seed into [0, 2^31 - 2] (identity below that)
+    seed31 = int(seed) % (2**31 - 1)
+    # C_T is invariant under a common rescaling (k-means cells are scale-equivariant, Z uses ranks), but float32
+    # squared distances overflow near |x| ~ 1e19 / sqrt(D) (FAISS then aborts on invalid assignments) and
+    # underflow near 1e-19: scale all three sets by one power of two (exact in floating point) to max |x| ~ 1
+    # and scale the reported distances back.
+    peak = max(float(np.abs(a).max()) for a in (xg, xt, xh))
+    scale = 1.0 if peak == 0 else float(2.0 ** np.round(np.log2(peak)))
+    if scale > 2.0**20 or scale < 2.0**-20:
+        xg, xt, xh = (a * np.float32(1.0 / scale) for a in (xg, xt, xh))
+    else:
+        scale = 1.0  # ordinary magnitudes: leave the inputs (and every earlier result) bit-identical
+
     rng = np.random.default_rng(seed)
     fit_rows = (
         xt if len(xt) <= max_kmeans_fit else xt[np.sort(rng.choice(len(xt), max_kmeans_fit, replace=False))]
@@ -436,7 +453,7 @@ def ct_test(
     used_pca = None
     pca_dim = min(pca_dim, len(fit_rows))
     if xt.shape[1] > pca_dim:
-        pca = PCA(n_components=pca_dim, random_state=seed).fit(fit_rows)
+        pca = PCA(n_components=pca_dim, random_state=seed31).fit(fit_rows)
 
         def proj(a):
             return pca.transform(a).astype(np.float32)
@@ -450,8 +467,18 @@ def ct_test(
     # FAISS k-means (Lloyd, k-means++-free random init, best of 3 restarts): sklearn's is ~10x slower here
     import faiss
 
+    # The cells only have to partition the training set. FAISS warns on stderr below 39 points per
+    # centroid (a quantizer-quality hint for ANN search), i.e. on every small sweep cell with n_train // 4
+    # cells; ``min_points_per_centroid`` (a ClusteringParameters field) sets only that warning, so the
+    # centroids are unchanged (tests/probes/test_memorization.py compares them with the default run).
     km = faiss.Kmeans(
-        proj(fit_rows).shape[1], n_cells, niter=25, nredo=3, seed=int(seed) + 1, spherical=False
+        proj(fit_rows).shape[1],
+        n_cells,
+        niter=25,
+        nredo=3,
+        seed=seed31 + 1,
+        spherical=False,
+        min_points_per_centroid=1,
     )
     km.train(np.ascontiguousarray(proj(fit_rows), dtype=np.float32))
     centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
@@ -463,8 +490,12 @@ def ct_test(
     nt = np.bincount(ct, minlength=n_cells)
 
     if distances == "global":
-        dg = np.sqrt(np.maximum(search(xg, xt, 1, index=index, budget_mib=budget_mib, seed=seed).D[:, 0], 0))
-        dh = np.sqrt(np.maximum(search(xh, xt, 1, index=index, budget_mib=budget_mib, seed=seed).D[:, 0], 0))
+        dg = np.sqrt(
+            np.maximum(search(xg, xt, 1, index=index, budget_mib=budget_mib, seed=seed31).D[:, 0], 0)
+        )
+        dh = np.sqrt(
+            np.maximum(search(xh, xt, 1, index=index, budget_mib=budget_mib, seed=seed31).D[:, 0], 0)
+        )
     else:
         dg, dh = np.full(m, np.nan), np.full(n, np.nan)
         for c in np.flatnonzero(nt > 0):
@@ -472,8 +503,10 @@ def ct_test(
             for x, cells, out in ((xg, cg, dg), (xh, ch, dh)):
                 rows = np.flatnonzero(cells == c)
                 if len(rows):
-                    r = search(x[rows], tc, 1, index=index, budget_mib=budget_mib, seed=seed)
+                    r = search(x[rows], tc, 1, index=index, budget_mib=budget_mib, seed=seed31)
                     out[rows] = np.sqrt(np.maximum(r.D[:, 0], 0))
+    if scale != 1.0:
+        dg, dh = dg * scale, dh * scale
 
     valid = (ng / m >= tau) & (nh > 0) & (nt > 0)
     z = np.full(n_cells, np.nan)

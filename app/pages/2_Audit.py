@@ -7,7 +7,7 @@ import streamlit as st
 
 from diffaudit.app import data, ui
 from diffaudit.errors import DiffauditError
-from diffaudit.report import images
+from diffaudit.report import html, images
 
 ui.setup("audit")
 st.title("Audit")
@@ -173,25 +173,11 @@ elif pca_path is not None:
             if name == "generated":
                 p = p[~p["is_copy"]]
             if len(p):
-                fig.add_trace(
-                    go.Scattergl(
-                        x=p["pc1"],
-                        y=p["pc2"],
-                        mode="markers",
-                        name=name,
-                        marker={"size": 4, "opacity": 0.5, "color": colour},
-                    )
-                )
+                fig.add_trace(html.pca_trace(p, name, {"size": 4, "opacity": 0.5, "color": colour}))
         p = pca[(pca["set"] == "generated") & pca["is_copy"]]
         if len(p):
             fig.add_trace(
-                go.Scattergl(
-                    x=p["pc1"],
-                    y=p["pc2"],
-                    mode="markers",
-                    name="generated (copy)",
-                    marker={"size": 7, "symbol": "x", "color": "#d62728"},
-                )
+                html.pca_trace(p, "generated (copy)", {"size": 7, "symbol": "x", "color": "#d62728"})
             )
         fig.update_layout(
             title="2-D PCA of generated / train / holdout features, coloured by copy flag",
@@ -349,14 +335,10 @@ if mia:
         )
         st.plotly_chart(fig, width="stretch")
     if mia.get("sigmas") and mia.get("auc"):
-        fig = go.Figure(go.Scatter(x=mia["sigmas"], y=mia["auc"], mode="lines+markers", name="AUC"))
-        fig.add_hline(y=0.5, line_dash="dot", annotation_text="chance")
-        fig.update_layout(
+        fig = html.mia_auc_figure(
+            [("AUC", mia["sigmas"], mia["auc"])],
             title="Loss-threshold attack: AUC per noise level σ",
-            xaxis_type="log",
-            xaxis_title="σ",
-            yaxis_title="AUC",
-            height=320,
+            chance_text="chance",
         )
         st.plotly_chart(fig, width="stretch")
 

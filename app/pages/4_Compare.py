@@ -7,6 +7,7 @@ import streamlit as st
 
 from diffaudit.app import data, ui
 from diffaudit.errors import DiffauditError
+from diffaudit.report import html
 
 ui.setup("compare")
 st.title("Compare")
@@ -109,8 +110,7 @@ st.plotly_chart(fig, width="stretch")
 
 c1, c2 = st.columns(2)
 ecdf_d1, ecdf_ratio = go.Figure(), go.Figure()
-mia_fig = go.Figure()
-has_mia = False
+mia_curves = []
 for r in chosen:
     run_dir = ui.resolve_or_refuse(r)
     if run_dir is None:
@@ -133,8 +133,7 @@ for r in chosen:
     except DiffauditError:
         mia = None
     if mia and mia.get("sigmas") and mia.get("auc"):
-        has_mia = True
-        mia_fig.add_trace(go.Scatter(x=mia["sigmas"], y=mia["auc"], mode="lines+markers", name=short[r]))
+        mia_curves.append((short[r], mia["sigmas"], mia["auc"]))
 ecdf_d1.update_layout(
     title="Distance d₁ to the nearest training item (ECDF)",
     xaxis_title="d₁ (squared L2)",
@@ -149,13 +148,5 @@ ecdf_ratio.update_layout(
 )
 c1.plotly_chart(ecdf_d1, width="stretch")
 c2.plotly_chart(ecdf_ratio, width="stretch")
-if has_mia:
-    mia_fig.add_hline(y=0.5, line_dash="dot")
-    mia_fig.update_layout(
-        title="Membership-inference AUC per noise level",
-        xaxis_type="log",
-        xaxis_title="σ",
-        yaxis_title="AUC",
-        height=320,
-    )
-    st.plotly_chart(mia_fig, width="stretch")
+if mia_curves:
+    st.plotly_chart(html.mia_auc_figure(mia_curves), width="stretch")

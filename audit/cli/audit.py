@@ -14,8 +14,8 @@ from diffaudit.fileio import check_out_dir
 from diffaudit.models.adapters import FORMS, check_spec, load_model, model_name
 from diffaudit.models.controls import CONTROLS
 from diffaudit.pipeline.config import AuditConfig
-from diffaudit.pipeline.run import run_audit
-from diffaudit.pipeline.setup import file_data, synthetic_data
+from diffaudit.pipeline.run import run_audit_on
+from diffaudit.pipeline.setup import audit_data
 from diffaudit.pipeline.verdicts import evaluate_gates, parse_gate
 from diffaudit.report import schema
 
@@ -200,23 +200,16 @@ def audit_cmd(
     if n_boot is not None:
         cfg.n_boot, cfg.boot_max_dim = n_boot, 1 << 30
     out_dir = check_out_dir(Path(out) if out else default_out_dir(model_spec))
-    if train_path:
-        data = file_data(train_path, holdout_path, dataset_spec)
-    else:
-        # the holdout calibrates the copy rule and is the real side of FD/KID: never fewer than 2,000 by default
-        data = synthetic_data(dataset_spec, n_train, n_holdout or max(n_samples or 2000, 2000), seed)
+    data = audit_data(
+        dataset_spec, n_train, n_holdout, train_path, holdout_path, n_samples=n_samples, seed=seed
+    )
     model = load_model(model_spec, train=data.train, dataset=data.dataset, device=device, num_steps=num_steps)
-    report = run_audit(
+    report = run_audit_on(
         model,
-        train=data.train,
-        holdout=data.holdout,
-        dataset=data.dataset,
+        data,
         config=cfg,
         out_dir=out_dir,
         model_spec=model_spec,
-        inputs=data.provenance,
-        train_z=data.train_z,
-        holdout_z=data.holdout_z,
         timings={"load": round(time.perf_counter() - t0, 4)},
     )
     results = evaluate_gates(report, parsed)

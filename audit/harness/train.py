@@ -183,6 +183,41 @@ def deterministic(enabled: bool):
         torch.use_deterministic_algorithms(old)
 
 
+class LossWindow:
+    """Sums of the loss and the pre-clipping gradient norm since the last stats line, in float64 on the
+    device: no host sync per step (on a GPU, only stats lines sync). ``shape`` () for one model, (M,) for
+    the M models trained at once by ``diffaudit.harness.vmap``."""
+
+    def __init__(self, shape, device):
+        import torch
+
+        self.loss = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.grad_norm = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.k = 0
+
+    def add(self, loss, grad_norm) -> None:
+        self.loss += loss.detach().double()
+        self.grad_norm += grad_norm.detach().double()
+        self.k += 1
+
+    def line(self, step: int, cfg: TrainConfig, lr: float, beta: float, t0: float) -> dict:
+        """The stats line after ``step`` (loss and grad_norm: means over the window, a float for one model,
+        a list for M), then an empty window."""
+        line = {
+            "step": step + 1,
+            "nimg": (step + 1) * cfg.batch,
+            "loss": (self.loss / self.k).cpu().tolist(),
+            "lr": lr,
+            "grad_norm": (self.grad_norm / self.k).cpu().tolist(),
+            "ema_beta": beta,
+            "elapsed_s": round(time.perf_counter() - t0, 3),
+        }
+        self.loss.zero_()
+        self.grad_norm.zero_()
+        self.k = 0
+        return line
+
+
 def _stats_writer(out_dir: Path | None):
     if out_dir is None:
         return None
@@ -278,10 +313,7 @@ def train(
     stats: list[dict] = []
     f = _stats_writer(out_dir)
     t0 = time.perf_counter()
-    # Window sums stay on the device: no host sync per step (on a GPU, only log lines sync).
-    win_loss = torch.zeros((), dtype=torch.float64, device=device)
-    win_gn = torch.zeros((), dtype=torch.float64, device=device)
-    win_k = 0
+    window = LossWindow((), device)
     try:
         with deterministic(device.type == "cpu"):
             for step in range(cfg.steps):
@@ -305,23 +337,10 @@ def train(
                 beta = ema_beta(step, cfg)
                 with torch.no_grad():
                     torch._foreach_lerp_(ema_params, params, 1.0 - beta)  # ema += (1 - beta) (p - ema)
-                win_loss += loss.detach().double()
-                win_gn += gn.detach().double()
-                win_k += 1
+                window.add(loss, gn)
                 if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                    line = {
-                        "step": step + 1,
-                        "nimg": (step + 1) * cfg.batch,
-                        "loss": float(win_loss) / win_k,  # mean over the steps since the last line
-                        "lr": lr,
-                        "grad_norm": float(win_gn) / win_k,  # before clipping, mean over the window
-                        "ema_beta": beta,
-                        "elapsed_s": round(time.perf_counter() - t0, 3),
-                    }
+                    line = window.line(step, cfg, lr, beta, t0)
                     stats.append(line)
-                    win_loss.zero_()
-                    win_gn.zero_()
-                    win_k = 0
                     if f is not None:
                         f.write(json.dumps(line) + "\n")
                         f.flush()

@@ -37,6 +37,7 @@ from diffaudit.harness.edm import (
 from diffaudit.harness.networks import build_network, parse_model_spec
 from diffaudit.harness.train import (
     BatchSampler,
+    LossWindow,
     TrainConfig,
     check_training_data,
     checkpoint_config,
@@ -158,10 +159,7 @@ def train_many(
 
     stats: list[dict] = []
     t0 = time.perf_counter()
-    # Window sums stay on the device: no host sync per step (on a GPU, only log lines sync).
-    win_loss = torch.zeros(M, dtype=torch.float64, device=device)
-    win_gn = torch.zeros(M, dtype=torch.float64, device=device)
-    win_k = 0
+    window = LossWindow(M, device)
     with deterministic(device.type == "cpu"):
         for step in range(cfg.steps):
             # Per model, in its generator's order: indices, then the normals of sigma and noise. The
@@ -200,23 +198,10 @@ def train_many(
                 torch._foreach_add_(denom, eps)
                 torch._foreach_addcdiv_(ps, ms, denom, value=-lr / bc1)
                 torch._foreach_lerp_(es, ps, 1.0 - beta)  # EMA, as in diffaudit.harness.train
-            win_loss += loss.detach().double()
-            win_gn += gn.double()
-            win_k += 1
+            window.add(loss, gn)
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                line = {
-                    "step": step + 1,
-                    "nimg": (step + 1) * cfg.batch,
-                    "loss": (win_loss / win_k).cpu().tolist(),
-                    "lr": lr,
-                    "grad_norm": (win_gn / win_k).cpu().tolist(),
-                    "ema_beta": beta,
-                    "elapsed_s": round(time.perf_counter() - t0, 3),
-                }
+                line = window.line(step, cfg, lr, beta, t0)
                 stats.append(line)
-                win_loss.zero_()
-                win_gn.zero_()
-                win_k = 0
                 if progress:
                     print(
                         f"step {line['step']}/{cfg.steps}  mean loss {float(np.mean(line['loss'])):.4f}  "

@@ -81,22 +81,44 @@ def _as_train(train, name: str = "train") -> np.ndarray:
     return as_samples(train, name, min_n=2)
 
 
+def _train_knn(train: np.ndarray, k: int, budget_mib: float) -> tuple[np.ndarray, np.ndarray]:
+    """(squared distances, indices) of each training item's ``k`` nearest other training items (blocked)."""
+    return knn(train, train, k, exclude_self=True, budget_mib=budget_mib, name_q="train", name_b="train")
+
+
 class OracleModel(Model):
     """Samples the dataset's true generator: ``sample(n, seed) = dataset.sample(n, seed)[0]``.
 
+    A finite dataset (``n_population``, e.g. the 1,797 real digits) has no generator beyond its items: there
+    the oracle draws (without replacement, seeded) from the items NOT in ``train``, which is what a model that
+    generalizes perfectly would produce -- fresh real data, never a training item.
     Black box: no ``denoise`` and no ``sample_from_noise`` (see the module docstring).
     """
 
     name = "oracle"
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, train=None):
         if not hasattr(dataset, "sample"):
             raise DiffauditError("the oracle control needs a dataset with a true generator; pass dataset=...")
         self.dataset = dataset
         self.shape = tuple(dataset.shape)
+        self.pool_ = None
+        pop = getattr(dataset, "n_population", None)
+        if pop is not None and train is not None:
+            every = np.asarray(dataset.sample(int(pop), 0)[0], dtype=np.float32)
+            seen = {row.tobytes() for row in np.asarray(train, dtype=np.float32).reshape(len(train), -1)}
+            keep = np.array([row.tobytes() not in seen for row in every.reshape(len(every), -1)])
+            self.pool_ = every[keep]
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        return np.asarray(self.dataset.sample(int(n), seed)[0], dtype=np.float32)
+        if self.pool_ is None:
+            return np.asarray(self.dataset.sample(int(n), seed)[0], dtype=np.float32)
+        if int(n) > len(self.pool_):
+            raise DiffauditError(
+                f"the oracle of {self.dataset.spec} can draw only the {len(self.pool_)} items outside the training "
+                f"set, not {int(n)}; pass --n-samples {len(self.pool_)} or less."
+            )
+        return self.pool_[np.random.default_rng([0x0AC1E, int(seed)]).permutation(len(self.pool_))[: int(n)]]
 
 
 class GaussianModel(DenoiserModel):
@@ -357,15 +379,7 @@ class InterpolatorModel(Model):
         self.shape = tuple(a.shape[1:])
         self.train_ = a.reshape(len(a), -1)
         self.n_train = len(a)
-        _, self.neighbors_ = knn(
-            self.train_,
-            self.train_,
-            self.k,
-            exclude_self=True,
-            budget_mib=budget_mib,
-            name_q="train",
-            name_b="train",
-        )
+        _, self.neighbors_ = _train_knn(self.train_, self.k, budget_mib)
 
     def draw(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The endpoints and weights of ``sample(n, seed)``: (a index (n,), b index (n,), t (n,))."""
@@ -405,15 +419,7 @@ class NoisyMemorizerModel(Model):
         a = _as_train(train)
         self.shape = tuple(a.shape[1:])
         self.train_ = a.reshape(len(a), -1)
-        D, _ = knn(
-            self.train_,
-            self.train_,
-            1,
-            exclude_self=True,
-            budget_mib=budget_mib,
-            name_q="train",
-            name_b="train",
-        )
+        D, _ = _train_knn(self.train_, 1, budget_mib)
         self.r_nn_ = float(np.median(np.sqrt(D[:, 0])))
         if self.r_nn_ == 0.0:
             raise DiffauditError(
@@ -597,6 +603,8 @@ def make_control(name: str, train=None, dataset=None, **kwargs) -> Model:
             raise DiffauditError(
                 f"the {key!r} control samples the true generator; pass dataset= (a synthetic dataset)."
             )
+        if key == "oracle":  # a finite dataset's oracle excludes the training items
+            return OracleModel(dataset, train, **params)
         return _CLASSES[key](dataset, **params)
     if train is None:
         raise DiffauditError(

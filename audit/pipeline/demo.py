@@ -25,7 +25,8 @@ from pathlib import Path
 from diffaudit.errors import DiffauditError
 from diffaudit.fileio import atomic_write_json, atomic_write_text
 from diffaudit.models.adapters import load_model
-from diffaudit.pipeline.run import run_audit
+from diffaudit.pipeline.config import AuditConfig
+from diffaudit.pipeline.run import run_audit_on
 from diffaudit.pipeline.setup import synthetic_data
 from diffaudit.sweeps.run import train_and_audit_cell
 
@@ -127,13 +128,24 @@ def explain(model: str, report: dict) -> str:
     return f"{model}: " + ", ".join(parts)
 
 
+def _entry(name: str, dataset: str, folder: str, rep: dict, model: str, t0: float) -> dict:
+    """One case of the demo: its report files under ``folder``, verdicts, ``explain`` summary, seconds since ``t0``."""
+    return {
+        "name": name,
+        "dataset": dataset,
+        "report": f"{folder}/report.json",
+        "html": f"{folder}/report.html",
+        "verdict": rep["verdict"],
+        "summary": explain(model, rep),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
 def run_demo(
     out: Path, *, cases=CASES, models=MODELS, trained=TRAINED, progress: bool = False, echo=None
 ) -> list[dict]:
     """Audit every (case, model) and train-and-audit every trained case; write the reports, index.json and
     index.html under ``out``."""
-    from diffaudit.pipeline.run import AuditConfig
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DiffauditError(f"demo output folder {out} already exists and is not empty; pass another --out.")
@@ -151,27 +163,8 @@ def run_demo(
             )
             cfg = AuditConfig(features="pixels", n_samples=case.n_samples, seed=0, progress=progress)
             folder = f"{case.label}-{name}"
-            rep = run_audit(
-                model,
-                train=data.train,
-                holdout=data.holdout,
-                dataset=ds,
-                config=cfg,
-                out_dir=out / folder,
-                model_spec=f"control:{name}",
-                train_z=data.train_z,
-                holdout_z=data.holdout_z,
-                inputs=data.provenance,
-            )
-            e = {
-                "name": f"{case.label}/{name}",
-                "dataset": ds.spec,
-                "report": f"{folder}/report.json",
-                "html": f"{folder}/report.html",
-                "verdict": rep["verdict"],
-                "summary": explain(name, rep),
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
+            rep = run_audit_on(model, data, config=cfg, out_dir=out / folder, model_spec=f"control:{name}")
+            e = _entry(f"{case.label}/{name}", ds.spec, folder, rep, name, t0)
             entries.append(e)
             if echo:
                 echo(f"  {e['name']:<28} {e['seconds']:6.1f} s")
@@ -188,30 +181,13 @@ def run_demo(
             n_samples=tc.n_samples,
             n_holdout=tc.n_samples,
         )
-        name = f"trained MLP, n={tc.n_train}"
-        e = {
-            "name": f"{tc.label}/mlp-n{tc.n_train}",
-            "dataset": tc.dataset,
-            "report": f"{folder}/report.json",
-            "html": f"{folder}/report.html",
-            "verdict": rep["verdict"],
-            "summary": explain(name, rep),
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
+        e = _entry(
+            f"{tc.label}/mlp-n{tc.n_train}", tc.dataset, folder, rep, f"trained MLP, n={tc.n_train}", t0
+        )
         entries.append(e)
         if echo:
             echo(f"  {e['name']:<28} {e['seconds']:6.1f} s  ({tc.steps} training steps)")
-    index = [
-        {
-            "name": e["name"],
-            "dataset": e["dataset"],
-            "report": e["report"],
-            "html": e["html"],
-            "verdict": e["verdict"],
-            "summary": e["summary"],
-        }
-        for e in entries
-    ]
+    index = [{k: v for k, v in e.items() if k != "seconds"} for e in entries]
     atomic_write_text(out / "index.html", index_html(index))
     atomic_write_json(out / "index.json", index)
     return entries

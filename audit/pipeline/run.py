@@ -21,7 +21,7 @@ from diffaudit.errors import DiffauditError
 from diffaudit.features import get_embedder
 from diffaudit.hashing import array_sha256
 from diffaudit.pipeline.config import DEFAULT_N_SAMPLES, MIN_RELIABLE_SAMPLES, AuditConfig
-from diffaudit.pipeline.setup import split_holdout
+from diffaudit.pipeline.setup import AuditData, split_holdout
 from diffaudit.pipeline.stages import STAGES, Context, check_array, run_stages
 from diffaudit.pipeline.verdicts import decide
 from diffaudit.report.writer import build_report, write_report_dir
@@ -202,3 +202,18 @@ def run_audit(
     else:
         report["timings"]["total"] = round(time.perf_counter() - t_start + timings.get("load", 0.0), 4)
     return report
+
+
+def run_audit_on(model, data: AuditData, *, inputs: dict | None = None, **kw) -> Report:
+    """``run_audit`` on the data of ``diffaudit.pipeline.setup`` (its arrays, dataset and true factors);
+    ``inputs``: the report's provenance (default: the data's own); ``kw``: the other ``run_audit`` options."""
+    return run_audit(
+        model,
+        train=data.train,
+        holdout=data.holdout,
+        dataset=data.dataset,
+        train_z=data.train_z,
+        holdout_z=data.holdout_z,
+        inputs=data.provenance if inputs is None else inputs,
+        **kw,
+    )

@@ -2,7 +2,8 @@
 
 The data-seed rule lives here and nowhere else: for audit seed ``s`` the model samples with ``s``, the
 synthetic training set is ``dataset.sample(n_train, 3 s + 1)`` and the holdout
-``dataset.sample(n_holdout, 3 s + 2)``. For every s >= 0 the three streams differ, so the oracle control
+``dataset.sample(n_holdout, 3 s + 2)`` (a finite dataset such as digits: ``dataset.split(n_train, n_holdout,
+3 s + 1)``, disjoint parts of one permutation). For every s >= 0 the three streams differ, so the oracle control
 never draws its own training set; training sets of one seed are nested across n (``sample(n, seed)`` is a
 prefix of ``sample(m, seed)`` for n < m), which a data-scaling sweep relies on.
 """
@@ -10,6 +11,7 @@ prefix of ``sample(m, seed)`` for n < m), which a data-scaling sweep relies on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -58,14 +60,34 @@ def dataset_split(dataset, n_train: int, n_holdout: int, seed: int):
     if int(seed) < 0:
         raise DiffauditError(f"--seed {seed}: pass a non-negative seed.")
     s_train, s_hold = data_seeds(seed)
+    if (
+        getattr(dataset, "n_population", None) is not None
+    ):  # a finite set (digits): disjoint parts of one permutation
+        (xt, zt), (xh, zh) = dataset.split(int(n_train), int(n_holdout), s_train)
+        return xt, zt, xh, zh
     xt, zt = dataset.sample(int(n_train), s_train)
     xh, zh = dataset.sample(int(n_holdout), s_hold)
     return xt, zt, xh, zh
 
 
-def synthetic_data(dataset, n_train: int, n_holdout: int, seed: int) -> AuditData:
-    """Training and holdout sets drawn from a synthetic ``dataset`` (object or spec string)."""
+DEFAULT_N_HOLDOUT = 2000  # the holdout calibrates the copy rule and is the real side of FD/KID
+
+
+def default_n_holdout(dataset, n_train: int, n_samples: int | None) -> int:
+    """max(n_samples, 2000) held-out samples; for a finite dataset at most what the training set leaves."""
+    n = max(int(n_samples or DEFAULT_N_HOLDOUT), DEFAULT_N_HOLDOUT)
+    pop = getattr(dataset, "n_population", None)
+    return n if pop is None else max(2, min(n, int(pop) - int(n_train)))
+
+
+def synthetic_data(
+    dataset, n_train: int, n_holdout: int | None, seed: int, n_samples: int | None = None
+) -> AuditData:
+    """Training and holdout sets drawn from a synthetic ``dataset`` (object or spec string); ``n_holdout`` None:
+    ``default_n_holdout``."""
     ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    if n_holdout is None:
+        n_holdout = default_n_holdout(ds, n_train, n_samples)
     xt, zt, xh, zh = dataset_split(ds, n_train, n_holdout, seed)
     s_train, s_hold = data_seeds(seed)
     prov = {
@@ -82,3 +104,23 @@ def file_data(train_path, holdout_path=None, dataset=None) -> AuditData:
     holdout = load_samples(holdout_path, name=f"holdout set {holdout_path}") if holdout_path else None
     prov = {"train": str(train_path), "holdout": None if holdout_path is None else str(holdout_path)}
     return AuditData(train, holdout, ds, None, None, prov)
+
+
+def audit_data(
+    dataset=None,
+    n_train: int | None = None,
+    n_holdout: int | None = None,
+    train=None,
+    holdout=None,
+    *,
+    n_samples: int | None = None,
+    seed: int = 0,
+) -> AuditData:
+    """The data of one audit: ``train`` (and ``holdout``) as paths or arrays (``dataset`` then adds the
+    factor probes), or, without ``train``, ``n_train`` draws of the synthetic ``dataset`` and a holdout of
+    ``n_holdout`` (default ``default_n_holdout``) with the seeds of ``data_seeds(seed)``."""
+    if train is None:
+        return synthetic_data(dataset, n_train, n_holdout or None, seed, n_samples)
+    if isinstance(train, str | Path):
+        return file_data(train, holdout, dataset)
+    return AuditData(train, holdout, get_dataset(dataset) if isinstance(dataset, str) else dataset)

@@ -191,9 +191,13 @@ def moments(ctx: Context) -> None:
         )
         return
     ctx.put("convergence.moment_error", r.value, r.ci)
-    ctx.put("convergence.mean_shift", r.mean_part * r.dim)
+    shift = r.mean_part * r.dim
+    ctx.put("convergence.mean_shift", shift)
+    # threshold 1's one statistic (verdict and sweep): the interval is E1's while E1 is the larger part
+    ctx.put("convergence.bulk_error", max(r.value, shift), r.ci if r.value >= shift else None)
     ctx.details.setdefault("convergence", {})["moment_error_reference"] = ref
     ctx.details["convergence"]["moment_error_dim"] = int(r.dim)
+    ctx.details["convergence"]["moment_error_delta"] = float(r.delta)
 
 
 def convergence(ctx: Context) -> None:
@@ -364,7 +368,7 @@ STAGES: tuple[Stage, ...] = (
         "moments",
         "threshold 1: second moments",
         moments,
-        ("convergence.moment_error", "convergence.mean_shift"),
+        ("convergence.bulk_error", "convergence.moment_error", "convergence.mean_shift"),
         ("reference",),
     ),
     Stage(

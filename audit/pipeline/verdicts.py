@@ -52,6 +52,7 @@ def decide(
 
     e1 = value(probes, "convergence.moment_error")
     shift = value(probes, "convergence.mean_shift")
+    # convergence.bulk_error = max(E1, |m|^2) is the same rule as one number (the sweep's n1 metric)
     if e1 is None:
         verdict["convergence"] = "n/a"
         skipped = (details.get("convergence") or {}).get("moment_error_skipped")

@@ -171,6 +171,26 @@ def metric_tables(report: dict) -> str:
 # --------------------------------------------------------------------------------------------- figures
 
 
+def pca_trace(p, name: str, marker: dict) -> go.Scattergl:
+    """The points of ``p`` (a frame of ``pca.parquet``: columns ``pc1``, ``pc2``) as one scatter trace."""
+    return go.Scattergl(x=p["pc1"], y=p["pc2"], mode="markers", name=name, marker=marker)
+
+
+def mia_auc_figure(
+    curves: Iterable[tuple[str | None, list, list]],
+    *,
+    title: str = "Membership-inference AUC per noise level",
+    sigma_title: str = "σ",
+    chance_text: str | None = None,
+) -> go.Figure:
+    """AUC of the loss-threshold membership attack per noise level sigma (log axis), a line per
+    ``(name, sigmas, auc)`` of ``curves``; chance (AUC 0.5) dotted, labelled ``chance_text`` if given."""
+    f = go.Figure([go.Scatter(x=s, y=auc, mode="lines+markers", name=n) for n, s, auc in curves])
+    f.add_hline(y=0.5, line_dash="dot", **({"annotation_text": chance_text} if chance_text else {}))
+    f.update_layout(title=title, xaxis_type="log", xaxis_title=sigma_title, yaxis_title="AUC", height=320)
+    return f
+
+
 def _figures(report: dict, art: dict) -> list[str]:
     """HTML snippets of the plotly figures (plotly.js NOT included; the page provides it once)."""
     figs = []
@@ -224,68 +244,36 @@ def _figures(report: dict, art: dict) -> list[str]:
         zv = val.z_hat[val.valid]
         f = make_subplots(rows=1, cols=len(names), subplot_titles=names)
         for j in range(len(names)):
-            f.add_trace(
-                go.Histogram(
-                    x=zt[:, j],
-                    name="true",
-                    histnorm="probability",
-                    opacity=0.5,
-                    marker_color="#1f77b4",
-                    showlegend=j == 0,
-                ),
-                row=1,
-                col=j + 1,
-            )
-            f.add_trace(
-                go.Histogram(
-                    x=zv[:, j],
-                    name="generated (valid)",
-                    histnorm="probability",
-                    opacity=0.5,
-                    marker_color="#d62728",
-                    showlegend=j == 0,
-                ),
-                row=1,
-                col=j + 1,
-            )
+            for z, name, colour in ((zt, "true", "#1f77b4"), (zv, "generated (valid)", "#d62728")):
+                f.add_trace(
+                    go.Histogram(
+                        x=z[:, j],
+                        name=name,
+                        histnorm="probability",
+                        opacity=0.5,
+                        marker_color=colour,
+                        showlegend=j == 0,
+                    ),
+                    row=1,
+                    col=j + 1,
+                )
         f.update_layout(
             barmode="overlay", title="Recovered factors of valid samples vs the true prior", height=320
         )
         figs.append(f)
     mia = report.get("details", {}).get("membership")
     if mia:
-        f = go.Figure(go.Scatter(x=mia["sigmas"], y=mia["auc"], mode="lines+markers"))
-        f.add_hline(y=0.5, line_dash="dot")
-        f.update_layout(
-            title="Membership-inference AUC per noise level",
-            xaxis_type="log",
-            xaxis_title="sigma",
-            yaxis_title="AUC",
-            height=320,
-        )
-        figs.append(f)
+        figs.append(mia_auc_figure([(None, mia["sigmas"], mia["auc"])], sigma_title="sigma"))
     pca = art.get("pca")
     if pca is not None:
         f = go.Figure()
         for name in ("train", "holdout", "generated"):
             p = pca[pca["set"] == name]
             if len(p):
-                f.add_trace(
-                    go.Scattergl(
-                        x=p["pc1"], y=p["pc2"], mode="markers", name=name, marker={"size": 4, "opacity": 0.5}
-                    )
-                )
+                f.add_trace(pca_trace(p, name, {"size": 4, "opacity": 0.5}))
         p = pca[(pca["set"] == "generated") & pca["is_copy"]]
         if len(p):
-            f.add_trace(
-                go.Scattergl(
-                    x=p["pc1"],
-                    y=p["pc2"],
-                    mode="markers",
-                    name="copies",
-                    marker={"size": 7, "symbol": "x", "color": "black"},
-                )
-            )
+            f.add_trace(pca_trace(p, "copies", {"size": 7, "symbol": "x", "color": "black"}))
         f.update_layout(title="PCA of features (first two components of the training set)", height=420)
         figs.append(f)
     return [fig.to_html(full_html=False, include_plotlyjs=False) for fig in figs]

@@ -52,11 +52,19 @@ class Metric:
 METRICS: tuple[Metric, ...] = (
     # ------------------------------------------------------------------ convergence (threshold 1)
     Metric(
+        "convergence.bulk_error",
+        "threshold-1 error max(E1, |m|^2)",
+        better="lower",
+        threshold="convergence",
+        sweep="n1",
+        help="the statistic threshold 1 compares with eps1: the larger of the whitened second-moment error E1 and "
+        "the whitened squared mean shift |m|^2; an n-sample estimate of the data scores about (d + kappa)/n",
+    ),
+    Metric(
         "convergence.moment_error",
         "whitened 2nd-moment error E1",
         better="lower",
         threshold="convergence",
-        sweep="n1",
         help="||E_g[y y^T] - I||_F^2 / d with y whitened by the data population (or holdout); "
         "unbiased whatever the number of generated samples; an n-sample estimate of the data scores (d + kappa)/n",
     ),

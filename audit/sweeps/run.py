@@ -52,7 +52,7 @@ from diffaudit.hashing import params_sha256
 from diffaudit.models.adapters import load_model
 from diffaudit.models.checkpoint import CheckpointModel
 from diffaudit.pipeline.config import AuditConfig
-from diffaudit.pipeline.run import run_audit
+from diffaudit.pipeline.run import run_audit_on
 from diffaudit.pipeline.setup import AuditData, synthetic_data
 from diffaudit.progress import progress_display
 from diffaudit.report.html import shared_plotly_src, write_shared_plotly
@@ -112,16 +112,12 @@ def _audit(model, data: AuditData, record: dict, out_dir: Path, device: str) -> 
     )
     cfg = AuditConfig.from_options(opts, where=f"cell {record['cell_id']} [audit]")
     sub = out_dir / "audit"  # run_audit builds its own folder atomically; its files are moved up
-    report = run_audit(
+    report = run_audit_on(
         model,
-        train=data.train,
-        holdout=data.holdout,
-        dataset=data.dataset,
+        data,
         config=cfg,
         out_dir=sub,
         model_spec=record["model"],
-        train_z=data.train_z,
-        holdout_z=data.holdout_z,
         inputs={"sweep_cell": record["cell_id"], **data.provenance},
         html_plotly=record.get("html_plotly", "inline"),
     )

@@ -248,6 +248,15 @@ def _err(where: str, msg: str) -> DiffauditError:
     return DiffauditError(f"sweep spec {where}: {msg}")
 
 
+def _check_keys(table: dict, valid, name: str, where: str) -> None:
+    """Refuse keys of the TOML table ``[name]`` outside ``valid``, naming the valid ones."""
+    unknown = sorted(set(table) - set(valid))
+    if unknown:
+        raise _err(
+            where, f"[{name}] has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}."
+        )
+
+
 def _n_grid(v: Any, where: str) -> tuple[int, ...]:
     if isinstance(v, dict):
         unknown = set(v) - {"min", "max", "num"}
@@ -291,12 +300,7 @@ def _budget(v: Any, where: str) -> Budget:
         return Budget()
     if not isinstance(v, dict):
         raise _err(where, '[budget] must be a table, e.g. [budget] rule = "steps", steps = 2000.')
-    unknown = sorted(set(v) - _BUDGET_KEYS)
-    if unknown:
-        raise _err(
-            where,
-            f"[budget] has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_BUDGET_KEYS))}.",
-        )
+    _check_keys(v, _BUDGET_KEYS, "budget", where)
     rule = v.get("rule", "steps")
     if rule not in BUDGET_RULES:
         raise _err(where, f"[budget] rule = {rule!r}; choose one of: {', '.join(BUDGET_RULES)}.")
@@ -416,12 +420,7 @@ def parse_spec(data: dict, *, where: str = "<dict>", check_datasets: bool = True
     audit = data.get("audit", {})
     if not isinstance(audit, dict):
         raise _err(where, "[audit] must be a table (n_samples, n_holdout, sampler_steps, options).")
-    unknown = sorted(set(audit) - _AUDIT_KEYS)
-    if unknown:
-        raise _err(
-            where,
-            f"[audit] has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_AUDIT_KEYS))}.",
-        )
+    _check_keys(audit, _AUDIT_KEYS, "audit", where)
     ints = {}
     for k, default in (("n_samples", 2000), ("n_holdout", 2000), ("sampler_steps", 32)):
         v = audit.get(k, default)
@@ -459,12 +458,7 @@ def _canonical_model(model: str, where: str) -> str:
 
 
 def _check_train(train: dict, where: str) -> None:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(train) - names - {"batch"})
-    if unknown:
-        raise _err(
-            where, f"[train] has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}."
-        )
+    _check_keys(train, {f.name for f in dataclasses.fields(TrainConfig)}, "train", where)
 
 
 def load_spec(path: str | Path, *, check_datasets: bool = True) -> SweepSpec:

@@ -3,9 +3,10 @@
 A curve group is one (dataset, its parameters incl. d, model) with cells at several n and seeds. Its
 transition metrics are the schema's sweep rows (``diffaudit.report.schema.sweep_metric``):
 
-- threshold 1 ("n1"): the whitened second-moment error E1 (``probes.moment_error``), lower is better; the
-  audit passes it at E1 <= eps1 (``report["thresholds"]["eps1"]``, default 0.1). For an n-sample learner
-  E[E1] ~ (d + kappa) / n. Fit: E[E1] = exp(a - b log n) by quasi-likelihood (McCullagh & Nelder 1989,
+- threshold 1 ("n1"): ``convergence.bulk_error`` = max(E1, |m|^2), the larger of the whitened second-moment
+  error E1 (``probes.moment_error``) and the whitened squared mean shift, lower is better; the audit passes it
+  at <= eps1 (``report["thresholds"]["eps1"]``, default 0.1). For an n-sample learner both parts are
+  ~ (d + kappa) / n (E1 exactly, |m|^2 ~ d / n). Below, "E1" stands for this statistic. Fit: E[E1] = exp(a - b log n) by quasi-likelihood (McCullagh & Nelder 1989,
   ch. 9) with Var = c2 mu^2 + s2: a relative part (the seed-to-seed spread of a learner's error scales with
   it; c2 by a moment equation) plus each cell's reported estimation variance s2 (from its CI), which rules
   near E1 = 0. Why not least squares on log E1: E1 is an *unbiased* estimate and is slightly negative near
@@ -619,6 +620,7 @@ def fit_group(
             "n_star_ci": None,
             "censored_share": None,
         }
+        out["curves"][spec.name] = info  # filled in below; an early ``continue`` leaves status and message
         have = np.isfinite(Y)
         n_cells = int(have.sum())
         info["n_cells"] = n_cells
@@ -634,14 +636,12 @@ def fit_group(
                 message=f"{spec.label}: no cell of this group reports it (cells written "
                 "before the metric existed?); not fitted.",
             )
-            out["curves"][spec.name] = info
             continue
         if len(ns_with) < 3:
             info.update(
                 status="insufficient",
                 message=f"{spec.label}: needs values at >= 3 training-set sizes, has {len(ns_with)}.",
             )
-            out["curves"][spec.name] = info
             continue
         means = np.array([np.nanmean(Y[:, j]) if have[:, j].any() else np.nan for j in range(G)])
         ok_means = means[np.isfinite(means)]
@@ -661,7 +661,6 @@ def fit_group(
                 message=f"{spec.label} does not cross {lev:g} inside the grid ({where})"
                 + ("." if share is None else f"; {100 * share:.0f} % of the resamples do not either."),
             )
-            out["curves"][spec.name] = info
             continue
         # point fit on the per-n means weighted by their cell counts (= the fit on all cells)
         W0 = have.sum(0).astype(np.float64)
@@ -684,7 +683,6 @@ def fit_group(
                 message=f"{spec.label}: the fitted curve does not cross {lev:g} inside the "
                 "grid although the per-n means do; no n* fitted.",
             )
-            out["curves"][spec.name] = info
             continue
         d = _Data(spec, x, Y, SD, NS)
         th_b, xs_b, binfo = _replicates(d, family, theta, lev, idx, n_boot, rng, c2)
@@ -708,7 +706,6 @@ def fit_group(
             + (f" [{ci[0]:.0f}, {ci[1]:.0f}]" if ci else f" (no interval: {iv['ci_note']})")
             + (f"; E1 ~ n^-{theta[1]:.2f}" if family == "power" else "")
         )
-        out["curves"][spec.name] = info
     out["_boot"] = boot
     out["_bounds"] = (lo_x, hi_x)
     out["_S"] = S if idx is not None else None

@@ -20,15 +20,27 @@ samples of the same size achieve:
      mixture of low-rank Gaussians (``dataset.U``): the largest over components of the KS distance of
      the within-subspace radius ||a|| (component frequencies are the categorical factor's TV);
 3. the null band: ``n_null`` replicates of m true samples (oracle factors of valid true samples, drawn
-   with replacement from a pool of >= 10 m projected true samples, disjoint from the reference) give
+   with replacement from a pool of >= 10 m projected true samples, disjoint from the reference; a fixed
+   pool of P items offsets the band by ~sqrt(m / P) of its width, <= 0.32 at P >= 10 m) give
    each statistic's null distribution. The decision is the single-step min-P test of Westfall & Young
    (1993): each statistic's Monte Carlo p-value (Besag & Clifford 1989), their minimum compared with the
    replicates' own minima. Its false-fail rate for true samples is ``level`` whatever the number and
    dependence of the statistics; ``null_hi`` of a statistic is the value above which it alone fails.
 
+A FINITE dataset (``dataset.n_population`` set: digits, 1,797 real images) has no fresh draws: its true
+samples are its items not in the training set (exact rows; a recovered model's novel samples are not
+training items either). The reference is ``x_ref``, else all of them (up to ``n_ref``); the pool is every
+remaining one, fewer than 10 m where the population is small (digits, n_train = 500, a 300-image holdout:
+P = 997, so ~0.47 of the band's width at m = 220; ``notes`` state P and sqrt(m / P)). When the reference
+takes them all, the pool is the reference itself: a reference that is the whole population has no sampling
+noise of its own to keep apart from the null's.
+
 ``recovered`` = novel-valid rate >= ``min_novel_valid_rate`` AND factors match AND coverage within its
-band. ``recovery_score`` = novel-valid rate x share of statistics within their band: in [0, 1], equal to
-the novel-valid rate for a model whose factors match, growing with both.
+band. ``recovery_score`` = the novel-valid rate when the factors match and cover factor space, else 0: in
+[0, 1], and ``recovered`` holds exactly when ``recovery_score >= min_novel_valid_rate``, so the audit's
+verdict, the sweep metric and the fitted n2* (where the score crosses 0.5) are one definition. (A share of
+matched statistics would not do: matching two of mcm's four statistics -- lambda and nu, not the hidden
+direction -- would score 0.5 without any recovery. ``matched_share`` is reported for diagnosis.)
 """
 
 from __future__ import annotations
@@ -87,6 +99,7 @@ class RecoveryResult:
     coverage_ok: bool
     recovered: bool
     recovery_score: float
+    matched_share: float  # share of the statistics inside their own band (diagnosis only)
     factor_stats: dict[str, tuple[float, float]]
     statistic: dict[str, str]
     coverage: float
@@ -122,6 +135,7 @@ class RecoveryResult:
             "m": self.m,
             "m_eval": self.m_eval,
             "recovery_score": self.recovery_score,
+            "matched_share": self.matched_share,
             "factor_stats": {
                 k: {"value": _num(v), "null_hi": _num(h), "statistic": self.statistic[k]}
                 for k, (v, h) in self.factor_stats.items()
@@ -295,6 +309,17 @@ def _min_p_test(s_obs: np.ndarray, S_null: np.ndarray, level: float) -> tuple[fl
 # ------------------------------------------------------------------------------------------ the probe
 
 
+def _unseen(x: np.ndarray, *others) -> np.ndarray:
+    """Rows of ``x`` (n, *shape) that are not exact copies of a row of any of ``others``: the items of a
+    finite population are identified by their values (the digits images are pairwise distinct)."""
+    seen = set()
+    for o in others:
+        if o is not None and len(o):
+            seen.update(r.tobytes() for r in np.ascontiguousarray(o, dtype=x.dtype).reshape(len(o), -1))
+    keep = np.fromiter((r.tobytes() not in seen for r in x.reshape(len(x), -1)), bool, len(x))
+    return x[keep]
+
+
 def _valid_true(dataset, x, tau: float):
     z_hat, rho = relative_residual(dataset, x)
     ok = rho <= tau
@@ -327,7 +352,8 @@ def factor_recovery(
     valid true samples ``x_ref`` (not used in training), or ``z_ref`` (n_ref, F) given in the ORACLE's
     coordinates (``dataset.project`` of true samples; the true z only where project(generate(z)) = z:
     hidden-manifold, molrg with sigma = 0, sprites; not mcm, whose lambda_hat carries noise), else
-    ``n_ref`` fresh samples. ``tau``: validity threshold (default ``validity_threshold(dataset)``).
+    ``n_ref`` fresh samples (a finite dataset: its items outside ``train``, module docstring). ``tau``:
+    validity threshold (default ``validity_threshold(dataset)``).
     """
     if train is None:
         raise DiffauditError(
@@ -359,10 +385,23 @@ def factor_recovery(
     pick = np.sort(rng.choice(m, size=m_eval, replace=False)) if m > m_eval else np.arange(m)
     z_eval = z_nv[pick]
 
+    n_population = getattr(dataset, "n_population", None)
+    # a finite dataset's true samples: its items outside the training set, in a seeded order
+    x_unseen = (
+        None
+        if n_population is None
+        else _unseen(dataset.sample(int(n_population), _POOL_SEED + int(seed))[0], train)
+    )
+    xr = None
     if z_ref is not None:
         zr = np.asarray(z_ref, dtype=np.float64).reshape(len(z_ref), -1)
     else:
-        xr = x_ref if x_ref is not None else dataset.sample(int(n_ref), _REF_SEED + int(seed))[0]
+        if x_ref is not None:
+            xr = x_ref
+        elif x_unseen is not None:
+            xr = x_unseen[: int(n_ref)]
+        else:
+            xr = dataset.sample(int(n_ref), _REF_SEED + int(seed))[0]
         zr, _ = _valid_true(dataset, xr, tau)
     if len(zr) < 2 or zr.shape[1] != len(dataset.factors):
         raise DiffauditError(
@@ -380,9 +419,28 @@ def factor_recovery(
         fail = np.ones(len(s_obs), bool)
         notes.append("no novel-valid samples: the factors cannot be compared")
     else:
-        P = max(int(n_pool), POOL_FACTOR * m_eval)
-        xp = dataset.sample(P, _POOL_SEED + int(seed))[0]
+        if x_unseen is None:
+            xp = dataset.sample(max(int(n_pool), POOL_FACTOR * m_eval), _POOL_SEED + int(seed))[0]
+        else:  # every unseen item outside the reference (all of them when the reference holds them all)
+            xp = _unseen(x_unseen, xr)
+            xp = xp if len(xp) else x_unseen
         zp, xp = _valid_true(dataset, xp, tau)
+        if len(zp) < 2:
+            fix = (
+                "pass a larger tau."
+                if n_population is None
+                else f"leave more of the {n_population} items outside the training set and the reference."
+            )
+            raise DiffauditError(
+                f"factor_recovery: only {len(zp)} valid true samples are left for the null band at tau = "
+                f"{tau:.3g}; {fix}"
+            )
+        if x_unseen is not None and len(zp) < POOL_FACTOR * m_eval:
+            notes.append(
+                f"null band from a finite pool of P = {len(zp)} true samples (< {POOL_FACTOR} m = "
+                f"{POOL_FACTOR * m_eval}): its offset is ~sqrt(m / P) = {np.sqrt(m_eval / len(zp)):.2f} "
+                f"of its width (vs {np.sqrt(1 / POOL_FACTOR):.2f} at P = {POOL_FACTOR} m)"
+            )
         xp = xp.reshape(len(xp), -1).astype(np.float64) if stats.needs_x else None
         S_null = np.empty((int(n_null), len(s_obs)))
         for b in range(int(n_null)):
@@ -438,7 +496,8 @@ def factor_recovery(
         factor_match=factor_match,
         coverage_ok=coverage_ok,
         recovered=not failed,
-        recovery_score=float(nvr * matched),
+        recovery_score=float(nvr if (factor_match and coverage_ok) else 0.0),
+        matched_share=matched,
         factor_stats=factor_stats,
         statistic={lab: stats.kind_of[lab] for lab in labels if lab != "coverage"},
         coverage=coverage,

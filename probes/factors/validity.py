@@ -125,13 +125,21 @@ def validity_threshold(
     """Default tau and its parts (module docstring).
 
     ``reference``: true samples (n_ref, *shape) (fresh ones, never the training set of the audited
-    model); default ``dataset.sample(n_reference, seed)``.
+    model); default ``dataset.sample(n_reference, seed)``, capped at a finite dataset's ``n_population``
+    (digits: all 1,797 images, so the 99th percentile is the population's own, not an estimate; a
+    generator's q99 from 2,000 draws rests on its top 20 residuals). The training set needs no removal here:
+    true samples' residuals measure the oracle's own error, the same for items trained on (digits: 0 for
+    every real image).
     """
     if not 0 < float(frac) < 1:
         raise DiffauditError(
             f"frac={frac} is not a fraction of the sample's norm; pass a value in (0, 1), e.g. 0.1."
         )
-    ref = reference if reference is not None else dataset.sample(n_reference, seed)[0]
+    if reference is None:
+        n_population = getattr(dataset, "n_population", None)
+        n = int(n_reference) if n_population is None else min(int(n_reference), int(n_population))
+        reference = dataset.sample(n, seed)[0]
+    ref = reference
     _, rho = relative_residual(dataset, np.asarray(ref, dtype=np.float32))
     tau_ref = float(slack) * float(np.quantile(rho, 0.99))
     return ValidityThreshold(max(float(frac), tau_ref), float(frac), tau_ref)

@@ -3,11 +3,19 @@
 import numpy as np
 import pytest
 
+import diffaudit
 from diffaudit.datasets.base import get_dataset
 from diffaudit.errors import DiffauditError
+from diffaudit.pipeline.setup import dataset_split
 
-SPECS = ["hidden-manifold:d=16,D=3", "mcm:d=8", "mcm:d=8,correlated=true", "molrg:d=16,K=3,r=2,sigma=0.1",
-         "sprites", "digits"]
+SPECS = [
+    "hidden-manifold:d=16,D=3",
+    "mcm:d=8",
+    "mcm:d=8,correlated=true",
+    "molrg:d=16,K=3,r=2,sigma=0.1",
+    "sprites",
+    "digits",
+]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -90,7 +98,11 @@ def test_hidden_manifold_gauss_newton_beats_atanh_start_near_saturation():
 @pytest.mark.parametrize("correlated", [False, True])
 def test_mcm_covariance_and_kurtosis(correlated):
     ds = get_dataset("mcm", d=8, beta_u=4, beta_v=4, correlated=correlated, seed=1)
-    assert abs(ds.u @ ds.v) < 1e-12 and abs(np.linalg.norm(ds.u) - 1) < 1e-12 and abs(np.linalg.norm(ds.v) - 1) < 1e-12
+    assert (
+        abs(ds.u @ ds.v) < 1e-12
+        and abs(np.linalg.norm(ds.u) - 1) < 1e-12
+        and abs(np.linalg.norm(ds.v) - 1) < 1e-12
+    )
     x, z = ds.sample(200_000, seed=0)
     x = x.astype(np.float64)
     n = len(x)
@@ -170,3 +182,73 @@ def test_digits():
         ds.sample(1798)
     with pytest.raises(DiffauditError, match="no generator"):
         ds.generate(z)
+
+
+def _rows(x: np.ndarray) -> set[bytes]:
+    return {r.tobytes() for r in x.reshape(len(x), -1)}
+
+
+def test_population_size_is_declared():
+    assert get_dataset("digits").n_population == 1797 == len(_rows(get_dataset("digits").sample(1797, 0)[0]))
+    for spec in SPECS[:-1]:  # generators: unlimited fresh draws
+        assert get_dataset(spec).n_population is None, spec
+
+
+def test_digits_split_is_disjoint_and_nested():
+    ds = get_dataset("digits")
+    (xt, zt), (xh, zh) = ds.split(500, 300, seed=7)
+    assert xt.shape == (500, 1, 8, 8) and xh.shape == (300, 1, 8, 8) and zh.shape == (300, 1)
+    assert not _rows(xt) & _rows(xh)  # no identical rows (the 1,797 images are pairwise distinct)
+    np.testing.assert_array_equal(xt, ds.sample(500, 7)[0])  # train is sample(n_train, seed)
+    np.testing.assert_array_equal(zt, ds.sample(500, 7)[1])
+    (xt2, _), (xh2, _) = ds.split(1000, 200, seed=7)
+    np.testing.assert_array_equal(xt2[:500], xt)  # train nested in n_train
+    np.testing.assert_array_equal(xh2, xh[:200])  # holdout nested in n_holdout, independent of n_train
+    # the two sets fill the population exactly at the limit, and differ across seeds
+    (xa, _), (xb, _) = ds.split(1297, 500, seed=7)
+    assert len(_rows(xa) | _rows(xb)) == 1797
+    assert not np.array_equal(ds.split(500, 300, seed=8)[1][0], xh)
+    # for contrast: two independent draws overlap by ~ 500 * 300 / 1797 = 83 images (the reported bug)
+    assert 50 < len(_rows(ds.sample(500, 1)[0]) & _rows(ds.sample(300, 2)[0])) < 120
+
+
+def test_digits_too_large_requests_are_refused_in_one_sentence():
+    ds = get_dataset("digits")
+    with pytest.raises(DiffauditError) as e:
+        ds.split(1298, 500)
+    msg = str(e.value)
+    assert "n_train=1298 + n_holdout=500 exceeds the 1797 real images" in msg and "<= 1797" in msg
+    assert msg.endswith(".") and msg.count(". ") == 0  # one sentence
+    with pytest.raises(DiffauditError, match="n <= 1797"):
+        ds.sample(1798)
+    with pytest.raises(DiffauditError, match="non-negative integer"):
+        ds.split(-1, 3)
+
+
+def test_digits_oracle_audits_end_to_end():
+    # the reviewer's call: validity_threshold's reference (2,000) and factor_recovery's pool (4,000) used
+    # to ask digits for more than its 1,797 images; both are capped by the population now
+    r = diffaudit.audit("control:oracle", dataset="digits", n_train=500, n_samples=300, n_holdout=300)
+    f = r["probes"]["factors"]
+    assert f["validity"]["value"] == 1.0  # every oracle sample is a real digit: residual 0
+    assert r["verdict"]["convergence"] == "pass"  # E1 against the exact population moments
+    assert any("finite pool" in n for n in r["details"]["factors"]["notes"])
+
+
+def test_digits_audit_holdout_is_held_out():
+    ds = get_dataset("digits")
+    xt, _, xh, _ = dataset_split(ds, 500, 300, seed=0)
+    assert not _rows(xt) & _rows(xh)
+    # a finite set's oracle draws only items outside the training set: fresh real data, no copies (exact
+    # copies would be counted exactly: the holdout that calibrates the copy rule holds no training image)
+    r = diffaudit.audit("control:oracle", dataset="digits", n_train=500, n_samples=300, n_holdout=300)
+    assert r["probes"]["memorization"]["n_copies"]["value"] == 0
+    assert r["verdict"] == {"convergence": "pass", "generalization": "pass", "memorization": "pass"}
+    # the memorizer of the same training set copies: the copy count is exact
+    m = diffaudit.audit(
+        "control:memorizer", dataset="digits", n_train=500, n_samples=300, n_holdout=300, num_steps=12
+    )
+    assert m["probes"]["memorization"]["copy_rate"]["value"] > 0.9 and m["verdict"]["memorization"] == "fail"
+    assert any("P = 997 " in n for n in r["details"]["factors"]["notes"])  # 1797 - 500 - 300 left
+    with pytest.raises(DiffauditError, match="n_train=500 \\+ n_holdout=1298"):
+        diffaudit.audit("control:oracle", dataset="digits", n_train=500, n_samples=300, n_holdout=1298)

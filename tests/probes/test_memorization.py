@@ -6,6 +6,7 @@ source. Bars from the issue: exact and noise copies recall >= 0.99, untouched fr
 flagged <= 1 %. Shift/brightness recall is printed (run with -s) and only checked where stated.
 """
 
+import faiss
 import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
@@ -267,6 +268,56 @@ def test_ct_test_on_a_tiny_training_set_caps_its_cells():
     res_fresh = ct_test(rng.standard_normal((300, 100)).astype(np.float32), train, fresh)
     assert res_copy.n_cells <= 4
     assert res_copy.c_t < -5 < res_fresh.c_t  # copies sit far closer to the training set than fresh data
+
+
+def test_ct_test_is_silent_on_a_small_training_set(capfd):
+    # FAISS prints "WARNING clustering 16 points to 4 centroids ..." on stderr below 39 training points per
+    # centroid; on sweeps' small training sets that flooded the terminal. ct_test must print nothing and
+    # still find the cells of FAISS's default parameters (the control below does print the warning).
+    rng = np.random.default_rng(5)
+    train = rng.standard_normal((16, 8)).astype(np.float32)
+    gen, hold = rng.standard_normal((2, 200, 8)).astype(np.float32)
+    capfd.readouterr()
+    r = ct_test(gen, train, hold)
+    out, err = capfd.readouterr()
+    assert r.n_cells == 4 and out == "" and err == ""
+    km = faiss.Kmeans(8, 4, niter=25, nredo=3, seed=1, spherical=False)
+    km.train(train)
+    assert "WARNING clustering 16 points to 4 centroids" in capfd.readouterr().err
+    cells = (((train[:, None].astype(np.float64) - km.centroids[None]) ** 2).sum(-1)).argmin(1)
+    np.testing.assert_array_equal(r.cell_train, cells)
+
+
+@pytest.mark.parametrize("factor", [1e19, 1e-25])
+def test_ct_test_is_scale_invariant_at_extreme_magnitudes(factor):
+    # float32 squared distances overflow at |x| ~ 1e19 (FAISS aborted the process on invalid cluster
+    # assignments) and underflow at 1e-25 (all distances 0). C_T only depends on cells and ranks, so the
+    # same data scaled by `factor` must give the same cells and C_T, and distances scaled by `factor`.
+    rng = np.random.default_rng(6)
+    train = rng.standard_normal((200, 8))
+    copies = train[rng.integers(0, 200, 300)] + 1e-2 * rng.standard_normal((300, 8))
+    hold = rng.standard_normal((300, 8))
+    for gen, side in ((copies, "copies"), (rng.standard_normal((300, 8)), "fresh")):
+        r1 = ct_test(gen, train, hold)
+        r = ct_test(gen * factor, train * factor, hold * factor)
+        assert (r.c_t < -5) if side == "copies" else (abs(r.c_t) < 3), (side, r.c_t)
+        assert r.c_t == pytest.approx(r1.c_t, abs=1e-12)
+        np.testing.assert_array_equal(r.cell_train, r1.cell_train)
+        np.testing.assert_allclose(r.d_generated, r1.d_generated * factor, rtol=1e-4)  # float32 rounding
+
+
+def test_ct_test_takes_any_non_negative_seed():
+    # FAISS's k-means seed is a C int: seed + 1 overflowed at seed >= 2**31 - 1. The seed is folded into
+    # 31 bits (seed % (2**31 - 1), the identity below it), so 2**31 - 1 gives seed 0's cells.
+    rng = np.random.default_rng(7)
+    train, gen, hold = rng.standard_normal((3, 400, 8))
+    r0 = ct_test(gen, train, hold, seed=0)
+    r = ct_test(gen, train, hold, seed=2**31 - 1)
+    assert r.c_t == r0.c_t
+    np.testing.assert_array_equal(r.cell_train, r0.cell_train)
+    assert np.isfinite(ct_test(gen, train, hold, seed=2**64 + 5).c_t)
+    with pytest.raises(DiffauditError, match="seed"):
+        ct_test(gen, train, hold, seed=-1)
 
 
 # --- honest references: AuthPct of real held-out data, C_T with the paper's cell-restricted distances ------

@@ -149,7 +149,7 @@ def test_presets_parse():
     controls = load_preset("controls")
     assert not controls.train_models and controls.controls == ("gaussian",) and len(controls.seeds) == 3
     assert len(expand(controls)) == 4 * 11 * 3
-    assert {c.model_label for c in cells} == {"model", "gaussian"}
+    assert {c.model_label for c in cells} == {"model"}
     paper = load_preset("paper")
     assert {g.name for g in paper.datasets} == {"mcm", "hidden-manifold", "molrg", "sprites"}
     assert paper.n_grid[0] == 16 and paper.n_grid[-1] == 65536 and len(paper.seeds) == 3
@@ -330,7 +330,7 @@ def test_tiny_sweep_end_to_end_and_kill9_resume(tmp_path):
     doc = compute_thresholds(full, n_boot=50)
     assert {g["model"] for g in doc["groups"]} == {"model", "gaussian"}
     for g in doc["groups"]:
-        assert set(g["curves"]) == {"convergence.moment_error", "factors.recovery_score", "not_copied"}
+        assert set(g["curves"]) == {"convergence.bulk_error", "factors.recovery_score", "not_copied"}
         assert all(
             c["status"] in ("fit", "above", "below", "no-fit", "insufficient", "missing")
             for c in g["curves"].values()

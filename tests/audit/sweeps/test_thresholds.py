@@ -85,7 +85,7 @@ def _write(root: Path, cells, *, d, model="model", eps1=0.1, old=False, copy=Non
             "factors": {"novel_valid_rate": {"value": rec, "ci": None}},
         }
         if not old:
-            probes["convergence"] = {"moment_error": {"value": e1, "ci": [e1 - 1.96 * sd1, e1 + 1.96 * sd1]}}
+            probes["convergence"] = {"bulk_error": {"value": e1, "ci": [e1 - 1.96 * sd1, e1 + 1.96 * sd1]}}
             probes["factors"]["recovery_score"] = {"value": rec, "ci": [rec - 1.96 * sd2, rec + 1.96 * sd2]}
         else:
             probes["convergence"] = {"fd": {"value": 1.0, "ci": None}}
