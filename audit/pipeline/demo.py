@@ -1,6 +1,6 @@
 """``diffaudit demo``: the whole story on built-in synthetic data, on a CPU, with no data and no weights.
 
-On ``hidden-manifold`` (d = 32, D = 4; 2,000 training items) and ``sprites`` (16 x 16 images; 5,000) it
+On ``hidden-manifold`` (d = 32, D = 4; 2,000 training items) and ``sprites`` (16 x 16 images; 8,000) it
 audits the three analytic controls -- ``oracle`` (samples the true generator), ``gaussian`` (training mean and
 covariance only) and ``memorizer`` (the exact empirical denoiser of the training set) -- and shows that the two
 thresholds are different things: the gaussian matches the data's bulk statistics (threshold 1) without
@@ -43,8 +43,8 @@ class DemoCase:
 
 CASES = (
     DemoCase("hidden-manifold:d=32,D=4", "hidden-manifold", n_train=2000, n_samples=1000, num_steps=18),
-    # 16 x 16 = 256 pixels: threshold 1 of an n-sample learner needs n >~ 10 (d + kappa), hence 5,000 items
-    DemoCase("sprites:size=16", "sprites16", n_train=5000, n_samples=500, num_steps=18),
+    # 16 x 16 = 256 pixels: threshold 1 of an n-sample learner needs n >~ 10 (d + kappa) ~ 3,000: 8,000 items
+    DemoCase("sprites:size=16", "sprites16", n_train=8000, n_samples=1000, num_steps=18),
 )
 MODELS = ("oracle", "gaussian", "memorizer")
 
