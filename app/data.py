@@ -302,20 +302,22 @@ def load_overview(scan_result: Scan, roots: list[Path], con=None):
     is_cell = df["cell_id"].notna()
     out["kind"] = ["sweep cell" if c else "audit" for c in is_cell]
     out["sweep"] = [_sweep_of(rel) if c else None for rel, c in zip(df["rel"], is_cell, strict=True)]
-    out["cell_id"] = df["cell_id"]
-    out["created"] = df["created"]
-    out["model"] = df["cell_model"].fillna(df["model"])
-    out["model_label"] = df["model_label"].fillna(df["model"])
-    out["dataset_spec"] = df["cell_dataset_spec"].fillna(df["dataset_spec"])
-    out["dataset"] = df["cell_dataset"].fillna(
-        df["dataset_spec"].map(lambda s: s.split(":", 1)[0] if isinstance(s, str) else None)
+    out["cell_id"] = df["cell_id"].map(_cut)
+    out["created"] = df["created"].map(_cut)
+    out["model"] = df["cell_model"].fillna(df["model"]).map(_cut)
+    out["model_label"] = df["model_label"].fillna(df["model"]).map(_cut)
+    out["dataset_spec"] = df["cell_dataset_spec"].fillna(df["dataset_spec"]).map(_cut)
+    out["dataset"] = (
+        df["cell_dataset"]
+        .fillna(df["dataset_spec"].map(lambda s: s.split(":", 1)[0] if isinstance(s, str) else None))
+        .map(_cut)
     )
     vec_d = df["sample_shape"].map(_vector_dim)
     out["d"] = df["cell_d"].fillna(vec_d).astype("Int64")
     out["n_train"] = df["cell_n_train"].fillna(df["n_train_in"]).astype("Int64")
     out["seed"] = df["cell_seed"].fillna(df["seed_in"]).astype("Int64")
     out["n_generated"] = df["n_generated"].astype("Int64")
-    out["features"] = df["features"]
+    out["features"] = df["features"].map(_cut)
     out["steps"] = df["steps"].astype("Int64")
     out["total_s"] = df["total_s"]
     for v in VERDICTS:
@@ -327,6 +329,24 @@ def load_overview(scan_result: Scan, roots: list[Path], con=None):
         df[FD_RATIO], df["convergence.fd_equal_n"], df["convergence.fd"], df["convergence.fd_train_holdout"]
     )
     return pd.DataFrame(out, index=df.index)[cols].reset_index(drop=True), problems
+
+
+# Longest text kept in the overview (model names, dataset specs, ...): a report may hold a 50 MB string, and
+# every page draws these columns; longer ones are cut (ending in "…"), which keeps them distinct in practice.
+TEXT_LIMIT = 500
+
+
+def _cut(v):
+    return v[: TEXT_LIMIT - 1] + "…" if isinstance(v, str) and len(v) > TEXT_LIMIT else v
+
+
+def sweep_label(sweep: str | None, root: str) -> str:
+    """How a sweep is named in the app: its folder relative to the results root, the root's own name when the
+    root is the sweep folder (``"."``), or a note for cells found outside any ``SWEEP/cells/`` folder."""
+    if sweep is None or (isinstance(sweep, float) and sweep != sweep):
+        return f"cells outside a sweep folder  (in {root})"
+    name = Path(root).name if sweep in ("", ".") else sweep
+    return f"{name}  (in {root})"
 
 
 def fd_ratio(reported, fd_equal_n, fd, floor):
@@ -437,9 +457,152 @@ def read_report(run_dir: Path) -> dict:
             rep = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DiffauditError(f"{run_dir / REPORT} cannot be read ({e}); the run is corrupt.") from None
+    except RecursionError:
+        raise DiffauditError(
+            f"{run_dir / REPORT} is nested too deeply to parse; the run is corrupt or hostile."
+        ) from None
     if not isinstance(rep, dict) or rep.get("schema") != SCHEMA:
         raise DiffauditError(f"{run_dir / REPORT} is not a {SCHEMA} report.")
+    if nesting(rep) > MAX_NESTING:
+        raise DiffauditError(
+            f"{run_dir / REPORT} is nested deeper than {MAX_NESTING} levels (a report is about 6); skipped."
+        )
     return rep
+
+
+# A report the audit writes is about 6 levels deep; far deeper nesting is corrupt or hostile input.
+MAX_NESTING = 32
+_NUM = (int, float)
+# The fields the pages read, with the JSON type each must have (parents before children): a field of
+# another type is dropped with a note, so a schema-valid report with a wrong type is drawn without it.
+_FIELD_TYPES: tuple[tuple[tuple[str, ...], type | tuple], ...] = (
+    (("created",), str),
+    (("inputs",), dict),
+    (("inputs", "features"), dict),
+    (("verdict",), dict),
+    (("reasons",), dict),
+    (("thresholds",), dict),
+    (("probes",), dict),
+    (("details",), dict),
+    (("details", "memorization"), dict),
+    (("details", "memorization", "rule"), str),
+    (("details", "memorization", "ratio_threshold"), _NUM),
+    (("details", "memorization", "holdout_threshold"), _NUM),
+    (("details", "factors"), dict),
+    (("details", "factors", "factor_names"), list),
+    (("details", "factors", "wasserstein_rel"), dict),
+    (("details", "factors", "ks"), dict),
+    (("details", "factors", "tau"), _NUM),
+    (("details", "factors", "reference_coverage"), _NUM),
+    (("details", "membership"), dict),
+    (("details", "membership", "roc"), dict),
+    (("details", "membership", "roc", "fpr"), list),
+    (("details", "membership", "roc", "tpr"), list),
+    (("details", "membership", "sigmas"), list),
+    (("details", "membership", "auc"), list),
+    (("timings",), dict),
+    (("skipped",), list),
+    (("sweep",), dict),
+)
+# Containers whose every element must have one type (elements of another type are dropped).
+_ELEMENT_TYPES: tuple[tuple[tuple[str, ...], type | tuple], ...] = (
+    (("verdict",), str),
+    (("reasons",), str),
+    (("thresholds",), (*_NUM, str)),
+    (("probes",), dict),
+    (("details", "factors", "factor_names"), str),
+    (("details", "factors", "wasserstein_rel"), _NUM),
+    (("details", "factors", "ks"), _NUM),
+    (("details", "membership", "roc", "fpr"), _NUM),
+    (("details", "membership", "roc", "tpr"), _NUM),
+    (("details", "membership", "sigmas"), _NUM),
+    (("details", "membership", "auc"), _NUM),
+    (("timings",), _NUM),
+    (("skipped",), dict),
+)
+
+
+def nesting(obj) -> int:
+    """Depth of nested lists/objects (a scalar is 0), without recursion."""
+    depth, stack = 0, [(obj, 1)]
+    while stack:
+        o, k = stack.pop()
+        if isinstance(o, dict | list):
+            depth = max(depth, k)
+            if k <= MAX_NESTING:  # deeper is refused anyway: stop walking
+                stack.extend((v, k + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return depth
+
+
+def _get(rep: dict, path: tuple[str, ...]):
+    o = rep
+    for k in path:
+        if not isinstance(o, dict):
+            return None
+        o = o.get(k)
+    return o
+
+
+def check_report(rep: dict) -> tuple[dict, list[str]]:
+    """``rep`` with every field the pages read checked against its JSON type (a copy; fields and elements
+    of the wrong type removed) and one note per removal, for the page to show as a warning."""
+    rep = json.loads(json.dumps(rep))  # a copy; nesting is bounded by read_report
+    notes: list[str] = []
+    for path, types in _FIELD_TYPES:
+        parent = _get(rep, path[:-1]) if len(path) > 1 else rep
+        if not isinstance(parent, dict) or parent.get(path[-1]) is None:
+            continue
+        v = parent[path[-1]]
+        if not _typed(v, types):
+            del parent[path[-1]]
+            notes.append(
+                f"field {'.'.join(path)} is a {type(v).__name__}, not a {_type_name(types)}; ignored"
+            )
+    for path, types in _ELEMENT_TYPES:
+        c = _get(rep, path)
+        if isinstance(c, dict):
+            bad = [k for k, v in c.items() if v is not None and not _typed(v, types)]
+            for k in bad:
+                del c[k]
+        elif isinstance(c, list):
+            bad = [v for v in c if v is not None and not _typed(v, types)]
+            c[:] = [v for v in c if v is None or _typed(v, types)]
+        else:
+            continue
+        if bad:
+            notes.append(f"{len(bad)} element(s) of {'.'.join(path)} are not {_type_name(types)}s; ignored")
+    for g, grp in list((rep.get("probes") or {}).items()):
+        for k, m in list(grp.items()):
+            if m is None:  # a metric the audit did not measure
+                continue
+            ok = isinstance(m, dict) and (m.get("value") is None or _typed(m.get("value"), _NUM))
+            ci = m.get("ci") if isinstance(m, dict) else None
+            if (
+                ok
+                and ci is not None
+                and not (
+                    isinstance(ci, list) and len(ci) == 2 and all(c is None or _typed(c, _NUM) for c in ci)
+                )
+            ):
+                m.pop("ci")
+                notes.append(f"probes.{g}.{k}.ci is not a pair of numbers; ignored")
+            if not ok:
+                del grp[k]
+                notes.append(f"probes.{g}.{k} is not a metric with a numeric value; ignored")
+    return rep, notes
+
+
+def _typed(v, types) -> bool:
+    """``isinstance`` where a JSON boolean is not a number."""
+    if isinstance(v, bool):
+        return types is bool or (isinstance(types, tuple) and bool in types)
+    return isinstance(v, types)
+
+
+def _type_name(types) -> str:
+    names = {dict: "object", list: "list", str: "string", int: "number", float: "number"}
+    ts = types if isinstance(types, tuple) else (types,)
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in ts))
 
 
 def read_parquet(path: Path, sql: str = "SELECT * FROM {src}", con=None, params: list | None = None):

@@ -8,6 +8,7 @@ functions only draw widgets and return the chosen parameters.
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +29,39 @@ _VERDICT_CSS = {
     "fail": "background-color: #fbdada; color: #8e1b1b",
     "n/a": "color: #777",
 }
+
+
+# Longest user string drawn on a page: a 50 MB model name must not be shipped to (and laid out by) the browser.
+MAX_SHOWN = 200
+_MD_SPECIAL = set(string.punctuation)
+
+
+def shown(v, limit: int = MAX_SHOWN) -> str:
+    """A user-supplied value as plain display text: None/NaN -> "—", cut to ``limit`` characters (… marks a cut)."""
+    if v is None or (isinstance(v, float) and v != v) or v is pd.NA:
+        return "—"
+    s = v if isinstance(v, str) else str(v)[: 4 * limit]
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def md(v, limit: int = MAX_SHOWN) -> str:
+    """``shown(v)`` made inert for Streamlit markdown: every ASCII punctuation character is backslash-escaped
+    (CommonMark: an escaped character is literal text), so ``![x](http://…)`` in a report is shown, never
+    fetched as an image, and ``**``, ``:red[…]``, ``$…$`` and HTML stay text; line breaks become spaces."""
+    s = " ".join(shown(v, limit).split())
+    return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in s)
+
+
+def shown_json(obj, limit: int = MAX_SHOWN, items: int = 100):
+    """A JSON-ready copy of ``obj`` for ``st.json``: strings cut to ``limit``, lists/objects to ``items`` entries
+    (the report's nesting is bounded by ``data.read_report``)."""
+    if isinstance(obj, str):
+        return shown(obj, limit)
+    if isinstance(obj, dict):
+        return {shown(k, 80): shown_json(v, limit, items) for k, v in list(obj.items())[:items]}
+    if isinstance(obj, list):
+        return [shown_json(v, limit, items) for v in obj[:items]]
+    return obj
 
 
 def verdict_style(v) -> str:
@@ -128,14 +162,14 @@ def fmt(v, ci_lo=None, ci_hi=None) -> str:
 
 
 def run_label(row) -> str:
-    bits = [str(row["model_label"]), str(row["dataset"])]
+    bits = [shown(row["model_label"], 80), shown(row["dataset"], 40)]
     if not pd.isna(row["d"]):
         bits.append(f"d={row['d']}")
     if not pd.isna(row["n_train"]):
         bits.append(f"n={row['n_train']}")
     if not pd.isna(row["seed"]):
         bits.append(f"seed={row['seed']}")
-    return f"{' · '.join(bits)}  ({row['run_id']})"
+    return f"{' · '.join(bits)}  ({shown(row['run_id'], 120)})"
 
 
 def resolve_or_refuse(run_id: str) -> Path | None:
@@ -143,7 +177,7 @@ def resolve_or_refuse(run_id: str) -> Path | None:
     try:
         return data.resolve_run(run_id, roots())
     except DiffauditError as e:
-        st.error(f"Refused: {e}")
+        st.error(f"Refused: {md(str(e), 400)}")
         return None
 
 
@@ -152,7 +186,7 @@ def artifact(run_dir: Path, name: str) -> Path | None:
     try:
         return data.artifact(run_dir, name, roots())
     except DiffauditError as e:
-        st.warning(f"{name} skipped: {e}")
+        st.warning(f"{name} skipped: {md(str(e), 400)}")
         return None
 
 

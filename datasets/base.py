@@ -21,6 +21,8 @@ Spec strings ``name:key=value,...`` build a dataset through ``get_dataset``.
 from __future__ import annotations
 
 import abc
+import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,3 +176,86 @@ def check_n(n, dataset: str) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise DiffauditError(f"{dataset}: n={n!r} is not a non-negative integer; pass the number of samples.")
     return int(n)
+
+
+# ------------------------------------------------------------------------------------- parameter checks
+
+
+def int_param(value, name: str, dataset: str, low: int = 0) -> int:
+    """A dataset parameter that must be an integer >= ``low`` (an integral float such as 1e3 is accepted,
+    since spec strings parse ``1e3`` as a float); anything else is a one-sentence ``DiffauditError``."""
+    ok = (
+        not isinstance(value, bool | np.bool_)
+        and isinstance(value, int | float | np.integer | np.floating)
+        and math.isfinite(value)
+        and value == int(value)
+        and value >= low
+    )
+    if not ok:
+        raise DiffauditError(f"{dataset}: {name}={value!r} is not an integer >= {low}; pass a whole number.")
+    return int(value)
+
+
+def float_param(value, name: str, dataset: str, low: float = 0.0) -> float:
+    """A dataset parameter that must be a finite number >= ``low`` (NaN and Inf are refused here, by name,
+    rather than surfacing later as NaN in the generated data)."""
+    ok = (
+        not isinstance(value, bool | np.bool_)
+        and isinstance(value, int | float | np.integer | np.floating)
+        and math.isfinite(value)
+        and value >= low
+    )
+    if not ok:
+        raise DiffauditError(f"{dataset}: {name}={value!r} is not a finite number >= {low:g}; pass one.")
+    return float(value)
+
+
+def available_memory() -> int:
+    """Bytes this process can still allocate: MemAvailable of /proc/meminfo, capped by a cgroup (v2 or v1)
+    memory limit; the physical memory size where /proc is absent."""
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return 2**63 - 1  # unknown platform: do not refuse
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            with open(limit, encoding="ascii") as f:
+                lim = f.read().strip()
+            if lim.isdigit():
+                with open(usage, encoding="ascii") as f:
+                    avail = min(avail, int(lim) - int(f.read().strip()))
+        except (OSError, ValueError):
+            pass
+    return max(int(avail), 0)
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if nbytes < 1000 or unit == "PB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return ""  # unreachable
+
+
+def check_memory(nbytes: float, what: str, dataset: str) -> None:
+    """Refuse, before allocating, work whose estimated peak ``nbytes`` exceeds the memory available now,
+    naming the size (a MemoryError mid-way, or the OOM killer, tells the user nothing)."""
+    avail = available_memory()
+    if nbytes > avail:
+        raise DiffauditError(
+            f"{dataset}: {what} needs about {_size(nbytes)} of memory but {_size(avail)} is available; "
+            "lower the dimension or the number of samples."
+        )

@@ -16,7 +16,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffaudit.datasets.base import Dataset, Factor, check_n, check_samples, register
+from diffaudit.datasets.base import (
+    Dataset,
+    Factor,
+    check_memory,
+    check_n,
+    check_samples,
+    int_param,
+    register,
+)
 from diffaudit.errors import DiffauditError
 
 _SAMPLE_SALT = 0x5A11  # sample streams are independent of the structure stream of the same seed
@@ -28,11 +36,14 @@ class HiddenManifold(Dataset):
     kind = "vector"
 
     def __init__(self, d: int = 32, D: int = 4, seed: int = 0):
-        if int(d) < 1 or int(D) < 1 or int(D) > int(d):
+        d, D = int_param(d, "d", self.name, 1), int_param(D, "D", self.name, 1)
+        if D > d:
             raise DiffauditError(
                 f"hidden-manifold: need 1 <= D <= d, got d={d}, D={D}; pick a latent dimension D no larger than d."
             )
-        self.d, self.D, self.seed = int(d), int(D), int(seed)
+        # F, A and the pseudo-inverse (D x d) plus the SVD's workspace: about 6 (d x D) float64 arrays
+        check_memory(6 * 8 * d * D, f"drawing the d={d}, D={D} mixing matrix", self.name)
+        self.d, self.D, self.seed = d, D, int_param(seed, "seed", self.name, 0)
         self._params = {"d": self.d, "D": self.D, "seed": self.seed}
         rng = np.random.default_rng(self.seed)
         self.F = rng.standard_normal((self.d, self.D))
@@ -50,6 +61,8 @@ class HiddenManifold(Dataset):
     def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(x (n, d) float32, c (n, D) float64); row i depends only on (seed, i) -> nested prefixes."""
         n = check_n(n, self.name)
+        # c, the float64 pre-activation and tanh (n x d each), the float32 result
+        check_memory(8 * n * self.D + 20 * n * self.d, f"sampling n={n} rows of d={self.d}", self.name)
         c = np.random.default_rng([_SAMPLE_SALT, int(seed)]).standard_normal((n, self.D))
         return self.generate(c), c
 

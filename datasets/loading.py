@@ -35,6 +35,7 @@ Every bad input raises ``DiffauditError`` with one sentence naming the input and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import warnings
@@ -209,15 +210,37 @@ def _pick(arrays: dict, key: str | None, label: str, what: str):
         return arrays[key]
     if len(arrays) > 1:
         raise DiffauditError(
-            f"{label}: holds several {what}s ({', '.join(map(repr, sorted(arrays)))}); pick one with a key "
-            "(e.g. --key NAME / key=NAME)."
+            f"{label}: holds several {what}s ({', '.join(map(repr, sorted(arrays)))}), and which one holds the "
+            "samples is not guessed; save the samples alone in a file (e.g. numpy.save) and pass that file."
         )
     return next(iter(arrays.values()))
 
 
-def _numpy_error(e: Exception, label: str, kind: str, saver: str) -> DiffauditError:
-    """The user error for a ``kind`` (.npy/.npz) file that numpy could not load (``e``)."""
+_NPY_MAGIC, _ZIP_MAGIC, _PICKLE_PROTO = b"\x93NUMPY", b"PK\x03\x04", b"\x80"
+
+
+def _numpy_error(e: Exception, label: str, kind: str, saver: str, p: Path | None = None) -> DiffauditError:
+    """The user error for a ``kind`` (.npy/.npz) file that numpy could not load (``e``).
+
+    numpy treats any file without the .npy or zip header as a pickle ("Cannot load file containing pickled
+    data"), so the first bytes decide whether it really is one (pickle protocol >= 2 starts with 0x80) or
+    is, e.g., a text file given the wrong name.
+    """
     if isinstance(e, ValueError) and "pickle" in str(e).lower():
+        head = b""
+        if p is not None:
+            with contextlib.suppress(OSError), open(p, "rb") as f:
+                head = f.read(64)
+        if head and not head.startswith((_NPY_MAGIC, _ZIP_MAGIC, _PICKLE_PROTO)):
+            try:  # 64 bytes may cut a multi-byte character: drop up to 3 trailing bytes
+                head[: len(head) - 3 if len(head) == 64 else len(head)].decode("utf-8")
+                what = "a text file" if b"\x00" not in head else "an unknown binary format"
+            except UnicodeDecodeError:
+                what = "an unknown binary format"
+            return DiffauditError(
+                f"{label}: is not a {kind} file (no NumPy header; it looks like {what}); "
+                f"convert it to a numeric array and save it with {saver}."
+            )
         return DiffauditError(
             f"{label}: holds an object (pickled) array, which is not loaded for safety; save numeric arrays."
         )
@@ -230,7 +253,7 @@ def _load_npy(p: Path, label: str) -> np.ndarray:
     try:
         return np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise _numpy_error(e, label, ".npy", "numpy.save") from None
+        raise _numpy_error(e, label, ".npy", "numpy.save", p) from None
 
 
 def _load_npz(p: Path, key: str | None, label: str) -> np.ndarray:
@@ -243,7 +266,7 @@ def _load_npz(p: Path, key: str | None, label: str) -> np.ndarray:
     except DiffauditError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise _numpy_error(e, label, ".npz", "numpy.savez") from None
+        raise _numpy_error(e, label, ".npz", "numpy.savez", p) from None
 
 
 def _torch_to_numpy(t, label: str) -> np.ndarray:

@@ -24,7 +24,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffaudit.datasets.base import Dataset, Factor, check_n, check_samples, register
+from diffaudit.datasets.base import (
+    Dataset,
+    Factor,
+    check_memory,
+    check_n,
+    check_samples,
+    float_param,
+    int_param,
+    register,
+)
 from diffaudit.errors import DiffauditError
 
 _SAMPLE_SALT = 0x3C3
@@ -39,12 +48,12 @@ class MixedCumulant(Dataset):
     def __init__(
         self, d: int = 16, beta_u: float = 4.0, beta_v: float = 4.0, correlated: bool = False, seed: int = 0
     ):
-        if int(d) < 2:
+        d = int_param(d, "d", self.name, 1)
+        if d < 2:
             raise DiffauditError(f"mcm: d={d} is too small; the two orthogonal spikes need d >= 2.")
-        if float(beta_u) < 0 or float(beta_v) < 0:
-            raise DiffauditError(
-                f"mcm: beta_u={beta_u}, beta_v={beta_v} must be >= 0; pass non-negative signal strengths."
-            )
+        beta_u, beta_v = float_param(beta_u, "beta_u", self.name), float_param(beta_v, "beta_v", self.name)
+        seed = int_param(seed, "seed", self.name, 0)
+        check_memory(8 * 8 * d, f"drawing the spike directions in d={d}", self.name)  # (d, 2) draw, QR, u, v
         if not isinstance(correlated, (bool, np.bool_)):
             raise DiffauditError(f"mcm: correlated={correlated!r} must be true or false.")
         self.d, self.beta_u, self.beta_v = int(d), float(beta_u), float(beta_v)
@@ -81,6 +90,8 @@ class MixedCumulant(Dataset):
     def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(x (n, d) float32, z (n, 2) float64 = [lambda, nu coded 0/1]); nested prefixes in n."""
         n = check_n(n, self.name)
+        # the (n, d + 2) draw and about three (n, d) float64 intermediates, the float32 result
+        check_memory(8 * n * (self.d + 2) + 28 * n * self.d, f"sampling n={n} rows of d={self.d}", self.name)
         g = np.random.default_rng([_SAMPLE_SALT, int(seed)]).standard_normal(
             (n, self.d + 2)
         )  # row-wise stream

@@ -16,7 +16,16 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
-from diffaudit.datasets.base import Dataset, Factor, check_n, check_samples, register
+from diffaudit.datasets.base import (
+    Dataset,
+    Factor,
+    check_memory,
+    check_n,
+    check_samples,
+    float_param,
+    int_param,
+    register,
+)
 from diffaudit.errors import DiffauditError
 
 _SAMPLE_SALT = 0x10126
@@ -29,14 +38,20 @@ class MixtureLowRank(Dataset):
     residual_is_relative = True  # project()'s residual ||x - U_k U_k^T x|| / ||x|| is scale-free
 
     def __init__(self, d: int = 32, K: int = 4, r: int = 2, sigma: float = 0.0, seed: int = 0):
-        d, K, r = int(d), int(K), int(r)
-        if K < 1 or r < 1 or K * r > d:
+        d, K, r = (
+            int_param(d, "d", self.name, 1),
+            int_param(K, "K", self.name, 1),
+            int_param(r, "r", self.name, 1),
+        )
+        if K * r > d:
             raise DiffauditError(
                 f"molrg: K={K} components of rank r={r} need K*r <= d={d}; lower K or r, or raise d."
             )
-        if float(sigma) < 0:
-            raise DiffauditError(f"molrg: sigma={sigma} must be >= 0.")
-        self.d, self.K, self.r, self.sigma, self.seed = d, K, r, float(sigma), int(seed)
+        sigma, seed = float_param(sigma, "sigma", self.name), int_param(seed, "seed", self.name, 0)
+        check_memory(
+            4 * 8 * d * d, f"drawing the d={d} Haar rotation", self.name
+        )  # (d, d) draw, Q, R, QR workspace
+        self.d, self.K, self.r, self.sigma, self.seed = d, K, r, sigma, seed
         self._params = {"d": d, "K": K, "r": r, "sigma": self.sigma, "seed": self.seed}
         Q, R = np.linalg.qr(np.random.default_rng(self.seed).standard_normal((d, d)))
         Q = Q * np.sign(np.diag(R))  # Haar-distributed orthogonal matrix
@@ -54,6 +69,9 @@ class MixtureLowRank(Dataset):
     def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(x (n, d) float32, z (n, 1 + r) float64 = [k, a]); one row-wise stream -> nested prefixes."""
         n = check_n(n, self.name)
+        # the (n, 1 + r + d) draw, generate's gathered bases U[k] (n, d, r), x in float64 and float32
+        nbytes = 8 * n * (1 + self.r + self.d) + 8 * n * self.d * self.r + 12 * n * self.d
+        check_memory(nbytes, f"sampling n={n} rows of d={self.d}", self.name)
         g = np.random.default_rng([_SAMPLE_SALT, int(seed)]).standard_normal((n, 1 + self.r + self.d))
         k = np.minimum((ndtr(g[:, 0]) * self.K).astype(np.int64), self.K - 1)
         z = np.concatenate([k[:, None].astype(np.float64), g[:, 1 : 1 + self.r]], axis=1)

@@ -45,6 +45,8 @@ oracle's training (the sprites have no random structure).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -311,20 +313,41 @@ class Sprites(Dataset):
         """The trained CNN factor regressor (trained once, cached on disk and in memory)."""
         from safetensors.torch import load_file, save_file
 
-        from diffaudit.fileio import atomic_path
+        from diffaudit.fileio import atomic_path, atomic_write_text
 
         path = self.oracle_path()
+        digest_path = path.with_name(path.name + ".sha256")
         key = str(path)
         if key in _ORACLES:
             return _ORACLES[key]
         net = _make_net(self.size)
+        loaded = False
         if path.exists():
-            net.load_state_dict(load_file(str(path)))
-        else:
+            # a cached file cut short (killed mid-copy, disk full, a sync tool) or otherwise damaged must
+            # not break every later audit: its sha256 (written beside it) must match, safetensors checks
+            # the header against the file size, and load_state_dict the names and shapes; on any failure
+            # the oracle is retrained and rewritten. A file without a digest (older caches) is loaded.
+            try:
+                if digest_path.is_file():
+                    want = digest_path.read_text(encoding="ascii").strip()
+                    if hashlib.sha256(path.read_bytes()).hexdigest() != want:
+                        raise ValueError("sha256 mismatch")
+                net.load_state_dict(load_file(str(path)))
+                loaded = True
+            except Exception as e:  # SafetensorError, OSError, RuntimeError (shapes/keys), ...
+                warnings.warn(
+                    f"sprites: the cached oracle {path} is damaged ({type(e).__name__}); retraining it.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                net = _make_net(self.size)
+        if not loaded:
             with _one_thread():
                 self._train(net)
             with atomic_path(path) as tmp:
                 save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+                digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+            atomic_write_text(digest_path, digest + "\n")
         net.eval()
         _ORACLES[key] = net
         return net

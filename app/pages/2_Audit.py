@@ -17,6 +17,14 @@ con = ui.connection()
 asked = st.query_params.get("run")
 if asked is not None:
     if ui.resolve_or_refuse(asked) is None:
+        st.info(f"Showing the first run of the list instead of the refused `?run=` ({df['run_id'].iloc[0]}).")
+        asked = None
+        st.query_params.clear()
+    elif asked not in set(df["run_id"]):
+        st.warning(
+            f"Run {ui.md(asked)} from the link is not among the listed runs (skipped, see above); showing the "
+            "first run of the list instead."
+        )
         asked = None
         st.query_params.clear()
 run_id = ui.run_picker_ui(df, "audit_run", default=asked)
@@ -28,15 +36,28 @@ if run_dir is None:
 try:
     rep = data.read_report(run_dir)
 except DiffauditError as e:
-    st.warning(f"This run cannot be shown: {e}")
+    st.warning(f"This run cannot be shown: {ui.md(str(e), 400)}")
     st.stop()
+rep, notes = data.check_report(rep)
+if notes:
+    st.warning(
+        "This report has fields of the wrong type; they are left out: "
+        + "; ".join(ui.md(n, 160) for n in notes[:8])
+        + (f"; and {len(notes) - 8} more." if len(notes) > 8 else ".")
+    )
 row = df[df["run_id"] == run_id].iloc[0]
 inp = rep.get("inputs") or {}
-st.header(f"{inp.get('model', row['model'])} on {row['dataset']}")
+# Every user string below goes through ui.md (escaped, cut): a report's strings are text, never markdown.
+data_bit = "no dataset" if pd.isna(row["dataset_spec"]) else f"data {ui.md(row['dataset_spec'])}"
+st.header(
+    f"{ui.md(inp.get('model', row['model']))}"
+    + ("" if pd.isna(row["dataset"]) else f" on {ui.md(row['dataset'])}")
+)
 st.caption(
-    f"run `{run_id}` · folder `{run_dir}` · data `{row['dataset_spec']}` · created {rep.get('created', '?')} · "
-    f"{inp.get('n_generated')} generated / {inp.get('n_train')} train / {inp.get('n_holdout')} holdout · "
-    f"features `{(inp.get('features') or {}).get('id')}`"
+    f"run {ui.md(run_id)} · folder {ui.md(str(run_dir), 300)} · {data_bit} · "
+    f"created {ui.md(rep.get('created', '?'))} · "
+    f"{ui.md(inp.get('n_generated'))} generated / {ui.md(inp.get('n_train'))} train / "
+    f"{ui.md(inp.get('n_holdout'))} holdout · features {ui.md((inp.get('features') or {}).get('id'))}"
 )
 if (inp.get("features") or {}).get("random_init"):
     st.warning("Features come from a randomly initialised network (plumbing test): the numbers mean nothing.")
@@ -52,12 +73,15 @@ names = {
 verdict, reasons = rep.get("verdict") or {}, rep.get("reasons") or {}
 for c, k in zip(cols, names, strict=True):
     v = verdict.get(k, "n/a")
-    c.markdown(f"**{names[k]}**  \n{ui.VERDICT_BADGE.get(v, v)}")
+    c.markdown(f"**{names[k]}**  \n{ui.VERDICT_BADGE.get(v, ui.md(v, 40))}")
     if reasons.get(k):
-        c.caption(reasons[k])
+        c.caption(ui.md(reasons[k], 600))
 thr = rep.get("thresholds") or {}
 if thr:
-    st.caption("Verdict thresholds of this audit: " + ", ".join(f"{k} = {v}" for k, v in thr.items()))
+    st.caption(
+        "Verdict thresholds of this audit: "
+        + ", ".join(f"{ui.md(k, 60)} = {ui.md(v, 60)}" for k, v in list(thr.items())[:20])
+    )
 
 # ------------------------------------------------------------------------------------------ metrics
 st.subheader("Metrics")
@@ -198,7 +222,7 @@ if copies_path is None:
 else:
     det = (rep.get("details") or {}).get("memorization") or {}
     st.caption(
-        f"Copy rule `{det.get('rule', '?')}`: ratio d₁/d₂ below {ui.fmt(det.get('ratio_threshold'))} "
+        f"Copy rule {ui.md(det.get('rule', '?'))}: ratio d₁/d₂ below {ui.fmt(det.get('ratio_threshold'))} "
         f"(d₁, d₂: distances to the nearest and second-nearest training item)"
         + (
             f", d₁ below the holdout 1 % quantile {det['holdout_threshold']:.4g}"
@@ -295,7 +319,11 @@ else:
     w1 = fac.get("wasserstein_rel") or {}
     ks = fac.get("ks") or {}
     ff = pd.DataFrame(
-        {"factor": names, "relative W1": [w1.get(n) for n in names], "KS": [ks.get(n) for n in names]}
+        {
+            "factor": [ui.shown(n, 60) for n in names],
+            "relative W1": [w1.get(n) for n in names],
+            "KS": [ks.get(n) for n in names],
+        }
     )
     fig = go.Figure(
         [
@@ -316,7 +344,7 @@ else:
         if fac.get("tau") is not None:
             st.caption(
                 f"validity threshold τ = {fac['tau']:.3g} on the oracle-projection residual; "
-                f"coverage of the factor space {fac.get('reference_coverage', float('nan')):.2g} (reference)"
+                f"coverage of the factor space {ui.fmt(fac.get('reference_coverage'))} (reference)"
             )
 
 # ------------------------------------------------------------------------------------------ membership
@@ -347,15 +375,15 @@ skipped = rep.get("skipped") or []
 if skipped:
     with st.expander(f"{len(skipped)} probe(s) skipped"):
         for s in skipped:
-            st.markdown(f"- `{s.get('probe')}`: {s.get('reason')}")
+            st.markdown(f"- {ui.md(s.get('probe'), 80)}: {ui.md(s.get('reason'), 600)}")
 with st.expander("Timings and inputs"):
     tm = rep.get("timings") or {}
     if tm:
         st.bar_chart(pd.Series({k: v for k, v in tm.items() if k != "total"}, name="seconds"))
-        st.caption(f"total {tm.get('total', float('nan')):.1f} s")
-    st.json(inp, expanded=False)
+        st.caption(f"total {ui.fmt(tm.get('total'))} s")
+    st.json(ui.shown_json(inp), expanded=False)
     if rep.get("sweep"):
-        st.json(rep["sweep"], expanded=False)
+        st.json(ui.shown_json(rep["sweep"]), expanded=False)
 html_path = ui.artifact(run_dir, "report.html")
 if html_path is not None:
     shared = data.html_plotly_src(html_path)

@@ -26,7 +26,7 @@ if cells.empty:
     )
     st.stop()
 
-cells["sweep_key"] = cells["sweep"].astype(str) + "  (in " + cells["root"] + ")"
+cells["sweep_key"] = [data.sweep_label(s, r) for s, r in zip(cells["sweep"], cells["root"], strict=True)]
 # The sweep's transition metrics first (schema rows marked n1 / n2), then FD / floor, then every other row.
 _FIRST = [schema.sweep_metric("n1").key, schema.sweep_metric("n2").key, data.FD_RATIO]
 METRIC_CHOICES = list(dict.fromkeys(_FIRST + [f"{g}.{k}" for g, k in data.METRICS]))
@@ -60,11 +60,16 @@ if sub.empty or metric is None:
     st.info("Nothing to plot for this choice.")
     st.stop()
 root = Path(sub["root"].iloc[0])
-sweep_rel = str(sub["sweep"].iloc[0])
-thr_path = data.sweep_file(sweep_rel, root, "thresholds.json")
+sweep_rel = sub["sweep"].iloc[0]
+in_sweep = isinstance(sweep_rel, str)
+thr_path = data.sweep_file(sweep_rel, root, "thresholds.json") if in_sweep else None
 thr = data.read_json_file(thr_path) if thr_path is not None else None
-groups = [g for g in (thr or {}).get("groups", []) if g.get("dataset") == p["dataset"]]
-if thr_path is None:
+groups = [
+    g for g in (thr or {}).get("groups", []) if isinstance(g, dict) and g.get("dataset") == p["dataset"]
+]
+if not in_sweep:
+    st.caption("These cells are not inside a sweep folder (SWEEP/cells/<id>), so no thresholds.json is read.")
+elif thr_path is None:
     st.caption(
         f"No thresholds.json in this sweep yet: run `diffaudit thresholds {root / sweep_rel}` for fitted n₁*, n₂*."
     )
@@ -110,30 +115,71 @@ for k, (model, grp) in enumerate(curve.groupby("model_label", sort=True)):
             line={"color": colour},
         )
     )
+# The x-axis spans the measured n (with a small margin). An n* or interval end outside that range (a
+# censored bootstrap can put an interval end at n ~ 1e21) is clipped to the edge and marked with an arrow.
+n_measured = curve.loc[curve[metric].notna(), "n_train"].astype(float)
+n_lo, n_hi = (float(n_measured.min()), float(n_measured.max())) if len(n_measured) else (1.0, 10.0)
+x_range = [np.log10(n_lo) - 0.08, np.log10(n_hi) + 0.08]  # log10 units (plotly's log axes)
+edge_notes: list[str] = []
+for k, model in enumerate(sorted(curve["model_label"].dropna().unique())):
+    colour = palette[k % len(palette)]
     for g in groups:
         if g.get("model") != model or (d_pick is not None and g.get("d") != d_pick):
             continue
         for key, dash, label in (("n1_star", "dash", "n₁*"), ("n2_star", "dot", "n₂*")):
-            s = g.get(key) or {}
-            if s.get("status") == "fit" and s.get("n_star"):
-                ci = s.get("n_star_ci")
-                if ci:
-                    fig.add_vrect(x0=ci[0], x1=ci[1], fillcolor=colour, opacity=0.12, line_width=0)
-                fig.add_vline(
-                    x=s["n_star"],
-                    line_dash=dash,
-                    line_color=colour,
-                    annotation_text=f"{label} {model} = {s['n_star']:.0f}",
-                    annotation_position="top",
-                )
+            s = g.get(key) if isinstance(g.get(key), dict) else {}
+            n_star = s.get("n_star")
+            if s.get("status") != "fit" or not isinstance(n_star, int | float) or not np.isfinite(n_star):
+                continue
+            ci = s.get("n_star_ci")
+            ci = (
+                ci
+                if isinstance(ci, list) and len(ci) == 2 and all(isinstance(c, int | float) for c in ci)
+                else None
+            )
+            if ci:
+                x0, x1 = max(ci[0], n_lo), min(ci[1], n_hi)
+                if x0 < x1:
+                    fig.add_vrect(x0=x0, x1=x1, fillcolor=colour, opacity=0.12, line_width=0)
+                for end, edge, arrow, side in ((ci[0], n_lo, "←", "below"), (ci[1], n_hi, "→", "above")):
+                    if (end < edge) if side == "below" else (end > edge):
+                        edge_notes.append(
+                            f"{label} {ui.md(model, 80)}: 95 % interval runs {side} the measured n to {end:.3g}"
+                        )
+                        fig.add_annotation(
+                            x=np.log10(edge),
+                            y=0.02 + 0.07 * (len(edge_notes) - 1),
+                            yref="paper",
+                            text=f"{label} interval to {end:.2g} {arrow}"
+                            if side == "above"
+                            else f"{arrow} {label} interval to {end:.2g}",
+                            showarrow=False,
+                            xanchor="right" if side == "above" else "left",
+                            font={"color": colour, "size": 11},
+                        )
+            if not n_lo <= n_star <= n_hi:
+                edge_notes.append(f"{label} {ui.md(model, 80)} = {n_star:.3g} lies outside the measured n")
+                continue
+            fig.add_vline(
+                x=n_star,
+                line_dash=dash,
+                line_color=colour,
+                annotation_text=f"{label} {model} = {n_star:.0f}",
+                annotation_position="top",
+            )
 fig.update_layout(
     xaxis_type="log",
+    xaxis_range=x_range,
     xaxis_title="training-set size n (log)",
     yaxis_title=ui.axis_title(metric),
     height=440,
     legend={"orientation": "h", "y": -0.2},
 )
 st.plotly_chart(fig, width="stretch")
+if edge_notes:
+    st.caption(
+        "Drawn inside the measured n only (arrows mark what lies beyond): " + "; ".join(edge_notes) + "."
+    )
 if groups:
     rows = []
     for g in groups:

@@ -120,7 +120,7 @@ for r in chosen:
         try:
             d = data.read_parquet(cp, "SELECT d1, ratio FROM {src}", con=con)
         except DiffauditError as e:
-            st.warning(f"{short[r]}: copies.parquet skipped: {e}")
+            st.warning(f"{ui.md(short[r])}: copies.parquet skipped: {ui.md(str(e), 400)}")
             d = None
         if d is not None and len(d):
             y = np.arange(1, len(d) + 1) / len(d)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,30 @@ def streamlit_argv(port: int, host: str) -> list[str]:
         "--client.toolbarMode",
         "minimal",
     ]
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that cannot be bound before Streamlit starts (it would print a long log and a traceback).
+
+    Binds and releases at once with SO_REUSEADDR, as Streamlit's server does, so a port in TIME_WAIT passes
+    and only a port some process listens on (or a host that is not this machine's) is refused.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise DiffauditError(
+            f"--host {host!r} is not an address of this machine; use 127.0.0.1 or 0.0.0.0."
+        ) from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise DiffauditError(
+                f"--port {port}: {host}:{port} cannot be used ({e.strerror or e}; another app may be running "
+                "there); pick a free port with --port."
+            ) from None
 
 
 @click.command("app", context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,6 +103,7 @@ def app_cmd(results, port, host):
             )
         if r.exists() and not r.is_dir():
             raise DiffauditError(f"--results {r} is a file; pass a folder of audits or sweeps.")
+    check_port(host, port)
     env = dict(os.environ)
     env["DIFFAUDIT_RESULTS"] = os.pathsep.join(str(r.resolve()) for r in roots)
     click.echo(

@@ -170,7 +170,8 @@ def audit_cmd(
           --gate 'memorization.copy_rate<=0.001' --gate 'convergence.fd<=5'
       diffaudit audit --model ckpt:runs/mlp --dataset hidden-manifold --n-train 4096
 
-    Exit status: 0 all gates pass, 1 a gate fails, 2 a user mistake.
+    Exit status: 0 all gates pass (report written), 1 a gate fails, 2 a user mistake, 3 the model's own code
+    failed (it raised, exited or returned bad samples; DIFFAUDIT_DEBUG=1 shows its traceback).
     """
     t0 = time.perf_counter()
     parsed = [parse_gate(g) for g in gates]  # before anything runs

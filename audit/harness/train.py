@@ -36,6 +36,7 @@ from diffaudit.harness.checkpoint import save_checkpoint
 from diffaudit.harness.edm import EDMPrecond, draw_sigma_noise, edm_loss_from_draws
 from diffaudit.harness.networks import build_network, parse_model_spec
 from diffaudit.hashing import array_sha256
+from diffaudit.threads import torch_threads, training_threads
 
 CHECKPOINT_FORMAT = "diffaudit.checkpoint/1"
 
@@ -315,7 +316,17 @@ def train(
     t0 = time.perf_counter()
     window = LossWindow((), device)
     try:
-        with deterministic(device.type == "cpu"):
+        # small CPU models train single-threaded: below the measured FLOPs break-even a second thread's
+        # fork/join costs more than it saves, and next to busy processes it costs many times more
+        # ~6 FLOPs per parameter per sample (forward + backward); a conv layer reuses its weights at every
+        # pixel, so for images this counts every parameter at full resolution: an overestimate, which only
+        # keeps more models multi-threaded as before
+        pixels = math.prod(shape[1:]) if len(shape) == 3 else 1
+        flops_per_step = 6.0 * sum(p.numel() for p in params) * cfg.batch * pixels
+        n_threads = torch.get_num_threads()
+        if device.type == "cpu":
+            n_threads = training_threads(flops_per_step, n_threads)
+        with deterministic(device.type == "cpu"), torch_threads(n_threads):
             for step in range(cfg.steps):
                 idx = sampler.next()
                 sigma, noise = draw_sigma_noise(gen, cfg.batch, shape, sigma_data)

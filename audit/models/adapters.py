@@ -51,7 +51,7 @@ import numpy as np
 
 from diffaudit.datasets.loading import load_samples
 from diffaudit.device import resolve_device
-from diffaudit.errors import DiffauditError
+from diffaudit.errors import DiffauditError, ModelError
 from diffaudit.models.checkpoint import CheckpointModel
 from diffaudit.models.contract import DenoiserModel, Model
 from diffaudit.models.controls import CONTROLS, DENOISER_CONTROLS, make_control
@@ -268,7 +268,7 @@ class FunctionModel(Model):
         self.shape = ()
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        x = np.asarray(_call_user(self.fn, self.name, int(n), int(seed)))
+        x = _user_array(_call_user(self.fn, self.name, _SAMPLE, int(n), int(seed)), self.name, _SAMPLE)
         self.shape = tuple(x.shape[1:])
         return x
 
@@ -286,30 +286,128 @@ class _ObjectModel(Model):
         else:
             self._white_box = False
         if callable(getattr(obj, "sample_from_noise", None)):
-            self.sample_from_noise = obj.sample_from_noise
+            self.sample_from_noise = _guarded(obj.sample_from_noise, name, _FROM_NOISE)
 
     @property
     def has_denoiser(self) -> bool:
         return self._white_box
 
     def _denoise(self, x, sigma):
-        return np.asarray(self.obj.denoise(x, sigma), dtype=np.float64)
+        return _user_denoised(_call_user(self.obj.denoise, self.name, _DENOISE, x, sigma), x, self.name)
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        x = np.asarray(_call_user(self.obj.sample, self.name, int(n), int(seed)))
+        x = _user_array(
+            _call_user(self.obj.sample, self.name, _SAMPLE, int(n), int(seed)), self.name, _SAMPLE
+        )
         self.shape = tuple(x.shape[1:])
         return x
 
 
-def _call_user(fn, name: str, n: int, seed: int):
+# The calls into the audited model's own code, as error messages name them.
+_SAMPLE, _DENOISE, _FROM_NOISE = "sample(n, seed)", "denoise(x, sigma)", "sample_from_noise(noise)"
+
+
+def _one_line(text, limit: int = 300) -> str:
+    """``text`` as one line of at most ``limit`` characters (an exception message may span pages)."""
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _call_user(fn, name: str, what: str, *args):
+    """``fn(*args)``, a call into the audited model's own code.
+
+    Arguments that do not even bind to ``fn``'s signature are a user mistake (``DiffauditError``: the entry
+    point has the wrong form). Anything the call itself raises, ``SystemExit`` included, is the model's
+    failure (``ModelError``): a model that exits must never look like a finished audit (exit 0).
+    """
     try:
-        return fn(n, seed)
-    except DiffauditError:
-        raise
+        inspect.signature(fn).bind(*args)
     except TypeError as e:
         raise DiffauditError(
-            f"model {name}: calling sample(n, seed) failed ({e}); the entry point must accept (n, seed)."
+            f"model {name}: {what} cannot be called with {len(args)} argument(s) ({e}); "
+            f"the entry point must accept {what}."
         ) from None
+    except ValueError:  # no signature to inspect (a builtin or C extension): just call it
+        pass
+    try:
+        return fn(*args)
+    except (DiffauditError, ModelError):
+        raise
+    except SystemExit as e:
+        raise ModelError(
+            f"model {name}: {what} called sys.exit({e.code!r}) instead of returning; a model must not exit."
+        ) from e
+    except Exception as e:
+        raise ModelError(f"model {name}: {what} raised {type(e).__name__}: {_one_line(e)}") from e
+
+
+def _user_array(out, name: str, what: str) -> np.ndarray:
+    """The model's output as a real, finite numeric array; anything else is the model's failure.
+
+    Complex output is refused outright: casting it to float would silently drop the imaginary part.
+    """
+    try:
+        x = np.asarray(out)
+    except Exception as e:  # ragged nested lists (numpy >= 1.24), a CUDA tensor, ...
+        raise ModelError(
+            f"model {name}: {what} returned a {type(out).__name__} that is not one array "
+            f"({type(e).__name__}: {_one_line(e, 160)}); return an array of shape (n, ...)."
+        ) from e
+    if x.dtype == object:
+        raise ModelError(
+            f"model {name}: {what} returned ragged or mixed values (an object array of shape {x.shape}); "
+            "return one numeric array of shape (n, ...)."
+        )
+    if np.iscomplexobj(x):
+        raise ModelError(
+            f"model {name}: {what} returned complex values (dtype {x.dtype}); return real samples "
+            "(an imaginary part is never dropped silently)."
+        )
+    if not np.issubdtype(x.dtype, np.number):
+        raise ModelError(
+            f"model {name}: {what} returned dtype {x.dtype}; return real-valued numeric samples."
+        )
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = int((~finite.reshape(len(x), -1)).any(1).sum()) if x.ndim >= 1 and len(x) else 1
+        raise ModelError(f"model {name}: {what} returned NaN or Inf in {bad} of {max(len(x), 1)} row(s).")
+    return x
+
+
+def _user_denoised(out, x, name: str) -> np.ndarray:
+    """``denoise``'s output: a real finite float64 array of the input's shape, else the model's failure."""
+    d = _user_array(out, name, _DENOISE)
+    if d.shape != np.shape(x):
+        raise ModelError(
+            f"model {name}: {_DENOISE} returned shape {d.shape} for an input of shape {np.shape(x)}."
+        )
+    return d.astype(np.float64, copy=False)
+
+
+def _guarded(method, name: str, what: str):
+    """``method`` with its failures and unusable outputs reported as the model's (``ModelError``)."""
+
+    def call(*args):
+        out = _call_user(method, name, what, *args)
+        return _user_denoised(out, args[0], name) if what == _DENOISE else _user_array(out, name, what)
+
+    return call
+
+
+def _guard_model(model: Model, name: str) -> Model:
+    """A user-defined ``Model`` (from an ``entry:``) with its own methods guarded by ``_guarded``.
+
+    The guards are instance attributes, so ``has_denoiser`` and the sampler dispatch (which look at the
+    type) are unchanged, and a ``DenoiserModel``'s own Heun loop calls the guarded ``denoise``.
+    """
+    for attr, what in (("sample", _SAMPLE), ("sample_from_noise", _FROM_NOISE), ("denoise", _DENOISE)):
+        if getattr(type(model), attr, None) is getattr(Model, attr):
+            continue  # the contract's placeholder: nothing of the user's to call
+        try:
+            setattr(model, attr, _guarded(getattr(model, attr), name, what))
+        except AttributeError:  # __slots__ or a read-only property: leave that method as it is
+            pass
+    return model
 
 
 def _check_entry(target: str) -> None:
@@ -318,40 +416,49 @@ def _check_entry(target: str) -> None:
         raise DiffauditError(f"model spec 'entry:{target}' needs the form entry:pkg.module:factory.")
 
 
+def _import_entry(module_name: str, name: str):
+    """Import the entry's module: a module that is not there is a user mistake; one that fails is the model's."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise DiffauditError(
+                f"model spec {name!r}: cannot import {module_name!r} ({type(e).__name__}: {e}); "
+                "check the module path and PYTHONPATH."
+            ) from None
+        raise ModelError(
+            f"model {name}: importing {module_name!r} raised {type(e).__name__}: {_one_line(e)}"
+        ) from e
+    except SystemExit as e:
+        raise ModelError(f"model {name}: importing {module_name!r} called sys.exit({e.code!r}).") from e
+    except Exception as e:  # the module raising while it is imported: the model's own code failed
+        raise ModelError(
+            f"model {name}: importing {module_name!r} raised {type(e).__name__}: {_one_line(e)}"
+        ) from e
+
+
 def _load_entry(target: str, ctx: LoadContext) -> Model:
     """``factory()`` or a ``sample(n, seed)`` function; ``ctx`` is unused (a factory takes no arguments)."""
     module_name, _, attr = target.rpartition(":")
     name = f"entry:{target}"
-    try:
-        mod = importlib.import_module(module_name)
-    except Exception as e:  # ImportError, or the module raising while it is imported
-        raise DiffauditError(
-            f"model spec {name!r}: cannot import {module_name!r} ({type(e).__name__}: {e}); check the module path and PYTHONPATH."
-        ) from None
-    obj = mod
+    obj = _import_entry(module_name, name)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise DiffauditError(f"model spec {name!r}: module {module_name!r} has no attribute {attr!r}.")
         obj = getattr(obj, part)
     if isinstance(obj, Model):
-        return obj
+        return _guard_model(obj, name)  # errors name the spec the user passed
     if not callable(obj):
         raise DiffauditError(
             f"model spec {name!r}: {attr!r} is not callable; point to a factory or a sample(n, seed) function."
         )
     if _is_sample_function(obj):
         return FunctionModel(obj, name)
-    try:
-        made = obj()
-    except DiffauditError:
-        raise
-    except TypeError as e:
-        raise DiffauditError(
-            f"model spec {name!r}: calling {attr}() failed ({e}); a factory takes no arguments."
-        ) from None
+    made = _call_user(obj, name, f"{attr}()")  # a raising factory is the model's failure
     if isinstance(made, Model):
-        made.name = getattr(made, "name", None) or name
-        return made
+        if getattr(made, "name", None) in (None, "", Model.name):  # unnamed: the spec names it
+            made.name = name
+        return _guard_model(made, name)
     if callable(getattr(made, "sample", None)):
         return _ObjectModel(made, name)
     raise DiffauditError(

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from diffaudit.datasets.moments import population_moments
-from diffaudit.errors import DiffauditError
+from diffaudit.errors import DiffauditError, ModelError
 from diffaudit.features import embed_cached
 from diffaudit.models.contract import DenoiserModel
 from diffaudit.models.sampler import noise_from_seeds
@@ -138,9 +138,10 @@ def draw_samples(model, n: int, seed: int, advance=None, chunk: int = 256) -> np
 
 def sample(ctx: Context) -> None:
     gen = check_array(draw_samples(ctx.model, ctx.n_gen, ctx.cfg.seed, ctx.advance), "generated samples")
-    if len(gen) != ctx.n_gen:
-        raise DiffauditError(
-            f"the model returned {len(gen)} samples when asked for {ctx.n_gen}; its sample(n, seed) must return n rows."
+    if len(gen) != ctx.n_gen:  # pre-generated files are checked when sampled: this is the model's own code
+        raise ModelError(
+            f"model {getattr(ctx.model, 'name', type(ctx.model).__name__)}: sample(n, seed) returned "
+            f"{len(gen)} samples when asked for {ctx.n_gen}; it must return n rows."
         )
     if gen.shape[1:] != ctx.train.shape[1:]:
         raise DiffauditError(

@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from diffaudit.errors import DiffauditError
+from diffaudit.threads import apply_thread_policy, available_cpus, threads_per_worker
 
 # unit_fn(records, out, device, threads, cell_fn) -> one status dict per record:
 # {"cell_id", "status": "done" | "skipped" | "failed", "seconds", ["error", "traceback"]}
@@ -77,12 +78,18 @@ def default_workers(device: str) -> int:
 
             if torch.cuda.is_available():
                 return max(1, torch.cuda.device_count())
-    return max(1, os.cpu_count() or 1)
+    return available_cpus()
+
+
+def worker_threads(workers: int, threads: int | None = None) -> int:
+    """Torch threads per worker: ``threads`` if given, else the available CPUs / ``workers`` (>= 1), so
+    that workers x threads never exceeds the CPUs this process may use (affinity, cgroup quota)."""
+    return int(threads) if threads else threads_per_worker(workers)
 
 
 def _worker_init(threads: int, gpu_queue) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MKL_NUM_THREADS"] = str(threads)
+    # before torch is imported in this spawned process: thread counts and the passive OpenMP wait policy
+    apply_thread_policy(threads, override=True)
     if gpu_queue is not None:
         # before torch initialises CUDA in this process: the worker sees exactly one GPU, as cuda:0
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
@@ -127,7 +134,7 @@ class PoolExecutor(Executor):
 
 
 def _ray_unit(unit_fn, records, out, device, threads, cell_fn):
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    apply_thread_policy(threads, override=True)
     return unit_fn(records, out, device, threads, cell_fn)
 
 

@@ -56,7 +56,7 @@ from diffaudit.pipeline.run import run_audit_on
 from diffaudit.pipeline.setup import AuditData, synthetic_data
 from diffaudit.progress import progress_display
 from diffaudit.report.html import shared_plotly_src, write_shared_plotly
-from diffaudit.sweeps.executors import check_executor, default_workers, make_executor
+from diffaudit.sweeps.executors import check_executor, default_workers, make_executor, worker_threads
 from diffaudit.sweeps.reproducibility import shared_noise_reproducibility
 from diffaudit.sweeps.spec import (
     CELL_SCHEMA,
@@ -369,7 +369,7 @@ def run_sweep(
         n_workers = workers or default_workers(device)
         # torch threads per worker: fixed by the command (not by how many cells are left), so a resumed
         # run computes every cell with the same thread count as an uninterrupted one
-        threads = int(threads or max(1, (os.cpu_count() or 1) // n_workers))
+        threads = worker_threads(n_workers, threads)  # workers x threads never exceed the CPUs we may use
         units = [[r] for r in pending]
         with progress_display("sweep", enabled=progress, transient=False) as prog:
             task = prog.add_task("", total=len(records), completed=res.already_complete)

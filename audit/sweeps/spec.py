@@ -46,6 +46,8 @@ import hashlib
 import itertools
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -431,7 +433,11 @@ def parse_spec(data: dict, *, where: str = "<dict>", check_datasets: bool = True
     if not isinstance(opts, dict):
         raise _err(where, "[audit] options must be a table of AuditConfig fields.")
     # checked in full now, before the first cell pays for its training (n_samples etc. come per cell)
-    AuditConfig.from_options({k: v for k, v in opts.items()}, where=f"{where}: [audit.options]")
+    _check_types(AuditConfig, opts, "[audit] options", where)
+    try:
+        AuditConfig.from_options({k: v for k, v in opts.items()}, where=f"{where}: [audit.options]")
+    except DiffauditError as e:
+        raise _err(where, f"[audit] options: {e}") from None
     name = data.get("name", Path(where).stem if where != "<dict>" else "sweep")
     return SweepSpec(
         name=str(name),
@@ -458,7 +464,62 @@ def _canonical_model(model: str, where: str) -> str:
 
 
 def _check_train(train: dict, where: str) -> None:
+    """Refuse what ``TrainConfig`` would refuse, now rather than in every cell: keys, types and ranges."""
     _check_keys(train, {f.name for f in dataclasses.fields(TrainConfig)}, "train", where)
+    _check_types(TrainConfig, train, "[train]", where)
+    try:
+        TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in train.items()}).check()
+    except DiffauditError as e:
+        raise _err(where, f"[train] {e}") from None
+
+
+def _value_fits(v: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a dataclass field's annotation (bool is not a number, floats are finite)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_value_fits(v, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return v is None
+    if hint is bool:
+        return isinstance(v, bool)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if hint is float:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    if hint is str:
+        return isinstance(v, str)
+    if hint is dict or origin is dict:
+        return isinstance(v, dict)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(v, list | tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_value_fits(a, args[0]) for a in v)
+        return len(v) == len(args) and all(_value_fits(a, t) for a, t in zip(v, args, strict=True))
+    return True  # a type TOML cannot spell (none today): left to the class's own check
+
+
+def _describe(hint: Any) -> str:
+    """A type annotation in words, for the error message."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [a for a in typing.get_args(hint) if a is not type(None)]
+        return " or ".join(_describe(a) for a in parts) + (" (or left out)" if len(parts) == 1 else "")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        n = "" if len(args) == 2 and args[1] is Ellipsis else f"{len(args)} "
+        return f"a list of {n}{_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+    return words.get(hint, "a table" if hint is dict or origin is dict else str(hint))
+
+
+def _check_types(cls: type, table: dict, name: str, where: str) -> None:
+    """Refuse a value of the TOML table ``name`` whose type does not fit field ``cls.<key>``."""
+    hints = typing.get_type_hints(cls)
+    for k, v in table.items():
+        if k in hints and not _value_fits(v, hints[k]):
+            raise _err(where, f"{name} {k} = {v!r} must be {_describe(hints[k])}; fix the value.")
 
 
 def load_spec(path: str | Path, *, check_datasets: bool = True) -> SweepSpec:

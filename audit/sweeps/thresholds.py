@@ -51,8 +51,10 @@ from __future__ import annotations
 import html
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -136,18 +138,93 @@ def _metric(report: dict, key: str) -> tuple[float | None, float | None]:
     return v, sd
 
 
-def load_cells(root: str | Path) -> list[dict]:
+def _int_or_none(v: Any, low: int) -> int | None:
+    """``v`` as an integer >= ``low`` (integral floats allowed); None if it is not one."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v != int(v):
+        return None
+    return int(v) if v >= low else None
+
+
+def _cell_row(p: Path, rep: Any, cell: Any, specs: list[CurveSpec]) -> dict | str:
+    """The row of cell folder ``p``, or why it is malformed (a str)."""
+    if not isinstance(rep, dict):
+        return f"report.json holds a {type(rep).__name__}, not an object"
+    if not isinstance(cell, dict):
+        return f"cell.json holds a {type(cell).__name__}, not an object"
+    sweep = rep.get("sweep") or {}
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("cell") or {}, dict):
+        return "report.json's sweep is not an object"
+    if not isinstance(rep.get("probes") or {}, dict) or not all(
+        isinstance(g, dict) or g is None for g in (rep.get("probes") or {}).values()
+    ):
+        return "report.json's probes are not objects"
+    cell = {**cell, **(sweep.get("cell") or {})}
+    if "n_train" not in cell or "dataset" not in cell:
+        return ""  # not a sweep cell (e.g. a plain audit copied in): skipped silently, as before
+    n = _int_or_none(cell["n_train"], 1)
+    seed = _int_or_none(cell.get("seed", 0), 0)
+    if n is None:
+        return f"n_train = {cell['n_train']!r} is not a positive integer"
+    if seed is None:
+        return f"seed = {cell.get('seed')!r} is not a non-negative integer"
+    if not isinstance(cell["dataset"], str) or not isinstance(cell.get("model_label") or "model", str):
+        return "dataset or model_label is not a string"
+    params = cell.get("params") or {}
+    if not isinstance(params, dict):
+        return "params is not an object"
+    d = cell.get("d", params.get("d"))
+    if d is not None and _int_or_none(d, 1) is None:
+        return f"d = {d!r} is not a positive integer"
+    thr = rep.get("thresholds") or {}
+    eps1 = thr.get("eps1") if isinstance(thr, dict) else None
+    if eps1 is not None and not (
+        isinstance(eps1, int | float) and not isinstance(eps1, bool) and math.isfinite(eps1) and eps1 > 0
+    ):
+        return f"thresholds.eps1 = {eps1!r} is not a positive number"
+    train = sweep.get("train") or {}
+    steps = train.get("steps", cell.get("steps")) if isinstance(train, dict) else cell.get("steps")
+    if steps is not None and _int_or_none(steps, 0) is None:
+        return f"steps = {steps!r} is not a non-negative integer"
+    n_samples = cell.get("n_samples")
+    if n_samples is not None and _int_or_none(n_samples, 1) is None:
+        return f"n_samples = {n_samples!r} is not a positive integer"
+    values, sds = {}, {}
+    for c in specs:
+        v, sd = _metric(rep, c.key)
+        values[c.name] = None if v is None else (1.0 - v if c.complement else v)
+        sds[c.name] = sd
+    return {
+        "cell_id": p.name,
+        "dataset": cell["dataset"],
+        "params": dict(params),
+        "d": None if d is None else int(d),
+        "n": n,
+        "seed": seed,
+        "model": cell.get("model_label") or "model",
+        "steps": None if steps is None else int(steps),
+        "n_samples": None if n_samples is None else int(n_samples),
+        "eps1": None if eps1 is None else float(eps1),
+        "values": values,
+        "sds": sds,
+    }
+
+
+def load_cells(root: str | Path, *, skipped: list[tuple[str, str]] | None = None) -> list[dict]:
     """One row per complete cell of ``root/cells`` (a cell is complete iff its report.json exists).
 
     ``values`` / ``sds``: per curve name (``curve_specs``), the cell's value and the sd read from its CI
     (None where the cell does not have the metric, e.g. a cell written before the metric existed).
+
+    A malformed cell (unreadable or non-UTF-8 JSON, nesting too deep to parse, a report that is not an
+    object, ``n_train`` that is not a positive integer, ...) is skipped, as the app does: one
+    ``UserWarning`` gives their count, and ``skipped`` (if given) receives ``(cell_id, why)`` for each.
     """
     root = Path(root)
     cells_dir = root / "cells"
     if not root.is_dir():
         raise DiffauditError(f"{root} is not a folder; pass the --out folder of a diffaudit sweep.")
     specs = curve_specs()
-    rows = []
+    rows, bad = [], []
     paths = sorted(p for p in cells_dir.iterdir() if not p.name.startswith(".")) if cells_dir.is_dir() else []
     for p in paths:
         rp = p / "report.json"
@@ -160,34 +237,24 @@ def load_cells(root: str | Path) -> list[dict]:
                 if (p / "cell.json").is_file()
                 else {}
             )
-        except (OSError, json.JSONDecodeError):
+        except OSError:
+            continue  # being written or removed right now: not a complete cell
+        except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            bad.append((p.name, f"not readable JSON ({type(e).__name__})"))
             continue
-        cell = {**cell, **((rep.get("sweep") or {}).get("cell") or {})}
-        if "n_train" not in cell or "dataset" not in cell:
-            continue
-        params = dict(cell.get("params") or {})
-        values, sds = {}, {}
-        for c in specs:
-            v, sd = _metric(rep, c.key)
-            values[c.name] = None if v is None else (1.0 - v if c.complement else v)
-            sds[c.name] = sd
-        eps1 = (rep.get("thresholds") or {}).get("eps1")
-        rows.append(
-            {
-                "cell_id": p.name,
-                "dataset": cell["dataset"],
-                "params": params,
-                "d": cell.get("d", params.get("d")),
-                "n": int(cell["n_train"]),
-                "seed": int(cell.get("seed", 0)),
-                "model": cell.get("model_label") or "model",
-                "steps": ((rep.get("sweep") or {}).get("train") or {}).get("steps", cell.get("steps")),
-                "n_samples": cell.get("n_samples"),
-                "eps1": None if eps1 is None else float(eps1),
-                "values": values,
-                "sds": sds,
-            }
+        row = _cell_row(p, rep, cell, specs)
+        if isinstance(row, dict):
+            rows.append(row)
+        elif row:
+            bad.append((p.name, row))
+    if bad:
+        warnings.warn(
+            f"skipped {len(bad)} malformed cell(s) of {root} (e.g. {bad[0][0]}: {bad[0][1]}).",
+            UserWarning,
+            stacklevel=2,
         )
+        if skipped is not None:
+            skipped.extend(bad)
     if not rows:
         raise DiffauditError(
             f"{root} holds no complete sweep cells (cells/<id>/report.json); run 'diffaudit sweep' first."

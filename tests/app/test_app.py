@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +145,16 @@ def report_of(run_dir: Path) -> dict:
 
 def texts(at: AppTest, kind: str) -> list[str]:
     return [e.value for e in getattr(at, kind)]
+
+
+def plain(s: str) -> str:
+    """Markdown source with CommonMark backslash escapes undone: the text the browser shows."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", s)
+
+
+def inert(s: str) -> bool:
+    """True when no markdown/HTML punctuation of ``s`` is left unescaped (so it renders as literal text)."""
+    return re.search(r"(?<!\\)[!\[\]()<>*_`:$]", s.replace("\\\\", "")) is None
 
 
 def figures(at: AppTest) -> list[dict]:
@@ -381,8 +393,8 @@ def test_audit_page_vector_run(results, monkeypatch):
     rep = report_of(run)
     at = page("audit", [results], {"run": "0:audits/memorizer-hm"}, monkeypatch)
     assert texts(at, "title") == ["Audit"]
-    assert texts(at, "header") == ["control:memorizer on hidden-manifold"]
-    assert any(rep["inputs"]["dataset"] in c for c in texts(at, "caption"))
+    assert [plain(h) for h in texts(at, "header")] == ["control:memorizer on hidden-manifold"]
+    assert any(rep["inputs"]["dataset"] in plain(c) for c in texts(at, "caption"))
     assert not at.error
     md = " ".join(texts(at, "markdown"))
     for v in data.VERDICTS:  # the memorizer: copies everything, so memorization fails
@@ -444,9 +456,8 @@ def test_audit_page_image_run_shows_thumbnails_and_gallery(results, monkeypatch)
 def test_audit_page_refuses_path_traversal(results, monkeypatch, bad):
     at = page("audit", [results], {"run": bad}, monkeypatch)
     assert any(e.startswith("Refused:") for e in texts(at, "error"))
-    assert texts(at, "header")[0].startswith(
-        "control:"
-    )  # falls back to a run from the list, nothing else read
+    assert plain(texts(at, "header")[0]).startswith("control:")  # a run from the list, nothing else read
+    assert any(i.startswith("Showing the first run") for i in texts(at, "info"))
 
 
 def test_scaling_page(results, monkeypatch):
@@ -648,3 +659,227 @@ def test_html_plotly_src_reads_the_writers_script_tag(tmp_path):
     assert data.html_plotly_src(shared) == "../../plotly.min.js"
     assert data.html_plotly_src(inline) is None
     assert data.html_plotly_src(tmp_path / "missing.html") is None
+
+
+# ------------------------------------------------------------------------------------------- hostile reports
+
+
+def _edited_copy(results: Path, dst_root: Path, edit, name: str = "run") -> Path:
+    """A copy of the vector audit under ``dst_root/name`` with ``edit(report)`` applied to its report.json."""
+    run = dst_root / name
+    shutil.copytree(results / "audits" / "memorizer-hm", run)
+    rep = report_of(run)
+    edit(rep)
+    (run / "report.json").write_text(json.dumps(rep))
+    return run
+
+
+def test_report_strings_render_as_text_not_markdown(results, tmp_path, monkeypatch):
+    model = "![x](http://127.0.0.1:9/pixel.png) **bold** <img src=x> :red[red] $x$"
+    reason = "[click](http://127.0.0.1:9/) `code`"
+
+    def edit(rep):
+        rep["inputs"]["model"] = model
+        rep["reasons"]["convergence"] = reason
+        rep["skipped"] = [{"probe": "![p](http://127.0.0.1:9/p.png)", "reason": "<b>x</b>"}]
+
+    _edited_copy(results, tmp_path / "r", edit)
+    at = page("audit", [tmp_path / "r"], {"run": "0:run"}, monkeypatch)
+    (header,) = texts(at, "header")
+    assert plain(header) == f"{model} on hidden-manifold" and inert(header)
+    assert not inert(model)  # the check itself sees unescaped markdown
+    captions = texts(at, "caption")
+    assert any(plain(c) == reason for c in captions)
+    assert all(inert(c) for c in captions if plain(c) == reason)
+    md = [m for m in texts(at, "markdown") if "p.png" in plain(m)]
+    (item,) = md
+    probe, reason_shown = item.removeprefix("- ").split(": ")  # the page's own separator
+    assert inert(probe) and inert(reason_shown)
+    assert (plain(probe), plain(reason_shown)) == ("![p](http://127.0.0.1:9/p.png)", "<b>x</b>")
+
+
+def test_huge_model_string_is_cut_for_display(results, tmp_path, monkeypatch):
+    big = "A" * 5_000_000  # a 5 MB model name; anything past a few hundred characters is cut
+
+    def edit(rep):
+        rep["inputs"]["model"] = big
+
+    _edited_copy(results, tmp_path / "r", edit)
+    at = page("audit", [tmp_path / "r"], {"run": "0:run"}, monkeypatch)
+    (header,) = texts(at, "header")
+    assert plain(header).startswith("A" * 100) and "…" in header and len(header) < 1000
+    assert all(len(c) < 5000 for c in texts(at, "caption"))
+    for name in ("overview", "compare", "home"):
+        page(name, [tmp_path / "r"], monkeypatch=monkeypatch)  # no exception
+    df, _, _ = data.overview([tmp_path / "r"])
+    assert len(df["model"].iloc[0]) == data.TEXT_LIMIT and df["model"].iloc[0].endswith("…")
+
+
+def test_unlisted_run_in_the_link_is_named(results, tmp_path, monkeypatch):
+    root = tmp_path / "r"
+    shutil.copytree(results / "audits" / "memorizer-hm", root / "good")
+    shutil.copytree(results / "audits" / "memorizer-hm", root / "odd")
+    (root / "odd" / "report.json").write_text(json.dumps({"schema": "something/9"}))
+    at = page("audit", [root], {"run": "0:odd"}, monkeypatch)
+    assert any("not among the listed runs" in w for w in texts(at, "warning"))
+    assert at.selectbox(key="audit_run").value == "0:good"
+    at = page("audit", [root], {"run": "0:good"}, monkeypatch)  # the other side: a listed run, no note
+    assert not any("not among the listed runs" in w for w in texts(at, "warning"))
+    assert not texts(at, "info") or not any(i.startswith("Showing the first") for i in texts(at, "info"))
+
+
+def test_run_without_a_dataset_says_so(results, tmp_path, monkeypatch):
+    _edited_copy(results, tmp_path / "r", lambda rep: rep["inputs"].pop("dataset"))
+    at = page("audit", [tmp_path / "r"], {"run": "0:run"}, monkeypatch)
+    text = " ".join(texts(at, "caption") + texts(at, "header"))
+    assert "nan" not in text and "no dataset" in text
+    assert plain(texts(at, "header")[0]) == "control:memorizer"
+
+
+def _set(path: str, value):
+    def edit(rep):
+        *parents, last = path.split(".")
+        o = rep
+        for k in parents:
+            o = o.setdefault(k, {})
+        o[last] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        ("verdict.generalization", ["pass"]),
+        ("inputs", "a string"),
+        ("inputs.features", 3),
+        ("reasons", {"convergence": {"nested": 1}}),
+        ("timings", {"total": "slow", "sample": [1]}),
+        ("skipped", ["not an object"]),
+        ("details.factors", {"factor_names": 3, "tau": 0.1, "reference_coverage": None}),
+        ("details.factors.wasserstein_rel", {"x0": "big"}),
+        ("details.memorization.ratio_threshold", "0.5"),
+        ("details.membership", {"roc": {"fpr": ["a"], "tpr": [1]}, "sigmas": "x", "auc": [0.5]}),
+        ("probes.convergence.kid", "high"),
+        ("probes.convergence.fd", {"value": "1.0", "ci": [0, 1]}),
+        ("probes.convergence.fd_train_holdout", {"value": 1.0, "ci": "wide"}),
+        ("created", 12),
+    ],
+)
+def test_wrong_field_types_are_skipped_with_a_warning(results, tmp_path, monkeypatch, path, value):
+    _edited_copy(results, tmp_path / "r", _set(path, value))
+    at = page("audit", [tmp_path / "r"], {"run": "0:run"}, monkeypatch)
+    warns = plain(" ".join(texts(at, "warning")))
+    assert "wrong type" in warns and path.split(".")[-1 if path != "verdict.generalization" else 0] in warns
+    assert texts(at, "header")  # the rest of the run is still drawn
+    for name in ("overview", "compare", "home"):
+        page(name, [tmp_path / "r"], monkeypatch=monkeypatch)
+
+
+def test_check_report_keeps_a_valid_report_and_drops_only_wrong_types(results):
+    rep = report_of(results / "audits" / "memorizer-hm")
+    same, notes = data.check_report(rep)
+    assert same == rep and notes == []  # the other side: a report the audit wrote is untouched
+    bad = json.loads(json.dumps(rep))
+    bad["verdict"] = ["pass"]
+    bad["timings"]["sample"] = "slow"
+    out, notes = data.check_report(bad)
+    assert "verdict" not in out and "sample" not in out["timings"] and out["inputs"] == rep["inputs"]
+    assert len(notes) == 2 and "verdict" in notes[0]
+
+
+@pytest.mark.parametrize("depth", [40, 100_000])
+def test_deeply_nested_report_is_skipped_with_a_warning(results, tmp_path, monkeypatch, depth):
+    run = _edited_copy(results, tmp_path / "r", lambda rep: rep["details"].update(deep="@@"))
+    txt = (run / "report.json").read_text()
+    (run / "report.json").write_text(txt.replace('"@@"', "[" * depth + "]" * depth))
+    assert data.nesting(json.loads("[" * 30 + "]" * 30)) == 30
+    with pytest.raises(data.DiffauditError, match="nested"):
+        data.read_report(run)
+    for name in ("audit", "overview", "compare", "home"):
+        at = page(name, [tmp_path / "r"], monkeypatch=monkeypatch)
+        if name == "audit" and at.header:  # listed: refused when opened
+            assert any("nested" in w for w in texts(at, "warning"))
+
+
+def test_report_nested_like_the_audit_writes_is_read(results):
+    rep = data.read_report(results / "audits" / "memorizer-hm")
+    assert 3 <= data.nesting(rep) <= data.MAX_NESTING
+
+
+# ------------------------------------------------------------------------------------------- scaling axes
+
+
+def _censored_sweep(results: Path, dst: Path, ci: list[float]) -> Path:
+    sweep = dst / "tiny"
+    shutil.copytree(results / "sweeps" / "tiny", sweep)
+    thr = json.loads((sweep / "thresholds.json").read_text())
+    for g in thr["groups"]:
+        g["n1_star"].update(status="fit", n_star=50.0, n_star_ci=ci)
+    (sweep / "thresholds.json").write_text(json.dumps(thr))
+    return sweep
+
+
+@pytest.mark.parametrize("ci", [[40.0, 1e21], [1e-3, 60.0], [40.0, 60.0]])
+def test_scaling_axis_stays_on_the_measured_n(results, tmp_path, monkeypatch, ci):
+    _censored_sweep(results, tmp_path / "root", ci)
+    at = page("scaling", [tmp_path / "root"], monkeypatch=monkeypatch)
+    at.selectbox(key="sc_d").set_value(8).run()
+    curve = figures(at)[0]
+    lo, hi = curve["layout"]["xaxis"]["range"]
+    assert 10**lo <= 32 and 10**hi >= 128  # covers the data ...
+    assert 32 / 10**lo < 1.5 and 10**hi / 128 < 1.5  # ... and not much more
+    rects = [(s["x0"], s["x1"]) for s in curve["layout"]["shapes"] if s["type"] == "rect"]
+    assert rects and all(32 <= a < b <= 128 for a, b in rects)
+    assert sorted({a for a, _ in rects} | {b for _, b in rects}) == [max(ci[0], 32.0), min(ci[1], 128.0)]
+    notes = [a["text"] for a in curve["layout"].get("annotations", []) if "interval to" in a["text"]]
+    censored = ci[0] < 32 or ci[1] > 128
+    assert bool(notes) == censored
+    if ci[1] > 128:
+        assert all(t.endswith("→") and "1e+21" in t for t in notes)
+    if ci[0] < 32:
+        assert all(t.startswith("←") for t in notes)
+    assert any("outside" in c or "beyond" in c for c in texts(at, "caption")) == censored
+
+
+def test_sweep_names_for_a_sweep_root_and_loose_cells(results, tmp_path, monkeypatch):
+    sweep = results / "sweeps" / "tiny"
+    at = page("scaling", [sweep], monkeypatch=monkeypatch)
+    (opt,) = at.selectbox(key="sc_sweep").options
+    assert opt == f"tiny  (in {sweep})"
+    loose = tmp_path / "loose"
+    cell = next((sweep / "cells").iterdir())
+    shutil.copytree(cell, loose / cell.name)
+    at = page("scaling", [loose], monkeypatch=monkeypatch)
+    (opt,) = at.selectbox(key="sc_sweep").options
+    assert opt == f"cells outside a sweep folder  (in {loose})" and "nan" not in opt
+    only_audits = tmp_path / "audits"
+    shutil.copytree(results / "audits", only_audits)
+    at = page("scaling", [only_audits], monkeypatch=monkeypatch)
+    assert not at.selectbox and any("No sweep cells" in i for i in texts(at, "info"))
+
+
+# ------------------------------------------------------------------------------------------- CLI: busy port
+
+
+def test_app_on_a_busy_port_is_one_error_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "diffaudit", "app", "--results", str(tmp_path), "--port", str(port)],
+            capture_output=True,
+            text=True,
+        )
+    assert r.returncode == 2 and r.stderr.startswith(f"error: --port {port}") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_port_check_passes_a_free_port():
+    from diffaudit.cli.app import check_port
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    check_port("127.0.0.1", port)  # free again: no error

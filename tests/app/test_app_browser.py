@@ -4,6 +4,7 @@ headless Debian Chromium through Playwright; no Streamlit error box may show; sc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -37,12 +38,32 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     results = build_results(tmp_path_factory)
+    # a second root: the tiny sweep with a censored n1* interval (upper end at n = 1e21, as an expanded
+    # bootstrap interval can be); its name sorts first, so the Scaling page opens on it
+    censored = tmp_path_factory.mktemp("censored")
+    sweep = censored / "sweeps" / "a-tiny"  # listed as "sweeps/a-tiny  (in ...)", before "sweeps/tiny"
+    shutil.copytree(results / "sweeps" / "tiny", sweep)
+    thr = json.loads((sweep / "thresholds.json").read_text())
+    for g in thr["groups"]:
+        g["n1_star"].update(status="fit", n_star=50.0, n_star_ci=[40.0, 1e21])
+    (sweep / "thresholds.json").write_text(json.dumps(thr))
     port = _free_port()
     log = tmp_path_factory.mktemp("app-log") / "app.log"
     env = {**os.environ, "DIFFAUDIT_CACHE_DIR": str(tmp_path_factory.mktemp("app-browser-cache"))}
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "diffaudit", "app", "--results", str(results), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "diffaudit",
+                "app",
+                "--results",
+                str(results),
+                "--results",
+                str(censored),
+                "--port",
+                str(port),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -150,3 +171,37 @@ def test_traversal_in_the_url_is_refused_in_the_browser(app_url):
             assert "root:x:" not in page.inner_text("body")
         finally:
             browser.close()
+
+
+def test_scaling_axis_covers_the_measured_n_in_chromium(app_url):
+    """The first Scaling chart (metric against n, log axis) as plotly laid it out in the page, on the sweep
+    whose n1* interval runs to n = 1e21: its x range covers the n grid (32..128) and stays within a factor
+    1.5 of it at either end; the interval beyond the grid is marked with an arrow."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 3000})
+            page.goto(f"{app_url}/Scaling", wait_until="domcontentloaded")
+            page.get_by_text("Phase diagram").first.wait_for(timeout=60_000)
+            page.wait_for_function(
+                "() => { const g = document.querySelector('.js-plotly-plot');"
+                " return g && g._fullLayout && g._fullLayout.xaxis; }",
+                timeout=60_000,
+            )
+            axis = page.evaluate(
+                "() => { const g = document.querySelector('.js-plotly-plot');"
+                " const a = g._fullLayout.xaxis;"
+                " return {type: a.type, range: a.range,"
+                " notes: (g._fullLayout.annotations || []).map(n => n.text)}; }"
+            )
+        finally:
+            browser.close()
+    assert axis["type"] == "log"
+    lo, hi = (10**v for v in axis["range"])
+    assert lo <= 32 and hi >= 128
+    assert 32 / lo < 1.5 and hi / 128 < 1.5
+    assert any("interval to 1e+21 →" in t for t in axis["notes"]), axis["notes"]

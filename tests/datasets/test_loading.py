@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +299,72 @@ def test_integer_vectors_cast(tmp_path):
     out = load_samples(tmp_path / "i.npy")
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, a.astype(np.float32))  # vectors are not rescaled
+
+
+def test_misnamed_files_are_not_called_pickles(tmp_path, vec):
+    """Issue 15: numpy reads any file without its header as a pickle; only a real pickle is called one."""
+    (tmp_path / "text.npy").write_text("1.0,2.0\n3.0,4.0\n")
+    (tmp_path / "text.npz").write_text("1.0 2.0\n3.0 4.0\n")
+    (tmp_path / "blob.npy").write_bytes(b"\x00\x01\x02\xff\xfe" * 20)
+    (tmp_path / "real.npy").write_bytes(pickle.dumps(vec, protocol=4))
+    (tmp_path / "old.npz").write_bytes(pickle.dumps([1, 2], protocol=2))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    expect = {
+        "text.npy": r"is not a \.npy file \(no NumPy header; it looks like a text file\).*numpy\.save",
+        "text.npz": r"is not a \.npz file \(no NumPy header; it looks like a text file\).*numpy\.savez",
+        "blob.npy": r"is not a \.npy file .*unknown binary format",
+        "real.npy": r"object \(pickled\) array",
+        "old.npz": r"object \(pickled\) array",
+        "obj.npy": r"object \(pickled\) array",
+    }
+    for f, pattern in expect.items():
+        with pytest.raises(DiffauditError, match=pattern) as e:
+            load_samples(tmp_path / f)
+        assert str(e.value).startswith(str(tmp_path / f)) and "\n" not in str(e.value)
+        if not f.startswith(("real", "old", "obj")):
+            assert "pickle" not in str(e.value)
+
+
+def test_several_arrays_advise_saving_one_not_a_key_option(tmp_path, vec):
+    np.savez(tmp_path / "two.npz", gen=vec, ref=vec[:3])
+    torch.save({"gen": torch.from_numpy(vec), "ref": torch.from_numpy(vec[:3])}, tmp_path / "two.pt")
+    for f in ("two.npz", "two.pt"):
+        with pytest.raises(DiffauditError, match=r"several .*'gen', 'ref'.*save the samples alone") as e:
+            load_samples(tmp_path / f)
+        assert "--key" not in str(e.value)
+        # the other side: the array named explicitly is loaded (compare --gen-key, embed --key)
+        np.testing.assert_array_equal(load_samples(tmp_path / f, key="ref"), vec[:3])
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p: np.savez(p / "g.npz", a=np.zeros((8, 4)), b=np.ones((8, 4))), "save the samples alone"),
+        (lambda p: (p / "g.npy").write_text("0,1\n1,0\n"), "looks like a text file"),
+    ],
+)
+def test_cli_audit_messages_for_misfit_sample_files(tmp_path, make, match):
+    make(tmp_path)
+    (f,) = [q for q in tmp_path.iterdir() if q.name.startswith("g.")]
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "diffaudit",
+            "audit",
+            "--model",
+            f"samples:{f}",
+            "--dataset",
+            "hidden-manifold:d=4,D=2",
+            "--n-train",
+            "50",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0]
+    assert "--key" not in r.stderr and "pickled" not in r.stderr and not out.exists()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from diffaudit.sweeps.thresholds import (
     fit_logistic4_batch,
     fit_power_batch,
     interval,
+    load_cells,
     logistic4,
     render_html,
     which_first,
@@ -355,3 +358,50 @@ def test_half_written_cells_are_ignored(tmp_path):
     (tmp_path / "cells" / "incomplete").mkdir()
     doc = compute_thresholds(tmp_path, n_boot=20)
     assert doc["n_cells"] == len(GRID)
+
+
+def test_malformed_cells_are_skipped_with_a_warning(tmp_path):
+    """A list, binary bytes, n_train "abc" or 0, and nesting deeper than the parser: skipped and counted."""
+    rng = np.random.default_rng(14)
+    _write(tmp_path, _curves(rng, d=32, kappa=0, n2=2000.0, seeds=(0,)), d=32)
+    good = sorted((tmp_path / "cells").iterdir())[0]
+    rep = json.loads((good / "report.json").read_text())
+    bad = {
+        "list": "[1, 2, 3]",
+        "binary": b"\x89PNG\r\n\x1a\n\xff\xfe\x00",
+        "deep": "[" * 100_000 + "]" * 100_000,
+        "n_abc": {**rep, "sweep": {**rep["sweep"], "cell": {**rep["sweep"]["cell"], "n_train": "abc"}}},
+        "n_zero": {**rep, "sweep": {**rep["sweep"], "cell": {**rep["sweep"]["cell"], "n_train": 0}}},
+        "probes_list": {**rep, "probes": [1]},
+    }
+    for name, content in bad.items():
+        (tmp_path / "cells" / name).mkdir()
+        f = tmp_path / "cells" / name / "report.json"
+        if isinstance(content, bytes):
+            f.write_bytes(content)
+        else:
+            f.write_text(content if isinstance(content, str) else json.dumps(content))
+    skipped = []
+    with pytest.warns(UserWarning, match=f"skipped {len(bad)} malformed cell"):
+        rows = load_cells(tmp_path, skipped=skipped)
+    assert len(rows) == len(GRID) and sorted(c for c, _ in skipped) == sorted(bad)
+    assert "'abc'" in dict(skipped)["n_abc"] and "0" in dict(skipped)["n_zero"]
+    with pytest.warns(UserWarning, match="malformed"):
+        doc = compute_thresholds(tmp_path, n_boot=20)
+    assert doc["n_cells"] == len(GRID)
+    # the CLI, as a user runs it: exit 0, the warning on stderr, the files written
+    r = subprocess.run(
+        [sys.executable, "-m", "diffaudit", "thresholds", str(tmp_path), "--n-boot", "20"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and f"skipped {len(bad)} malformed cell" in r.stderr
+    assert "Traceback" not in r.stderr and (tmp_path / "thresholds.json").is_file()
+    # only malformed cells: the usual one-line error, exit 2
+    only_bad = tmp_path / "only_bad"
+    (only_bad / "cells" / "list").mkdir(parents=True)
+    (only_bad / "cells" / "list" / "report.json").write_text("[]")
+    r = subprocess.run(
+        [sys.executable, "-m", "diffaudit", "thresholds", str(only_bad)], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "no complete sweep cells" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,132 @@
+"""Noisy-neighbour benchmark: the same work idle and next to one busy process per CPU, in one run.
+
+``python benchmarks/bench_load.py [--only train,knn,breakeven] [--max-busy-s 600]``
+
+1. ``diffaudit train`` (3x256 MLP, batch 256, 400 steps, hidden-manifold d=32, 512 rows) as a subprocess;
+2. exact k-NN (k = 2): ``diffaudit.probes.neighbors.knn`` against scikit-learn
+   ``NearestNeighbors(algorithm="brute")``, 20k x 128 base, 2k queries, in a subprocess that applies the
+   thread policy first (as the CLI does);
+3. the single-thread break-even: MLPs of growing width trained 60 steps with 1 and with all threads, idle.
+
+Loaded mode starts one ``while True: pass`` process per available CPU (each exits by itself after
+``--max-busy-s`` and is killed when its section ends) and records the 1-minute load average. Prints a
+JSON line per measurement and a summary of loaded/idle ratios (target <= 2.5x; a fair share alone is 2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+from diffaudit.threads import available_cpus
+
+BUSY = "import time\nt = time.time() + {s}\nwhile time.time() < t:\n    pass\n"
+
+KNN = """
+from diffaudit.threads import apply_thread_policy, resolve_threads
+apply_thread_policy(resolve_threads())
+import json, time
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+from diffaudit.probes.neighbors import knn
+rng = np.random.default_rng(0)
+xb = rng.standard_normal((20000, 128)).astype(np.float32)
+xq = rng.standard_normal((2000, 128)).astype(np.float32)
+knn(xq[:50], xb, 2)
+t = time.perf_counter(); D, I = knn(xq, xb, 2); t_knn = time.perf_counter() - t
+nn = NearestNeighbors(n_neighbors=2, algorithm="brute").fit(xb)
+t = time.perf_counter(); D2, I2 = nn.kneighbors(xq); t_sk = time.perf_counter() - t
+print(json.dumps({"knn_s": t_knn, "sklearn_s": t_sk, "agree": float((I[:, 0] == I2[:, 0]).mean())}))
+"""
+
+BREAKEVEN = """
+import json, sys, time
+import numpy as np
+import torch
+import diffaudit.threads as th
+from diffaudit.harness.train import TrainConfig, train
+th.SINGLE_THREAD_BELOW_FLOPS = 0.0  # measure, do not apply, the policy
+x = np.random.default_rng(0).standard_normal((512, 32)).astype(np.float32)
+cpus = th.available_cpus()
+for width in (256, 512, 1024, 2048):
+    row = {"width": width}
+    for n in sorted({1, cpus}):
+        torch.set_num_threads(n)
+        cfg = TrainConfig(steps=60, batch=256, device="cpu", log_every=60)
+        t = time.perf_counter(); r = train(x, f"mlp:width={width},depth=3", cfg, progress=False)
+        row[f"s_{n}thr"] = time.perf_counter() - t
+    params = sum(p.numel() for p in r.net.parameters())
+    row["flops_per_step"] = 6.0 * params * 256
+    print(json.dumps(row), flush=True)
+"""
+
+
+@contextmanager
+def busy(n: int, max_s: float):
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY.format(s=max_s)]) for _ in range(n)]
+    time.sleep(3.0)  # let the load average see them
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def timed(cmd: list[str], env=None) -> tuple[float, str]:
+    t = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    return time.perf_counter() - t, out
+
+
+def train_once(tmp: str) -> float:
+    out = os.path.join(tmp, f"run{time.monotonic_ns()}")
+    cmd = [sys.executable, "-m", "diffaudit", "train", "--dataset", "hidden-manifold:d=32"]
+    cmd += ["--n-train", "512", "--model", "mlp:width=256,depth=3", "--steps", "400", "--device", "cpu"]
+    return timed(cmd + ["--quiet", "--out", out])[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="train,knn,breakeven")
+    ap.add_argument("--max-busy-s", type=float, default=600.0)
+    args = ap.parse_args()
+    parts = args.only.split(",")
+    cpus = available_cpus()
+    summary = {"cpus": cpus, "os_cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        if "train" in parts:
+            idle = train_once(tmp)
+            with busy(cpus, args.max_busy_s):
+                load = os.getloadavg()[0]
+                loaded = train_once(tmp)
+            summary["train"] = {"idle_s": idle, "loaded_s": loaded, "ratio": loaded / idle, "load": load}
+            print(json.dumps({"train": summary["train"]}), flush=True)
+        if "knn" in parts:
+            idle = json.loads(timed([sys.executable, "-c", KNN])[1])
+            with busy(cpus, args.max_busy_s):
+                load = os.getloadavg()[0]
+                loaded = json.loads(timed([sys.executable, "-c", KNN])[1])
+            summary["knn"] = {
+                "idle": idle,
+                "loaded": loaded,
+                "load": load,
+                "knn_ratio": loaded["knn_s"] / idle["knn_s"],
+                "sklearn_over_knn_idle": idle["sklearn_s"] / idle["knn_s"],
+                "sklearn_over_knn_loaded": loaded["sklearn_s"] / loaded["knn_s"],
+            }
+            print(json.dumps({"knn": summary["knn"]}), flush=True)
+        if "breakeven" in parts:
+            print(timed([sys.executable, "-c", BREAKEVEN])[1], end="", flush=True)
+    print(json.dumps({"summary": summary}))
+
+
+if __name__ == "__main__":
+    main()
