@@ -17,8 +17,20 @@ from diffaudit.models.adapters import as_model, load_model
 from diffaudit.pipeline.config import AuditConfig
 from diffaudit.pipeline.run import Report, run_audit_on
 from diffaudit.pipeline.setup import audit_data
+from diffaudit.threads import apply_thread_policy, resolve_threads
 
-__all__ = ["AuditConfig", "Report", "audit"]
+__all__ = ["AuditConfig", "Report", "audit", "set_threads"]
+
+
+def set_threads(n: int | None = None) -> int:
+    """The CLI's thread policy for this Python process (``diffaudit --threads``; see ``diffaudit.threads``).
+
+    ``n`` threads (default: ``$DIFFAUDIT_THREADS``, else the CPUs this process may use) for torch, FAISS and
+    the BLAS libraries, and ``OMP_WAIT_POLICY=PASSIVE`` unless set. The wait policy only takes effect when
+    this runs before torch or faiss is imported (OpenMP reads it once, at load): call it first in a notebook
+    that shares its machine. Returns the thread count.
+    """
+    return apply_thread_policy(resolve_threads(n), override=n is not None)
 
 
 def audit(
@@ -31,6 +43,7 @@ def audit(
     holdout=None,
     out_dir=None,
     num_steps: int | None = None,
+    threads: int | None = None,
     **options,
 ) -> Report:
     """Audit ``model`` and return its report (``out_dir``: also write the report folder there).
@@ -40,7 +53,10 @@ def audit(
     Data: ``dataset`` (a synthetic dataset or its spec) with ``n_train`` draws the training and holdout sets;
     or ``train`` (and ``holdout``): arrays in the normal form or paths (``dataset`` then adds the factor
     probes). ``options``: any ``AuditConfig`` field (``n_samples``, ``seed``, ``features``, ``eps1``, ...).
+    ``threads``: as ``set_threads(threads)`` first (process-wide); None leaves the process's settings alone.
     """
+    if threads is not None:
+        set_threads(threads)
     cfg = AuditConfig.from_options(options, where="audit()")
     if train is None and (dataset is None or n_train is None):
         raise DiffauditError("audit(): pass dataset=... with n_train=N, or train=... (array or path).")

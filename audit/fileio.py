@@ -2,6 +2,11 @@
 
 A crash never leaves a half-written file under its final name: everything is written to a temporary
 name in the same directory, flushed, then moved into place with ``os.replace``.
+
+Temporary names carry the writer's host and process id (``.NAME.HOST-PID.XXXXXXXX.tmp``). A process killed
+with SIGKILL cannot remove its own; the next write into the same folder removes every such leftover whose
+process is gone on this host (``clean_stale``). Leftovers of live processes, and of other hosts sharing
+a network filesystem, are never touched.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +26,59 @@ from typing import Any
 from diffaudit.errors import DiffauditError
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname() or "host")
+
+
+def _prefix(name: str) -> str:
+    return f".{name}.{_host()}-{os.getpid()}."
+
+
+# mkdtemp/mkstemp put 8 characters of [a-z0-9_] between the prefix and the suffix
+_TEMP_NAME = re.compile(
+    r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[a-z0-9_]{8}\.(?:tmp|old)(?:\.[^.]+)?$"
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's live process; absurd pids are left alone
+        return True
+    return True
+
+
+def clean_stale(folder: str | os.PathLike) -> list[Path]:
+    """Remove this host's temporary files/folders in ``folder`` whose writing process is gone; returns them."""
+    removed = []
+    host = _host()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _TEMP_NAME.match(e.name)
+        if not m or m["host"] != host or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
+            continue
+        p = Path(e.path)
+        try:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except OSError:
+            continue
+        removed.append(p)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -69,7 +125,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    clean_stale(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path.stem), suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -90,13 +147,14 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clean_stale(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} already exists")
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=_prefix(path.name), suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

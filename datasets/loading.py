@@ -187,7 +187,26 @@ def _finish(x: np.ndarray, label: str, min_n: int) -> np.ndarray:
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
         raise DiffauditError(f"{label}: {bad} sample(s) contain NaN or Inf; remove or fix them first.")
+    check_magnitude(x, label)
     return x
+
+
+# The probes measure distances in float32 (FAISS): squared distances overflow (float32 max 3.4e38) once
+# 4 D |x|^2 does, i.e. near |x| ~ 1e16 for D ~ 1e6 features, and underflow to 0 (every sample a "copy")
+# once |x|^2 drops below float32's smallest normal 1.2e-38, near |x| ~ 1e-19. The limits leave a margin.
+MAX_MAGNITUDE = 1e15
+MIN_MAGNITUDE = 1e-15
+
+
+def check_magnitude(x: np.ndarray, name: str) -> None:
+    """Refuse samples whose scale the float32 distance arithmetic cannot represent (all-zero data is fine)."""
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    if peak > MAX_MAGNITUDE or 0.0 < peak < MIN_MAGNITUDE:
+        raise DiffauditError(
+            f"{name}: values reach {peak:.3g}, outside the {MIN_MAGNITUDE:g}..{MAX_MAGNITUDE:g} range in which "
+            "distances between samples are exact enough in float32; divide every set by one common scale "
+            "(e.g. the training data's standard deviation) and rerun."
+        )
 
 
 # v in 0..255 -> (2v - 255) / 255: one correctly rounded float32 division of exact integers, so the

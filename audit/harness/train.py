@@ -23,7 +23,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,7 @@ class TrainConfig:
     log_every: int = 100  # steps between stats.jsonl lines (the last step is always logged)
 
     def check(self) -> None:
+        self._check_types()
         if self.steps < 1 or self.batch < 1:
             raise DiffauditError(f"steps and batch must be >= 1, got steps={self.steps}, batch={self.batch}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -79,6 +80,38 @@ class TrainConfig:
             raise DiffauditError(f"device {self.device!r} is not one of auto, cpu, cuda.")
         if self.log_every < 1:
             raise DiffauditError(f"log_every must be >= 1, got {self.log_every}.")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise DiffauditError(
+                f"betas must be two numbers in [0, 1), got {self.betas!r}; e.g. (0.9, 0.999)."
+            )
+
+    def _check_types(self) -> None:
+        """Every field of the type it is declared with (a bool is not a number here), named in one sentence."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("int", int):
+                ok, want = (
+                    isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_),
+                    "a whole number",
+                )
+            elif f.type in ("float", float):
+                ok = isinstance(v, int | float | np.integer | np.floating) and not isinstance(
+                    v, bool | np.bool_
+                )
+                ok, want = ok and math.isfinite(v), "a finite number"
+            elif f.type in ("bool", bool):
+                ok, want = isinstance(v, bool | np.bool_), "true or false"
+            elif f.type in ("str", str):
+                ok, want = isinstance(v, str), "a string"
+            else:  # betas
+                ok = (
+                    isinstance(v, tuple | list)
+                    and len(v) == 2
+                    and all(isinstance(b, int | float) and not isinstance(b, bool) for b in v)
+                )
+                want = "two numbers, e.g. (0.9, 0.999)"
+            if not ok:
+                raise DiffauditError(f"training option {f.name} must be {want}, got {v!r}.")
 
 
 @dataclass

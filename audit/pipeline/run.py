@@ -10,7 +10,9 @@ given, writes the report directory atomically (temp name, renamed when complete)
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from diffaudit.pipeline.setup import AuditData, split_holdout
 from diffaudit.pipeline.stages import STAGES, Context, check_array, run_stages
 from diffaudit.pipeline.verdicts import decide
 from diffaudit.report.writer import build_report, write_report_dir
+from diffaudit.threads import available_cpus
 
 
 class Report(dict):
@@ -51,6 +54,18 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(Exception):
             m = __import__(mod)
             out[mod] = str(getattr(m, "__version__", "?"))
+    return out
+
+
+def _threads() -> dict:
+    """The thread settings the audit ran with (``diffaudit.threads``), for reproducing its timings."""
+    out = {"cpus_available": available_cpus(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch"] = int(torch.get_num_threads())
+    faiss = sys.modules.get("faiss")
+    if faiss is not None and hasattr(faiss, "omp_get_max_threads"):
+        out["faiss"] = int(faiss.omp_get_max_threads())
     return out
 
 
@@ -166,6 +181,7 @@ def run_audit(
         },
         "white_box": ctx.white_box,
         "versions": _versions(),
+        "threads": _threads(),
         "config": cfg.as_dict(),
         **(inputs or {}),
     }

@@ -156,3 +156,23 @@ def test_cli_invalid_threads_one_error_line_exit_2(args, env, needle):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
     assert "Traceback" not in r.stderr
+
+
+def test_python_api_set_threads_and_the_report_records_the_settings():
+    # a notebook: set_threads() first (before torch loads), then an audit whose report.json says what it ran with
+    code = (
+        "import json, diffaudit; n = diffaudit.set_threads(1); import torch; "
+        "r = diffaudit.audit('control:gaussian', dataset='hidden-manifold:d=4', n_train=64, n_samples=64, "
+        "max_calibration=64); "
+        "print(json.dumps({'n': n, 'torch': torch.get_num_threads(), 'inputs': r['inputs']['threads']}))"
+    )
+    r = _py(code)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["n"] == 1 and out["torch"] == 1
+    assert out["inputs"]["torch"] == 1 and out["inputs"]["omp_wait_policy"] == "PASSIVE"
+    assert out["inputs"]["cpus_available"] == th.available_cpus()
+    with pytest.raises(DiffauditError, match="--threads"):
+        import diffaudit
+
+        diffaudit.set_threads(0)

@@ -44,6 +44,8 @@ def files(tmp_path_factory):
     np.save(d / "nan.npy", nan)
     np.save(d / "gen6.npy", rng.standard_normal((40, 6)).astype(np.float32))
     np.save(d / "one.npy", rng.standard_normal((1, 8)).astype(np.float32))
+    # float32 squared distances overflow: the memorizer's copies got ratio NaN and passed as 0 % copies
+    np.save(d / "huge.npy", (rng.standard_normal((40, 8)) * 1e20).astype(np.float32))
     (d / "corrupt.npz").write_bytes(b"PK\x03\x04 this is not a zip archive at all")
     marker = d / "PWNED"
     with open(d / "evil.pt", "wb") as f:
@@ -58,6 +60,8 @@ BAD = {
     "NaN samples": ["--model", "samples:{d}/nan.npy", "--train", "{d}/train.npy"],
     "dimension mismatch": ["--model", "samples:{d}/gen6.npy", "--train", "{d}/train.npy"],
     "single sample": ["--model", "samples:{d}/one.npy", "--train", "{d}/train.npy"],
+    "values of 1e20": ["--model", "samples:{d}/huge.npy", "--train", "{d}/train.npy"],
+    "training set of 1e20": ["--model", "samples:{d}/gen.npy", "--train", "{d}/huge.npy"],
     "unknown model spec": ["--model", "gan:{d}/gen.npy", "--train", "{d}/train.npy"],
     "unknown dataset": ["--model", "control:oracle", "--dataset", "no-such-data", "--n-train", "100"],
     "malformed gate": [

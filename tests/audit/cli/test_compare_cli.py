@@ -153,3 +153,21 @@ def test_parse_metrics():
     assert parse_metrics("all") == list(METRICS)
     with pytest.raises(DiffauditError):
         parse_metrics(" , ")
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+def test_extreme_magnitudes_are_refused_not_reported(tmp_path, scale):
+    # At 1e20 float32 squared distances overflow: compare printed precision/recall 1, density 30 and a KID
+    # of 4e117 with exit 0; at 1e-20 they underflow to 0. Both are refused with the fix, and nothing written.
+    r = np.random.default_rng(1)
+    np.save(tmp_path / "gen.npy", (r.standard_normal((200, 8)) * scale).astype(np.float32))
+    np.save(tmp_path / "ref.npy", (r.standard_normal((200, 8)) * scale).astype(np.float32))
+    out = tmp_path / "res" / "compare.json"
+    p = run_cli(tmp_path / "gen.npy", tmp_path / "ref.npy", "--json", out, "--no-cache")
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("error: GEN") and "divide every set by one common scale" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not out.parent.exists()
+    # inside the range, the same data (rescaled into it by the user) works
+    np.save(tmp_path / "gen.npy", (r.standard_normal((200, 8)) * 1e10).astype(np.float32))
+    np.save(tmp_path / "ref.npy", (r.standard_normal((200, 8)) * 1e10).astype(np.float32))
+    assert run_cli(tmp_path / "gen.npy", tmp_path / "ref.npy", "--metrics", "fd,pr", "--no-cache").returncode == 0

@@ -434,3 +434,24 @@ def test_train_cli_bad_input(tmp_path, args, needle):
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error:") and needle in r.stderr and "Traceback" not in r.stderr
     assert not Path(out).exists()  # nothing written for a rejected run
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"lr": "abc"}, "lr must be a finite number"),  # compared with 0 before: a TypeError traceback
+        ({"lr": float("nan")}, "lr must be a finite number"),
+        ({"steps": 2.5}, "steps must be a whole number"),
+        ({"batch": True}, "batch must be a whole number"),  # a bool is not a batch size
+        ({"batch": 0}, "steps and batch must be >= 1"),
+        ({"bf16": "yes"}, "bf16 must be true or false"),
+        ({"betas": (0.9,)}, "betas must be two numbers"),
+        ({"betas": (0.9, 1.0)}, r"betas must be two numbers in \[0, 1\)"),
+        ({"device": 0}, "device must be a string"),
+    ],
+)
+def test_train_config_from_python_is_checked_before_training(options, needle):
+    # the sweep spec checks types at load; a TrainConfig built in Python gets the same one-sentence errors
+    x = np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)
+    with pytest.raises(DiffauditError, match=needle):
+        train(x, "mlp:width=16,depth=2", TrainConfig(**options), progress=False)
