@@ -1,12 +1,15 @@
 """Noisy-neighbour benchmark: the same work idle and next to one busy process per CPU, in one run.
 
-``python benchmarks/bench_load.py [--only train,knn,breakeven] [--max-busy-s 600]``
+``python benchmarks/bench_load.py [--only train,knn,demo,quick,breakeven] [--max-busy-s 900]``
 
 1. ``diffaudit train`` (3x256 MLP, batch 256, 400 steps, hidden-manifold d=32, 512 rows) as a subprocess;
 2. exact k-NN (k = 2): ``diffaudit.probes.neighbors.knn`` against scikit-learn
    ``NearestNeighbors(algorithm="brute")``, 20k x 128 base, 2k queries, in a subprocess that applies the
    thread policy first (as the CLI does);
-3. the single-thread break-even: MLPs of growing width trained 60 steps with 1 and with all threads, idle.
+3. ``diffaudit demo`` end to end (default: not in ``--only``'s default list, it takes minutes);
+4. a slice of ``diffaudit sweep --preset quick``: the preset's spec (model, budget, training and audit
+   options) on its first dataset at its two smallest n, with the CLI's default workers and threads;
+5. the single-thread break-even: MLPs of growing width trained 60 steps with 1 and with all threads, idle.
 
 Loaded mode starts one ``while True: pass`` process per available CPU (each exits by itself after
 ``--max-busy-s`` and is killed when its section ends) and records the 1-minute load average. Prints a
@@ -93,10 +96,62 @@ def train_once(tmp: str) -> float:
     return timed(cmd + ["--quiet", "--out", out])[0]
 
 
+def demo_once(tmp: str) -> float:
+    out = os.path.join(tmp, f"demo{time.monotonic_ns()}")
+    return timed([sys.executable, "-m", "diffaudit", "demo", "--out", out, "--no-progress"])[0]
+
+
+def quick_slice_spec(tmp: str) -> str:
+    """The quick preset's spec, cut to its first dataset and its two smallest n (the same n grid points)."""
+    from importlib import resources
+
+    import tomllib
+
+    from diffaudit.sweeps.spec import _n_grid
+
+    spec = tomllib.loads((resources.files("diffaudit.sweeps") / "presets" / "quick.toml").read_text())
+    spec["name"] = "quick-slice"
+    spec["n"] = list(_n_grid(spec["n"], "quick preset")[:2])
+    spec["dataset"] = spec["dataset"][:1]
+    path = os.path.join(tmp, "quick-slice.toml")
+    with open(path, "w") as f:
+        f.write(_toml(spec))
+    return path
+
+
+def _toml(d: dict) -> str:
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
+        return repr(v)
+
+    lines, tables = [], []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            tables.append(f"[{k}]\n" + "".join(f"{kk} = {val(x)}\n" for kk, x in v.items()))
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                tables.append(f"[[{k}]]\n" + "".join(f"{kk} = {val(x)}\n" for kk, x in item.items()))
+        else:
+            lines.append(f"{k} = {val(v)}\n")
+    return "".join(lines) + "\n" + "\n".join(tables)
+
+
+def quick_once(tmp: str, spec: str) -> float:
+    out = os.path.join(tmp, f"quick{time.monotonic_ns()}")
+    return timed([sys.executable, "-m", "diffaudit", "sweep", spec, "--out", out, "--quiet"])[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="train,knn,breakeven")
-    ap.add_argument("--max-busy-s", type=float, default=600.0)
+    ap.add_argument("--max-busy-s", type=float, default=900.0)
     args = ap.parse_args()
     parts = args.only.split(",")
     cpus = available_cpus()
@@ -123,6 +178,18 @@ def main() -> None:
                 "sklearn_over_knn_loaded": loaded["sklearn_s"] / loaded["knn_s"],
             }
             print(json.dumps({"knn": summary["knn"]}), flush=True)
+        for part, once in (("demo", demo_once), ("quick", None)):
+            if part not in parts:
+                continue
+            if once is None:
+                spec = quick_slice_spec(tmp)
+                once = lambda t, spec=spec: quick_once(t, spec)  # noqa: E731
+            idle = once(tmp)
+            with busy(cpus, args.max_busy_s):
+                load = os.getloadavg()[0]
+                loaded = once(tmp)
+            summary[part] = {"idle_s": idle, "loaded_s": loaded, "ratio": loaded / idle, "load": load}
+            print(json.dumps({part: summary[part]}), flush=True)
         if "breakeven" in parts:
             print(timed([sys.executable, "-c", BREAKEVEN])[1], end="", flush=True)
     print(json.dumps({"summary": summary}))

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "audit": "diffaudit.cli.audit:audit_cmd",
     "demo": "diffaudit.cli.demo:demo_cmd",
     "embed": "diffaudit.cli.embed:embed_cmd",
+    "extract": "diffaudit.cli.extract:extract_cmd",
     "train": "diffaudit.cli.train:train_cmd",
     "sweep": "diffaudit.cli.sweep:sweep_cmd",
     "thresholds": "diffaudit.cli.thresholds:thresholds_cmd",

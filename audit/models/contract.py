@@ -10,6 +10,8 @@ Optional, for white-box probes and the deterministic sampler:
 - ``denoise(x, sigma) -> x_hat``: the denoiser D(x, sigma) on numpy arrays (float64 in/out);
 - ``sample_from_noise(noise) -> np.ndarray``: run the deterministic EDM Heun sampler from given
   unit-variance noise (n, *shape), so two models can be compared from the same initial noise;
+- ``reverse_from(x, sigma, num_steps) -> np.ndarray``: run the same sampler from a given noisy state x at
+  noise level sigma down to 0 (the basin-of-attraction probe); provided here for every model with ``denoise``;
 - ``activations(x, sigma, layer) -> np.ndarray``: hidden activations of a named layer (n, F).
 
 Probes never branch on a model's family; adapters translate. ``DenoiserModel`` below turns any
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffaudit.models.sampler import SamplerConfig, heun_sample, noise_from_seeds
+from diffaudit.models.sampler import SamplerConfig, heun_from, heun_sample, noise_from_seeds
 
 
 class Model:
@@ -41,6 +43,22 @@ class Model:
 
     def sample_from_noise(self, noise: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} cannot be sampled from given noise")
+
+    def reverse_from(self, x: np.ndarray, sigma: float, num_steps: int = 8) -> np.ndarray:
+        """The deterministic reverse process from state ``x`` (n, *shape) at noise level ``sigma`` down to 0:
+        the EDM Heun sampler (``heun_from``) on ``num_steps`` levels from ``sigma`` to the model's
+        ``sampler_config.sigma_min`` (EDM's 0.002 for a model without one), in batches of ``batch_size``.
+        Float64 in, float64 out; white-box models only."""
+        if not self.has_denoiser:
+            raise NotImplementedError(f"{type(self).__name__} has no denoiser (black-box model)")
+        cfg = getattr(self, "sampler_config", None) or SamplerConfig()
+        cfg = SamplerConfig(num_steps=int(num_steps), sigma_min=cfg.sigma_min, rho=cfg.rho)
+        x = np.asarray(x, dtype=np.float64)
+        bs = int(getattr(self, "batch_size", 1024))
+        out = np.empty(x.shape, np.float64)
+        for i in range(0, len(x), bs):
+            out[i : i + bs] = heun_from(self.denoise, x[i : i + bs], float(sigma), cfg)
+        return out
 
 
 class DenoiserModel(Model):

@@ -10,7 +10,7 @@ noise is drawn per sample from its own seed, so a sample does not depend on the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -74,3 +74,18 @@ def heun_sample(denoise: Denoiser, noise, cfg: SamplerConfig = SamplerConfig(), 
         if callback is not None:
             callback(i, t_next, x)
     return x
+
+
+def heun_from(denoise: Denoiser, x, sigma: float, cfg: SamplerConfig = SamplerConfig()):
+    """Algorithm 1 started from a given state ``x`` (n, ...) at noise level ``sigma`` instead of from pure
+    noise at ``sigma_max``: the same sampler on the rho-schedule from ``sigma`` down to ``cfg.sigma_min``
+    (``cfg.num_steps`` levels), then 0 -- the partial reverse process of SDEdit (Meng et al. 2022).
+
+    A ``sigma`` at or below ``cfg.sigma_min`` takes one Euler step to 0 (x0 = D(x, sigma)).
+    """
+    sigma = float(sigma)
+    if not sigma > 0:
+        raise ValueError("sigma must be > 0")
+    if sigma <= cfg.sigma_min:
+        cfg = replace(cfg, num_steps=1)
+    return heun_sample(denoise, x / sigma, replace(cfg, sigma_max=sigma))

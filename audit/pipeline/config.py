@@ -13,6 +13,13 @@ The verdict tolerances have stated meanings (see ``diffaudit.pipeline.verdicts``
 - ``max_copy_rate`` = 0.02: more than 2 % training copies fails memorization (the copy rule's own false-flag
   rate on held-out real data is ~1 %, see ``probes.memorization``).
 - ``max_mia_auc`` = 0.6: a loss attack with AUC above 0.6 on a split it was not tuned on leaks membership.
+- ``extraction_budget`` = 1000: the extraction attack (Carlini et al. 2023, ``probes.extraction``) gets this many
+  generations -- the audit's own samples (1,000 in the demo, 2,000 by default), more drawn only when an audit
+  has fewer. Reported, not judged: gate it with ``--gate 'memorization.unique_extracted<=0'``. At a fixed
+  budget the yield of a model that copies its n training items uniformly is known in closed form (the coupon
+  collector), so runs of one budget compare; a larger budget finds more (``diffaudit extract``).
+- the basin-of-attraction AUC (``basin_*`` options) is reported, not judged: gate it with
+  ``--gate 'memorization.basin_auc<=0.6'``.
 """
 
 from __future__ import annotations
@@ -58,6 +65,20 @@ class AuditConfig:
     # choose sigma, the other half is reported (TPR at 1 % FPR needs >= 1000 non-members in that half)
     mia_sigmas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)  # x the data std
     mia_draws: int = 2
+    # basin of attraction (probes.basin, white box): noise each item to sigma, run the model's reverse process
+    # back to 0, and see whether it returns. Cost: 2 basin_n x len(basin_sigmas) x (2 basin_steps - 1) denoiser
+    # evaluations = 19,200 at the defaults (about half the membership stage at its defaults, or sampling ~300
+    # samples with 32 Heun steps); measured on 2 CPU cores for the memorizer of 8,000 16x16 sprites: 4.0 s (its
+    # membership stage: 8.7 s), 22-32 s while 4 other jobs shared the cores.
+    basin_n: int = 128  # training and holdout items (each); half of them choose sigma, the other half report
+    # x the data's neighbour spacing (median distance from a held-out item to its nearest training item), not
+    # the data std: an exact memorizer's basins are about that wide, and the spacing shrinks with n (hidden-
+    # manifold d=8 D=2, n=2000: 0.066 std; with sigma = 0.05 ... 1 x the std the memorizer came back for only
+    # 59 ... 2 % of its training items, with this grid for 100 ... 73 %)
+    basin_sigmas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)
+    basin_steps: int = 8  # Heun levels of each reverse run, from sigma down to the model's sigma_min
+    basin_quantile: float = 0.01  # return radius: this quantile of holdout -> nearest-training-item distances
+    extraction_budget: int = 1000  # generations the extraction attack spends (module docstring)
     max_calibration: int = 2000  # holdout rows that calibrate the copy rule's distance quantile
     max_ct_samples: int = 2000  # C_T and AuthPct use at most this many generated / holdout rows
     n_copies_shown: int = 16  # top copies stored as image pairs / shown in the HTML
@@ -66,6 +87,7 @@ class AuditConfig:
 
     def __post_init__(self):
         self.mia_sigmas = tuple(float(s) for s in self.mia_sigmas)
+        self.basin_sigmas = tuple(float(s) for s in self.basin_sigmas)
 
     def check(self) -> AuditConfig:
         """Raise a one-sentence ``DiffauditError`` for any out-of-range field; returns self."""
@@ -96,6 +118,15 @@ class AuditConfig:
             "give positive noise levels (x the data std)",
         )
         need(int(self.mia_draws) >= 1, "mia_draws", "use at least 1 noise draw")
+        need(int(self.basin_n) >= 4, "basin_n", "use at least 4 training and holdout items")
+        need(
+            len(self.basin_sigmas) >= 1 and all(s > 0 for s in self.basin_sigmas),
+            "basin_sigmas",
+            "give positive noise levels (x the neighbour spacing)",
+        )
+        need(int(self.basin_steps) >= 1, "basin_steps", "use at least 1 Heun level")
+        need(0.0 < self.basin_quantile < 1.0, "basin_quantile", "use a quantile in (0, 1), e.g. 0.01")
+        need(int(self.extraction_budget) >= 1, "extraction_budget", "use at least 1 generation")
         need(int(self.max_calibration) >= 10, "max_calibration", "use at least 10 calibration rows")
         need(int(self.max_ct_samples) >= 10, "max_ct_samples", "use at least 10 rows")
         need(int(self.n_copies_shown) >= 0, "n_copies_shown", "use 0 or more")
@@ -127,4 +158,5 @@ class AuditConfig:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["mia_sigmas"] = list(self.mia_sigmas)
+        d["basin_sigmas"] = list(self.basin_sigmas)
         return d

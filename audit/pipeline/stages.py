@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from diffaudit.datasets.loading import check_magnitude
 from diffaudit.datasets.moments import population_moments
 from diffaudit.errors import DiffauditError, ModelError
 from diffaudit.features import embed_cached
@@ -26,10 +27,13 @@ from diffaudit.models.contract import DenoiserModel
 from diffaudit.models.sampler import noise_from_seeds
 from diffaudit.pipeline.config import AuditConfig
 from diffaudit.probes import convergence as cv
+from diffaudit.probes import extraction as ex
 from diffaudit.probes import factors as fp
 from diffaudit.probes import memorization as mem
 from diffaudit.probes import moment_error as me
+from diffaudit.probes.basin import basin_of_attraction, calibrate
 from diffaudit.probes.membership import membership_inference, roc_points
+from diffaudit.probes.partial_copies import find_partial_copies
 from diffaudit.progress import progress_display
 from diffaudit.report import schema
 
@@ -114,6 +118,7 @@ def check_array(x, name: str) -> np.ndarray:
         raise DiffauditError(
             f"{name}: {bad} sample(s) contain NaN or Inf; fix the model or remove those samples."
         )
+    check_magnitude(x, name)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -131,6 +136,38 @@ def draw_samples(model, n: int, seed: int, advance=None, chunk: int = 256) -> np
     if advance:
         advance(n)
     return np.asarray(x)
+
+
+def chunk_seed(seed: int, start: int) -> int:
+    """The seed of a black-box model's generations from ``start`` on (``seed`` itself at 0, so a stream starts
+    with the audit's own samples; a distinct 31-bit seed per later chunk)."""
+    if int(start) == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(start)]).generate_state(1, np.uint32)[0] >> 1)
+
+
+def sample_stream(model, seed: int) -> Callable[[int, int], np.ndarray]:
+    """``generate(start, n)``: generations ``start .. start + n - 1`` of ``model``'s one stream for ``seed``
+    (what ``probes.extraction`` consumes). Denoiser models: noise seeds (seed, i), so generation i is the
+    audit's sample i; pre-generated samples: their rows in order; other black boxes: ``sample(n, chunk_seed)``,
+    an independent draw per chunk (a black box's ``sample(n, seed)`` is one call: it has no index per sample)."""
+
+    def generate(start: int, n: int) -> np.ndarray:
+        if isinstance(model, DenoiserModel) and type(model).sample is DenoiserModel.sample:
+            noise = noise_from_seeds(range(start, start + n), model.shape, base_seed=seed)
+            x = np.asarray(model.sample_from_noise(noise))
+        elif getattr(model, "n_available", None) is not None:
+            x = np.asarray(model.sample(start + n, seed))[start:]
+        else:
+            x = np.asarray(model.sample(n, chunk_seed(seed, start)))
+        if x.ndim < 2 or len(x) != n:
+            raise ModelError(
+                f"model {getattr(model, 'name', type(model).__name__)}: sample(n, seed) returned shape "
+                f"{x.shape} when asked for {n} samples; it must return n rows."
+            )
+        return x
+
+    return generate
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -246,10 +283,37 @@ def convergence(ctx: Context) -> None:
     )
 
 
+def pixel_image_shape(ctx: Context) -> tuple[int, ...] | None:
+    """(c, h, w) of the features when they are the images' own pixels (``pixels`` / ``pixels:K``), else None."""
+    if ctx.gen is None or ctx.gen.ndim != 4 or getattr(ctx.embedder, "name", None) != "pixels":
+        return None
+    size = getattr(ctx.embedder, "size", None)
+    return tuple(ctx.gen.shape[1:]) if size is None else (ctx.gen.shape[1], size, size)
+
+
 def copies(ctx: Context) -> None:
-    """Every generated sample against the WHOLE training set (the holdout only calibrates a quantile)."""
+    """Every generated sample against the WHOLE training set (the holdout only calibrates a quantile).
+
+    Images in a pixel feature space: the copy distance is the transform-min distance (shifts of up to 2 px,
+    flip, >= 90 % crops; ``probes.transforms``), calibrated on the holdout under the same transforms. Other
+    feature spaces (inception, clip, ...) and vectors: plain distances (transforming would mean re-embedding
+    every edit). Images with a holdout: partial copies (``probes.partial_copies``) on the raw pixels as well."""
     fh_cal = None if ctx.fh is None else ctx.subsample(ctx.fh, ctx.cfg.max_calibration, 0xC7)
-    c = mem.find_copies(ctx.fg, ctx.ft, fh_cal, seed=ctx.cfg.seed)
+    shape = pixel_image_shape(ctx)
+    c = mem.find_copies(
+        ctx.fg,
+        ctx.ft,
+        fh_cal,
+        seed=ctx.cfg.seed,
+        transforms=None if shape is None else "default",
+        image_shape=shape,
+    )
+    partial = None
+    if ctx.gen.ndim == 4 and ctx.holdout is not None:
+        h_cal = ctx.subsample(ctx.holdout, ctx.cfg.max_calibration, 0xC7)  # the rows of fh_cal
+        partial = find_partial_copies(ctx.gen, ctx.train, h_cal, seed=ctx.cfg.seed)
+        ctx.put("memorization.copy_rate_partial", partial.rate, partial.rate_ci)
+    ctx.art["partial_copies"] = partial
     ctx.put("memorization.copy_rate", c.copy_rate, c.copy_rate_ci)
     ctx.put("memorization.unique_train_copied", c.unique_train_copied)
     ctx.put("memorization.n_copies", c.n_copies)
@@ -262,8 +326,71 @@ def copies(ctx: Context) -> None:
         "most_copied": c.most_copied[:20].tolist(),
         "index_method": c.index_method,
         "n_calibration": None if fh_cal is None else int(len(fh_cal)),
+        "transforms": list(c.transforms),
+        "transform_counts": {
+            str(t): int(k)
+            for t, k in zip(*np.unique(c.transform[c.is_copy], return_counts=True), strict=True)
+        },
+        "partial_threshold": None if partial is None else partial.threshold,
     }
     ctx.art["copies"] = c
+
+
+def extraction(ctx: Context) -> None:
+    """Carlini et al. 2023's extraction attack at ``cfg.extraction_budget`` generations (``probes.extraction``),
+    in the audit's feature space: the audit's own samples first, then more of the model's stream, embedded alike.
+    The holdout rows that calibrate it are the copies stage's (same subsample), so tau is the same number."""
+    B, n_have = int(ctx.cfg.extraction_budget), len(ctx.fg)
+    n_avail = getattr(ctx.model, "n_available", None)
+    if B > n_have and n_avail is not None and n_avail < B:
+        raise DiffauditError(
+            f"the model's sample file holds {n_avail} samples, fewer than the extraction budget {B}; "
+            f"set extraction_budget <= {n_avail} or generate more."
+        )
+    stream = sample_stream(ctx.model, ctx.cfg.seed)
+
+    def generate(start: int, n: int) -> np.ndarray:
+        end, parts = start + n, []
+        if start < n_have:
+            parts.append(ctx.fg[start : min(end, n_have)])
+        if end > n_have:
+            lo = max(start, n_have)
+            x = stream(lo, end - lo)
+            if x.shape[1:] != ctx.train.shape[1:]:
+                raise DiffauditError(
+                    f"generated samples have shape {x.shape[1:]} but the training set has shape "
+                    f"{ctx.train.shape[1:]}; audit the model against its own kind of data."
+                )
+            parts.append(ctx.embedder.embed(x))
+        ctx.advance(n)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    fh_cal = None if ctx.fh is None else ctx.subsample(ctx.fh, ctx.cfg.max_calibration, 0xC7)
+    r = ex.extract(generate, B, ctx.ft, fh_cal, seed=ctx.cfg.seed, gallery_size=0)
+    ctx.put("memorization.unique_extracted", r.unique_train_extracted)
+    ctx.put("memorization.extraction_yield", r.extraction_yield)
+    ctx.details["extraction"] = {
+        "budget": B,
+        "reused_samples": int(min(B, n_have)),
+        "drawn_samples": int(max(0, B - n_have)),
+        "min_cluster": r.min_cluster,
+        "rule": r.rule,
+        "link_radius": r.link_radius,
+        "cost_per_item": r.cost_per_item if r.unique_train_extracted else None,
+        "unique_train_copied": r.unique_train_copied,
+        "n_candidates": r.n_candidates,
+        "n_candidates_unverified": r.n_candidates_unverified,
+        "expected_chance_links": r.expected_chance_links,
+        "exact_linking": r.exact_linking,
+        "curve": {
+            "budget": r.curve_budgets.tolist(),
+            "extracted": r.curve_extracted.tolist(),
+            "copied": r.curve_copied.tolist(),
+        },
+        "extracted": [
+            [int(i), int(a)] for i, a in zip(r.extracted_index[:20], r.extracted_at[:20], strict=True)
+        ],
+    }
 
 
 def copy_tests(ctx: Context) -> None:
@@ -300,6 +427,42 @@ def membership(ctx: Context) -> None:
         "n_eval": mia.n_eval,
         "tpr_note": mia.tpr_note,
         "roc": {"sigma": float(mia.best_sigma), **roc_points(mia)},
+    }
+
+
+def basin(ctx: Context) -> None:
+    """Basin of attraction (white box): noised training items return through the reverse process, held-out
+    ones do not; sigma chosen on one split, AUC and return rates reported on the other."""
+    cfg = ctx.cfg
+    n = int(min(cfg.basin_n, len(ctx.train), len(ctx.holdout)))
+    xt, xh = ctx.subsample(ctx.train, n, 0xBA51), ctx.subsample(ctx.holdout, n, 0xBA52)
+    # radius and sigma unit from the same holdout rows as the copy rule's calibration (vs the whole training set)
+    cal = calibrate(ctx.train, ctx.subsample(ctx.holdout, cfg.max_calibration, 0xC7), cfg.basin_quantile)
+    r = basin_of_attraction(
+        ctx.model,
+        xt,
+        xh,
+        [s * cal.spacing for s in cfg.basin_sigmas],
+        cal.radius,
+        num_steps=cfg.basin_steps,
+        seed=cfg.seed,
+    )
+    ctx.put("memorization.basin_auc", r.auc_eval, r.auc_eval_ci)
+    ctx.put("memorization.basin_return_train", r.return_train_eval, r.return_train_eval_ci)
+    ctx.put("memorization.basin_return_holdout", r.return_holdout_eval, r.return_holdout_eval_ci)
+    ctx.details["basin"] = {
+        "sigmas": r.sigmas.tolist(),
+        "sigmas_rel": list(cfg.basin_sigmas),  # x the neighbour spacing
+        "spacing": cal.spacing,
+        "radius": r.radius,
+        "radius_quantile": cfg.basin_quantile,
+        "n_calibration": cal.n_holdout,
+        "best_sigma": r.best_sigma,
+        "n": n,
+        "n_eval": list(r.n_eval),
+        "num_steps": int(cfg.basin_steps),
+        "denoiser_calls": int(2 * n * len(r.sigmas) * (2 * cfg.basin_steps - 1)),
+        "per_sigma": r.per_sigma(),
     }
 
 
@@ -401,7 +564,15 @@ STAGES: tuple[Stage, ...] = (
             "memorization.copy_rate_ratio",
             "memorization.copy_rate_holdout",
             "memorization.copy_rate_ratio_and_holdout",
+            "memorization.copy_rate_partial",
         ),
+    ),
+    Stage(
+        "extraction",
+        "extraction attack",
+        extraction,
+        ("memorization.unique_extracted", "memorization.extraction_yield"),
+        total=lambda ctx: int(ctx.cfg.extraction_budget),
     ),
     Stage(
         "copy_tests",
@@ -415,6 +586,17 @@ STAGES: tuple[Stage, ...] = (
         "membership inference",
         membership,
         ("memorization.mia_auc", "memorization.mia_tpr_at_1pct"),
+        ("holdout", "white_box"),
+    ),
+    Stage(
+        "basin",
+        "basin of attraction",
+        basin,
+        (
+            "memorization.basin_auc",
+            "memorization.basin_return_train",
+            "memorization.basin_return_holdout",
+        ),
         ("holdout", "white_box"),
     ),
     Stage(

@@ -191,6 +191,32 @@ def mia_auc_figure(
     return f
 
 
+def basin_figure(basin: dict) -> go.Figure:
+    """The basin-of-attraction probe per noise level (``details.basin`` of a report): return rates of training
+    and held-out items (Wilson intervals) and the AUC of the return distance (DeLong intervals)."""
+    rows = basin["per_sigma"]
+    s = [r["sigma"] for r in rows]
+    f = make_subplots(rows=1, cols=2, subplot_titles=("return rate", "AUC (train vs holdout)"))
+    for key, name in (("return_train", "train"), ("return_holdout", "holdout"), ("auc", "AUC")):
+        v = [r[key] for r in rows]
+        ci = [r[f"{key}_ci"] for r in rows]
+        err = {"type": "data", "array": [c[1] - x for c, x in zip(ci, v, strict=True)]}
+        err["arrayminus"] = [x - c[0] for c, x in zip(ci, v, strict=True)]
+        f.add_trace(
+            go.Scatter(x=s, y=v, error_y=err, mode="lines+markers", name=name),
+            row=1,
+            col=2 if key == "auc" else 1,
+        )
+    f.add_hline(y=0.5, line_dash="dot", row=1, col=2)
+    f.update_xaxes(type="log", title_text="sigma")
+    f.update_layout(
+        title=f"Basin of attraction: return within radius {basin['radius']:.3g} "
+        f"(sigma chosen: {basin['best_sigma']:.3g})",
+        height=340,
+    )
+    return f
+
+
 def _figures(report: dict, art: dict) -> list[str]:
     """HTML snippets of the plotly figures (plotly.js NOT included; the page provides it once)."""
     figs = []
@@ -264,6 +290,9 @@ def _figures(report: dict, art: dict) -> list[str]:
     mia = report.get("details", {}).get("membership")
     if mia:
         figs.append(mia_auc_figure([(None, mia["sigmas"], mia["auc"])], sigma_title="sigma"))
+    basin = report.get("details", {}).get("basin")
+    if basin:
+        figs.append(basin_figure(basin))
     pca = art.get("pca")
     if pca is not None:
         f = go.Figure()
@@ -332,7 +361,9 @@ def render_html(report: dict, art: dict, images: dict, *, plotly: str = INLINE) 
         copies = art["copies"]
         pairs = "".join(
             f"<div class='pair'><img src='{uri}' alt='pair'><br>gen #{g} · train #{t}<br>d1 {copies.d1[g]:.3g}, "
-            f"ratio {copies.ratio[g]:.2f}{' · <b>copy</b>' if copies.is_copy[g] else ''}</div>"
+            f"ratio {copies.ratio[g]:.2f}{' · <b>copy</b>' if copies.is_copy[g] else ''}"
+            f"<br>transform <code>{e('identity' if copies.transform is None else str(copies.transform[g]))}</code>"
+            "</div>"
             for g, t, uri in images["pairs"]
         )
         gallery = (

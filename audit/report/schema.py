@@ -29,7 +29,7 @@ class Metric:
     threshold: str | None = None  # the verdict it informs: "convergence" | "generalization" | "memorization"
     needs: tuple[
         str, ...
-    ] = ()  # "holdout", "dataset" (synthetic, known factors), "white_box" (denoise(x, sigma))
+    ] = ()  # "holdout", "dataset" (synthetic, known factors), "white_box" (denoise(x, sigma)), "images" (c, h, w)
     public: bool = False  # part of the report's public contract (always present, null when not measured)
     sweep: str | None = (
         None  # "n1" | "n2": the sweep's transition metric for that threshold (see sweeps.thresholds)
@@ -265,6 +265,30 @@ METRICS: tuple[Metric, ...] = (
         help="copies by both rules at once",
     ),
     Metric(
+        "memorization.copy_rate_partial",
+        "partial-copy rate",
+        "rate",
+        "lower",
+        needs=("holdout", "images"),
+        help="share of generated images that reproduce a region (a quarter of the image) of one training image, "
+        "found tile-wise (Somepalli et al. 2023)",
+    ),
+    Metric(
+        "memorization.unique_extracted",
+        "training items extracted (attack)",
+        better="lower",
+        help="distinct training items extracted by Carlini et al. 2023's attack from extraction_budget generations: "
+        "clusters of >= 2 near-identical generations whose leader is a training copy",
+    ),
+    Metric(
+        "memorization.extraction_yield",
+        "extraction yield per generation",
+        "rate",
+        "lower",
+        help="training items extracted per generation at the extraction budget (unique_extracted / budget); a "
+        "memorizer of n items scores about (n/B)(1 - e^(-B/n) - (B/n) e^(-B/n))",
+    ),
+    Metric(
         "memorization.ct",
         "C_T data-copying statistic",
         needs=("holdout",),
@@ -301,6 +325,31 @@ METRICS: tuple[Metric, ...] = (
         "lower",
         needs=("holdout", "white_box"),
         help="true-positive rate at 1 % false positives (only with >= 1000 evaluation non-members)",
+    ),
+    Metric(
+        "memorization.basin_auc",
+        "basin-of-attraction AUC",
+        "rate",
+        "lower",
+        needs=("holdout", "white_box"),
+        help="AUC of how much closer training items come back than held-out ones when noised to sigma and run "
+        "through the model's reverse process, on a split not used to choose sigma",
+    ),
+    Metric(
+        "memorization.basin_return_train",
+        "basin return rate (train)",
+        "rate",
+        needs=("holdout", "white_box"),
+        help="share of training items the reverse process brings back within the holdout-calibrated radius, "
+        "at the chosen sigma; compare with the holdout's",
+    ),
+    Metric(
+        "memorization.basin_return_holdout",
+        "basin return rate (holdout)",
+        "rate",
+        needs=("holdout", "white_box"),
+        help="share of held-out items brought back within the same radius at the same sigma: a model that "
+        "generalizes returns both sets alike",
     ),
 )
 

@@ -12,7 +12,10 @@ Directory layout (written under a temporary name, renamed when complete):
   ``reasons`` (one plain sentence per verdict), ``thresholds``, ``skipped`` (probe + why), ``details``.
 - ``metrics.parquet``: one row per metric: ``name`` ("group.key"), ``group``, ``value``, ``ci_lo``, ``ci_hi``.
 - ``copies.parquet``: one row per generated sample: ``index``, ``nn_index``, ``d1``, ``d2``, ``ratio``,
-  ``is_copy``, ``is_copy_ratio``, ``is_copy_holdout`` and, with factors, ``valid``, ``residual``, ``novel_valid``.
+  ``is_copy``, ``is_copy_ratio``, ``is_copy_holdout``, ``transform`` (the edit that reached d1: "identity",
+  "shift(+1,+0)", "flip", "crop90(+0,+1)", ...; always "identity" without transforms), for images with a holdout
+  ``is_partial_copy``, ``partial_nn_index`` and ``partial_tiles`` (the copied tiles, a row-major 0/1 string of
+  the 4 x 4 tile grid; "" when no partial copy) and, with factors, ``valid``, ``residual``, ``novel_valid``.
 - images (image data only): ``samples.png`` (grid of generated samples), ``train.png`` (training
   samples), ``copies/<rank>.png`` (generated sample | its nearest training item, closest first) and
   ``thumbs.npz`` (uint8 thumbnails: ``generated``, ``pairs_generated``, ``pairs_train``, indices) for the app;
@@ -137,6 +140,17 @@ def _write_contents(tmp: Path, report: dict, art: dict) -> None:
     }
     if copies.is_copy_holdout is not None:
         cols["is_copy_holdout"] = copies.is_copy_holdout.astype(bool)
+    cols["transform"] = np.full(n, "identity") if copies.transform is None else copies.transform.astype(str)
+    partial = art.get("partial_copies")
+    if partial is not None:
+        cols["is_partial_copy"] = partial.is_partial.astype(bool)
+        cols["partial_nn_index"] = partial.nn_index.astype(np.int64)
+        # row-major grid x grid map of the copied tiles ("1" = copied), "" for a sample that is no partial copy
+        flat = partial.tiles.reshape(n, -1)
+        cols["partial_tiles"] = [
+            "".join("1" if v else "0" for v in row) if p else ""
+            for row, p in zip(flat, partial.is_partial, strict=True)
+        ]
     val = art.get("validity")
     if val is not None:
         cols["valid"] = val.valid.astype(bool)

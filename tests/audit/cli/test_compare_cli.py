@@ -170,4 +170,7 @@ def test_extreme_magnitudes_are_refused_not_reported(tmp_path, scale):
     # inside the range, the same data (rescaled into it by the user) works
     np.save(tmp_path / "gen.npy", (r.standard_normal((200, 8)) * 1e10).astype(np.float32))
     np.save(tmp_path / "ref.npy", (r.standard_normal((200, 8)) * 1e10).astype(np.float32))
-    assert run_cli(tmp_path / "gen.npy", tmp_path / "ref.npy", "--metrics", "fd,pr", "--no-cache").returncode == 0
+    assert (
+        run_cli(tmp_path / "gen.npy", tmp_path / "ref.npy", "--metrics", "fd,pr", "--no-cache").returncode
+        == 0
+    )

@@ -36,7 +36,7 @@ def test_schema_rows_are_well_formed():
     for m in schema.METRICS:
         assert m.group in schema.GROUPS and m.name and m.label and m.help
         assert m.better in (None, "lower", "higher") and m.threshold in (None, *schema.VERDICTS)
-        assert set(m.needs) <= {"holdout", "dataset", "white_box"}
+        assert set(m.needs) <= {"holdout", "dataset", "white_box", "images"}
     assert {m.sweep for m in schema.METRICS if m.sweep} == {"n1", "n2"}
     assert schema.get("factors.w1_c1").key == "factors.w1_*" and schema.get("factors.nope") is None
     assert NOT_IN_AUDIT  # the probes that do not run in an audit are listed with a reason
@@ -71,7 +71,9 @@ def test_every_row_is_produced_on_a_full_audit(full_audit):
     missing = [
         m.key
         for m in schema.METRICS
-        if not (m.is_family and any(schema.get(k) is m for k in produced)) and m.key not in produced
+        if not (m.is_family and any(schema.get(k) is m for k in produced))
+        and m.key not in produced
+        and "images" not in m.needs  # vector data: checked on the image audit below
     ]
     assert missing == [], f"schema rows never produced: {missing}"
     assert rep["skipped"] == []
@@ -87,3 +89,32 @@ def test_report_shows_every_produced_metric_by_its_label(full_audit):
             if v is not None:
                 row = schema.get(f"{g}.{k}")
                 assert row.label in html, f"{g}.{k}: label {row.label!r} not in report.html"
+
+
+def test_image_rows_are_produced_and_shown_on_an_image_audit(tmp_path):
+    # the full audit above is on vectors; rows that need images (partial copies) are checked on a small sprites
+    # audit of the memorizer, with the transform of each copy in copies.parquet and beside each pair in the HTML
+    import pandas as pd
+
+    data = synthetic_data("sprites:size=16", 300, 1000, seed=0)
+    model = load_model("control:memorizer", train=data.train, num_steps=8)
+    out = tmp_path / "img"
+    rep = run_audit(
+        model,
+        train=data.train,
+        holdout=data.holdout,
+        out_dir=out,
+        config=AuditConfig(
+            n_samples=200, n_boot=0, kid_subsets=2, kid_subset_size=100, mia_n=100, mia_draws=1
+        ),
+    )
+    image_rows = [m for m in schema.METRICS if "images" in m.needs]
+    assert image_rows
+    html = (out / "report.html").read_text()
+    for m in image_rows:
+        assert rep["probes"][m.group].get(m.name) is not None, m.key
+        assert m.label in html
+    cp = pd.read_parquet(out / "copies.parquet")
+    assert {"transform", "is_partial_copy", "partial_tiles"} <= set(cp.columns)
+    assert cp["is_copy"].mean() >= 0.95 and (cp["transform"] == "identity").mean() >= 0.95
+    assert "transform <code>identity</code>" in html
