@@ -258,7 +258,8 @@ else:
                     c.image(
                         images.mosaic(pair, cols=2),
                         caption=f"generated #{gi[j]} | train #{int(r['nn_index'])} · d₁ {r['d1']:.3g} · "
-                        f"ratio {r['ratio']:.2f}{' · COPY' if bool(r['is_copy']) else ''}",
+                        f"ratio {r['ratio']:.2f}{' · COPY' if bool(r['is_copy']) else ''}"
+                        + (f" · {r['transform']}" if "transform" in r.index else ""),
                     )
         c1, c2 = st.columns([3, 2])
         with c1:
@@ -296,13 +297,18 @@ else:
                 )
                 st.plotly_chart(fig, width="stretch")
         d = data.read_parquet(copies_path, "SELECT d1, ratio, is_copy FROM {src}", con=con)
-        fig = go.Figure(go.Histogram(x=d["ratio"], nbinsx=50, name="ratio d₁/d₂"))
+        # d₁/d₂ lies in [0, 1]: fixed bins of 0.02 on that scale, the last one [1, 1.02) for ties d₁ = d₂
+        # (plotly's own bins draw all-zero ratios, every sample an exact copy, as one bar from -0.5 to 0.5)
+        fig = go.Figure(
+            go.Histogram(x=d["ratio"], xbins={"start": 0.0, "end": 1.01, "size": 0.02}, name="ratio d₁/d₂")
+        )
         if det.get("ratio_threshold") is not None:
             fig.add_vline(x=float(det["ratio_threshold"]), line_dash="dash", annotation_text="copy threshold")
         fig.update_layout(
             title="Ratio d₁/d₂ of generated samples (small = copy-like)",
             height=300,
             xaxis_title="d₁/d₂",
+            xaxis_range=[0, 1.02],
             margin={"t": 40, "b": 10},
         )
         st.plotly_chart(fig, width="stretch")
@@ -325,20 +331,27 @@ else:
             "KS": [ks.get(n) for n in names],
         }
     )
-    fig = go.Figure(
-        [
-            go.Bar(x=ff["factor"], y=ff["relative W1"], name="relative W₁"),
-            go.Bar(x=ff["factor"], y=ff["KS"], name="KS statistic"),
-        ]
-    )
-    fig.update_layout(
-        barmode="group",
-        height=320,
-        title="Recovered factors of valid samples vs the true prior (0 = identical)",
-        margin={"t": 40, "b": 10},
-    )
     c1, c2 = st.columns([3, 2])
-    c1.plotly_chart(fig, width="stretch")
+    if ff[["relative W1", "KS"]].notna().any(axis=None):
+        fig = go.Figure(
+            [
+                go.Bar(x=ff["factor"], y=ff["relative W1"], name="relative W₁"),
+                go.Bar(x=ff["factor"], y=ff["KS"], name="KS statistic"),
+            ]
+        )
+        fig.update_layout(
+            barmode="group",
+            height=320,
+            title="Recovered factors of valid samples vs the true prior (0 = identical)",
+            margin={"t": 40, "b": 10},
+        )
+        c1.plotly_chart(fig, width="stretch")
+    else:  # an empty chart would only show axes: say why there is nothing to draw
+        c1.info(
+            "No per-factor statistics: "
+            + ("; ".join(ui.md(n, 300) for n in (fac.get("notes") or [])[:3]) or "none in this report")
+            + "."
+        )
     with c2:
         st.dataframe(ff, hide_index=True, width="stretch")
         if fac.get("tau") is not None:

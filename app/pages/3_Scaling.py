@@ -245,6 +245,14 @@ else:
     st.plotly_chart(fig, width="stretch")
 
 # ---------------------------------------------------------------------------------------- exponents
+
+
+def _span(lo: float, hi: float, values) -> tuple[float, float]:
+    """(lo, hi) widened to the finite positive ``values`` (what a log axis can show)."""
+    v = [float(x) for x in values if np.isfinite(x) and x > 0]
+    return (min(lo, *v), max(hi, *v)) if v else (lo, hi)
+
+
 st.subheader("Exponents: log n* against log d")
 if thr is None:
     st.info(
@@ -253,6 +261,11 @@ if thr is None:
 else:
     fig = go.Figure()
     any_pt = False
+    # The n* axis spans the fitted n* and lines, and their intervals up to a factor 2 beyond: an interval end
+    # further out (up to n ~ 1e21 for a censored bootstrap) would flatten every point into a sliver, so its
+    # error bar runs off the plot's edge and the caption gives it.
+    y_lo, y_hi = np.inf, -np.inf
+    intervals: list[tuple[str, float, float]] = []
     for k, g_model in enumerate(sorted({g.get("model") for g in groups})):
         for key, symbol, label in (("n1_star", "circle", "n₁*"), ("n2_star", "diamond", "n₂*")):
             pts = [
@@ -270,6 +283,11 @@ else:
             ns = [q[1]["n_star"] for q in pts]
             lo = [n - (q[1]["n_star_ci"] or [n, n])[0] for q, n in zip(pts, ns, strict=True)]
             hi = [(q[1]["n_star_ci"] or [n, n])[1] - n for q, n in zip(pts, ns, strict=True)]
+            y_lo, y_hi = _span(y_lo, y_hi, ns)
+            intervals += [
+                (f"{label} {ui.md(g_model, 80)} at d = {d_}", n - a, n + b)
+                for d_, n, a, b in zip(dd, ns, lo, hi, strict=True)
+            ]
             fig.add_trace(
                 go.Scatter(
                     x=dd,
@@ -284,20 +302,33 @@ else:
         if e.get("dataset") != p["dataset"] or e.get("status") != "fit" or not e.get("d"):
             continue
         xs = np.array([min(e["d"]), max(e["d"])], float)
+        ys = np.exp(e["c"]) * xs ** e["b"]
+        y_lo, y_hi = _span(y_lo, y_hi, ys)
         fig.add_trace(
             go.Scatter(
                 x=xs,
-                y=np.exp(e["c"]) * xs ** e["b"],
+                y=ys,
                 mode="lines",
                 line={"dash": "dash"},
                 name=f"{e['model']} {e['metric']}: n* ∝ d^{e['b']:.2f}",
             )
         )
-    if any_pt:
+    if any_pt and np.isfinite(y_lo):
+        ends = [a for _, a, _ in intervals] + [b for _, _, b in intervals]
+        y_lo, y_hi = _span(y_lo, y_hi, [v for v in ends if y_lo / 2 <= v <= 2 * y_hi])
+        beyond = [f"{what}: interval [{a:.3g}, {b:.3g}]" for what, a, b in intervals if a < y_lo or b > y_hi]
+        y_lo, y_hi = y_lo / 1.2, y_hi * 1.2  # margin
         fig.update_layout(
-            xaxis_type="log", yaxis_type="log", xaxis_title="d (log)", yaxis_title="n* (log)", height=380
+            xaxis_type="log",
+            yaxis_type="log",
+            yaxis_range=[np.log10(y_lo), np.log10(y_hi)],  # plotly's log axes take log10 units
+            xaxis_title="d (log)",
+            yaxis_title="n* (log)",
+            height=380,
         )
         st.plotly_chart(fig, width="stretch")
+        if beyond:
+            st.caption("Error bars cut at the plot's edge: " + "; ".join(beyond) + ".")
     else:
         st.info(
             "No transition was located inside the grid for this dataset (see the table above), so there is no n* to plot."

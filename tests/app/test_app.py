@@ -120,7 +120,7 @@ def build_results(tmp_path_factory) -> Path:
     spec.write_text(SWEEP_SPEC)
     _cli(["sweep", str(spec), "--out", str(root / "sweeps" / "tiny"), "--quiet", "--workers", "2"], cache)
     _cli(["thresholds", str(root / "sweeps" / "tiny"), "--n-boot", "20"], cache)
-    _BUILT["root"] = root
+    _BUILT["root"], _BUILT["cache"] = root, cache  # the cache: its test-size sprites oracle and moments
     return root
 
 
