@@ -181,4 +181,14 @@ def check_out_dir(out: str | os.PathLike) -> Path:
         raise DiffauditError(
             f"output folder {out} cannot be created: {p} is not writable; pass a writable --out."
         )
+    # os.access is not the last word (root ignores modes; /sys, /proc and read-only mounts refuse anyway): create
+    # a probe folder where the first missing folder would go (beside the target when its parent exists), remove it
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=_prefix(out.name), suffix=".tmp", dir=p))
+        probe.rmdir()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise DiffauditError(
+            f"output folder {out} cannot be created: {why} in {p}; pass a writable --out."
+        ) from None
     return out

@@ -7,7 +7,7 @@ samples (D = prod(dataset.shape)):
   ``mcm``: mu = s sqrt(beta_v) E[nu] v and sigma = I + beta_u u u^T - s^2 beta_v E[nu]^2 v v^T, s = (1 +
   beta_v)^(-1/2) (E[nu] = 0 unless ``correlated``, where nu = sign(|lambda| - 0.6745) has
   E[nu] = 2 erfc(0.6745 / sqrt 2) - 1 ~ -1e-5); ``molrg``: mu = 0, sigma = (1/K) sum_k U_k U_k^T + sigma^2 I;
-  ``digits``: the data set IS the population (1,797 images, no generator), so its exact mean and covariance
+  ``digits``: the data set IS the population (1,797 images at its size, no generator), so its exact mean and covariance
   (divisor N), ``n_ref`` = 1797.
 - otherwise (``hidden-manifold``, ``sprites``) a streamed float64 Monte-Carlo estimate from ``n_ref`` true
   samples drawn from seeds reserved for it (a salted ``SeedSequence`` per block, never an audit's integer data
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from diffaudit.datasets.base import Dataset
-from diffaudit.datasets.digits import Digits, load_digits_images
+from diffaudit.datasets.digits import Digits
 from diffaudit.datasets.mcm import MixedCumulant
 from diffaudit.datasets.molrg import MixtureLowRank
 from diffaudit.errors import DiffauditError
@@ -122,7 +122,7 @@ def population_moments(
     if exact is not None:
         return exact[0], exact[1], 0
     if isinstance(dataset, Digits):
-        x, _ = load_digits_images()
+        x, _ = dataset.images()
         x = x.reshape(len(x), -1).astype(np.float64)
         mu = x.mean(0)
         xc = x - mu

@@ -52,6 +52,8 @@ from diffaudit.probes.membership import _half
 from diffaudit.probes.neighbors import DEFAULT_BUDGET_MIB, knn
 from diffaudit.probes.stats import auc_delong, wilson_interval
 
+MIN_EVAL = 10  # items of each set in the evaluation half, at least
+
 DEFAULT_QUANTILE = 0.01
 
 
@@ -206,7 +208,8 @@ def basin_of_attraction(
 
     ``model``: a white-box model (its ``reverse_from(x, sigma, num_steps)`` runs the EDM Heun sampler from
     sigma down to 0 on ``num_steps`` levels) or a callable ``reverse(x, sigma) -> x0`` (``num_steps`` unused).
-    ``train`` (n_train, ...) members and ``holdout`` (n_holdout, ...) non-members, at least 4 each;
+    ``train`` (n_train, ...) members and ``holdout`` (n_holdout, ...) non-members: the evaluation halves (all
+    items with one sigma) need ``MIN_EVAL`` = 10 of each, so at least 20 each (10 with one sigma);
     ``sigmas``: positive noise levels (absolute, in the samples' units); ``radius`` > 0: the return radius
     (``calibrate``). Noise is seeded per (``seed``, set, sigma), so train and holdout see independent
     draws. Cost: (n_train + n_holdout) x n_sigma reverse runs, each 2 ``num_steps`` - 1 denoiser calls.
@@ -229,6 +232,14 @@ def basin_of_attraction(
         )
     if not (np.isfinite(radius) and radius > 0):
         raise DiffauditError(f"radius={radius!r} must be a positive distance; see calibrate.")
+    # the evaluation halves (all items with one sigma): below MIN_EVAL each, the AUC and its interval say little
+    ev_t, ev_h = (len(xt), len(xh)) if len(s) == 1 else (len(xt) // 2, len(xh) // 2)
+    if min(ev_t, ev_h) < MIN_EVAL:
+        need = MIN_EVAL if len(s) == 1 else 2 * MIN_EVAL
+        raise DiffauditError(
+            f"the basin AUC would be evaluated on {ev_t} training and {ev_h} holdout items; it needs at least "
+            f"{MIN_EVAL} of each, so pass at least {need} training and holdout items (basin_n >= {need})."
+        )
     radius = float(radius)
     bs = max(1, int(batch_size))
     Dt = np.empty((len(xt), len(s)))

@@ -40,6 +40,16 @@ d = 32: 0 at n = 200, B = 1,000 (bound 0.25); 2 at n = 100, B = 4,000 (bound 8);
 ``r_link`` is ``ratio_threshold`` x the median training nearest-neighbour distance (``find_copies``' near-
 duplicate radius in that case).
 
+Copies under small edits (``transforms="default"``, pixel images; what the audit and ``diffaudit extract`` use):
+a model that emits its training images shifted by 1 px was extracted at 1 of 500 items with plain verification
+(298 dense clusters left "unverified") while the copies stage flagged every sample. With transforms, each
+candidate's leader -- only the leaders, in batches of ``VERIFY_BATCH``: cheap -- is verified by ``find_copies``
+with the same transforms, transform-min distance and holdout calibration as the copies stage, and the edit that
+matched is recorded (``extracted_transform``). Linking stays in plain distance (copies of one item under one
+edit are near-identical to each other). ``unique_train_copied`` then counts plain copies among all generations
+plus the verified leaders. The chance bound is unchanged: the transform rule is calibrated to flag ``q`` of the
+holdout as well; ``expected_false_extractions`` = min(n_train, B^2 q^2 / (2 n_train)) reports it.
+
 Why ``min_cluster = 2``: Carlini et al. call a Stable Diffusion prompt memorized when >= 10 of its 500
 generations form a clique (their Sec. 4), a size tuned for a web-scale training set and a fixed budget per
 prompt. Here budgets are of the order of the training set (B ~ n): a memorized item is generated about
@@ -70,6 +80,7 @@ from diffaudit.probes.neighbors import DEFAULT_BUDGET_MIB, IVF_AUTO_MIN, build_i
 DEFAULT_CHUNK = 1024  # generations requested per call of ``generate``
 DEFAULT_STORE_MIB = 64  # cluster leaders kept for linking (float32 rows)
 RATIO_THRESHOLD = 1 / 3  # find_copies' default ratio rule
+VERIFY_BATCH = 4096  # candidate leaders verified per find_copies call under transforms
 HOLDOUT_QUANTILE = 0.01  # find_copies' default holdout quantile
 
 
@@ -96,6 +107,7 @@ class ExtractionResult:
     rule: str  # "ratio_and_holdout" | "ratio"
     link_radius: float
     copy_threshold: float | None  # tau (None without holdout)
+    transform_threshold: float | None  # with transforms: tau of the transform-min distance (verification)
     unique_train_extracted: int
     extraction_yield: float
     cost_per_item: float
@@ -113,6 +125,8 @@ class ExtractionResult:
         int  # dense clusters that are not training copies (mode collapse, near-duplicates)
     )
     expected_chance_links: float | None  # B^2 q / (2 n_train) for a generator of fresh data (holdout rule)
+    # min(n_train, B^2 q^2 / (2 n_train)): the stated bound on chance extractions by a generator of fresh data
+    expected_false_extractions: float | None
     gallery_samples: np.ndarray
     gallery_train_index: np.ndarray
     gallery_distance: np.ndarray
@@ -123,6 +137,9 @@ class ExtractionResult:
     exact_linking: bool
     chunk_size: int
     sample_shape: tuple[int, ...] = ()
+    transforms: tuple[str, ...] = ("identity",)  # edits tried when verifying candidate leaders
+    extracted_transform: np.ndarray | None = None  # (m,) the edit under which each item was verified
+    gallery_transform: np.ndarray | None = None  # (g,) the same for the gallery
 
 
 def coupon_collector(n: int, budget: int, min_count: int = 1) -> tuple[float, float]:
@@ -214,6 +231,35 @@ class _Store:
             setattr(self, f, getattr(self, f)[mask])
 
 
+class _TransformVerifier:
+    """The copies stage's own decision under small edits, ``find_copies(..., transforms=...)``, applied to
+    candidate leaders: the same transform-min distance, per-kind scales, holdout quantile (of the holdout's own
+    transform-min distance) and rule (ratio AND holdout; ratio alone without a holdout). Leaders are verified in
+    batches of ``VERIFY_BATCH`` (each call recalibrates on the holdout: a few calls per run)."""
+
+    def __init__(self, xt, xh, transforms, image_shape, ratio_threshold, holdout_quantile, budget_mib, seed):
+        from diffaudit.probes.transforms import resolve
+
+        self.xt, self.xh, self.spec, self.shape = xt, xh, transforms, tuple(image_shape)
+        self.names = tuple(t.name for t in resolve(transforms, self.shape))
+        self.kw = dict(
+            ratio_threshold=ratio_threshold,
+            holdout_quantile=holdout_quantile,
+            budget_mib=budget_mib,
+            seed=seed,
+        )
+        self.tau: float | None = None
+
+    def verify(self, x: np.ndarray):
+        """(is_copy, nearest training item, transform-min d1, index of the edit) per row of ``x``."""
+        from diffaudit.probes.memorization import find_copies
+
+        c = find_copies(x, self.xt, self.xh, transforms=self.spec, image_shape=self.shape, **self.kw)
+        self.tau = c.holdout_threshold
+        tf = np.array([self.names.index(str(t)) for t in c.transform], np.int64)
+        return c.is_copy, c.nn_index.astype(np.int64), c.d1, tf
+
+
 def _range_pairs(xq: np.ndarray, r2: float, budget_mib: float) -> tuple[np.ndarray, np.ndarray]:
     """All pairs (i, j), i != j, of rows of ``xq`` with squared Euclidean distance <= ``r2`` (float64 check).
 
@@ -255,6 +301,8 @@ def extract(
     grid: np.ndarray | None = None,
     index="auto",
     seed: int = 0,
+    transforms=None,
+    image_shape: tuple[int, ...] | None = None,
 ) -> ExtractionResult:
     """Carlini et al. 2023's extraction attack on ``budget`` generations, verified against ``train``.
 
@@ -264,6 +312,10 @@ def extract(
     ``holdout`` (n_h, ...; real samples never trained on, which calibrate tau): arrays in one feature space.
     ``min_cluster`` >= 2 linked generations make a candidate. ``store_mib`` bounds the stored cluster leaders,
     ``budget_mib`` each k-NN step. ``grid``: budgets of the yield curve (default ``budget_grid``).
+    ``transforms``: None (plain distances) or "default" / a list of names (``probes.transforms``; images in
+    pixel space, ``image_shape`` (c, h, w) when the rows are flat): candidate leaders are verified with
+    ``find_copies(transforms=...)``'s transform-min distance and holdout calibration, so a model that emits
+    shifted / flipped / cropped training images is caught as the copies stage catches it.
     Algorithm, calibration and defaults: see the module docstring.
     """
     B = int(budget)
@@ -283,6 +335,12 @@ def extract(
     min_cluster = int(min_cluster)
     xt, shape_t = _flat(train, "training set", 2)
     n_train, dim = xt.shape
+    if transforms is not None:
+        image_shape = tuple(image_shape) if image_shape is not None else tuple(shape_t)
+        if len(image_shape) != 3 or int(np.prod(image_shape)) != dim:
+            raise DiffauditError(
+                f"transforms= needs images: pass (n, c, h, w) arrays or image_shape=(c, h, w) matching {dim} values."
+            )
     # one chunk's features with their float64 copies, and its pair list (at most m^2 pairs of ~40 bytes while
     # they are built and checked: all generations identical), stay inside the k-NN budget
     budget_b = budget_mib * (1 << 20)
@@ -308,8 +366,9 @@ def extract(
         tau = float(np.quantile(np.sqrt(np.maximum(hr.D[:, 0], 0.0)), holdout_quantile))
         r_link, rule = tau, "ratio_and_holdout"
         chance = B * (B - 1) * holdout_quantile / (2.0 * n_train)
+        false_x = min(float(n_train), chance * holdout_quantile)
     else:
-        tau, rule, chance = None, "ratio", None
+        tau, rule, chance, false_x = None, "ratio", None, None
         rng = np.random.default_rng(seed)
         s = np.sort(rng.choice(n_train, min(n_train, 2000), replace=False))
         rw = search(
@@ -323,12 +382,58 @@ def extract(
         )
         r_link = float(ratio_threshold * np.median(np.sqrt(np.maximum(rw.D[:, 0], 0.0))))
     r2 = r_link * r_link
+    verifier = None
+    tf_names: tuple[str, ...] = ("identity",)
+    # linking stays in plain distance; the verification of candidate leaders is transform-robust
+    if transforms is not None:
+        verifier = _TransformVerifier(
+            xt,
+            None if holdout is None else xh,
+            transforms,
+            image_shape,
+            ratio_threshold,
+            holdout_quantile,
+            budget_mib,
+            seed,
+        )
+        tf_names = verifier.names
 
     store = _Store(dim, max(2 * chunk, int(store_mib * (1 << 20) / (dim * 4))))
     first_copy = np.full(n_train, -1, np.int64)  # generation index of each item's first copy
     extracted_at = np.full(n_train, -1, np.int64)  # generation index at which each item was extracted
     n_copies = n_clusters = n_cand = n_cand_ok = n_evicted_open = 0
-    gal_x, gal_t, gal_d, gal_cid, gal_gen = [], [], [], [], []
+    gal_x, gal_t, gal_d, gal_cid, gal_gen, gal_tf = [], [], [], [], [], []
+    extracted_tf = np.zeros(n_train, np.int64)  # the edit under which each extracted item was verified
+    pending: list[tuple] = []  # new candidates (leader row copied, completion g, cid, gen, nn, ok, d1, tf)
+
+    def settle() -> None:
+        """Count the pending candidates in stream order (verifying their leaders under transforms first)."""
+        nonlocal n_cand_ok
+        if not pending:
+            return
+        if verifier is not None:
+            ok_t, nn_t, d_t, tf_t = verifier.verify(np.stack([p[0] for p in pending]))
+            for i, p in enumerate(pending):
+                pending[i] = (*p[:4], int(nn_t[i]), bool(ok_t[i]), float(d_t[i]), int(tf_t[i]))
+                # a verified leader is a copy found by checking: unique_train_copied stays >= extracted
+                if ok_t[i] and (first_copy[nn_t[i]] < 0 or p[3] < first_copy[nn_t[i]]):
+                    first_copy[nn_t[i]] = p[3]
+        for x, g, cid, gen, t, ok, d, tf in pending:
+            if not ok:
+                continue
+            n_cand_ok += 1
+            if extracted_at[t] < 0:  # the stream is in order: the first completion is the earliest
+                extracted_at[t] = g
+                extracted_tf[t] = tf
+            if len(gal_cid) < gallery_size:
+                gal_x.append(x)
+                gal_t.append(t)
+                gal_d.append(d)
+                gal_cid.append(cid)
+                gal_gen.append(gen)
+                gal_tf.append(tf)
+        pending.clear()
+
     final_size: dict[int, int] = {}  # gallery cluster id -> its size when it left the store
 
     for start in range(0, B, chunk):
@@ -434,18 +539,22 @@ def extract(
         for row, g in zip(rs[completes], gs[completes], strict=True):
             store.done[row] = True
             n_cand += 1
-            if not store.ok[row]:
+            if verifier is None and not store.ok[row]:
                 continue
-            n_cand_ok += 1
-            t = int(store.nn[row])
-            if extracted_at[t] < 0:  # the stream is in order: the first completion is the earliest
-                extracted_at[t] = g
-            if len(gal_cid) < gallery_size:
-                gal_x.append(store.x[row].copy())
-                gal_t.append(t)
-                gal_d.append(float(store.d1[row]))
-                gal_cid.append(int(store.cid[row]))
-                gal_gen.append(int(store.gen[row]))
+            pending.append(
+                (
+                    store.x[row].copy(),
+                    int(g),
+                    int(store.cid[row]),
+                    int(store.gen[row]),
+                    int(store.nn[row]),
+                    bool(store.ok[row]),
+                    float(store.d1[row]),
+                    0,
+                )
+            )
+        if verifier is None or len(pending) >= VERIFY_BATCH or start + m >= B:
+            settle()
 
     live = dict(zip(store.cid.tolist(), store.count.tolist(), strict=True))
     gal_size = np.array([live.get(c, final_size.get(c, 0)) for c in gal_cid], np.int64)
@@ -464,6 +573,7 @@ def extract(
         rule=rule,
         link_radius=float(r_link),
         copy_threshold=tau,
+        transform_threshold=None if verifier is None else verifier.tau,
         unique_train_extracted=int(unique),
         extraction_yield=unique / B,
         cost_per_item=B / unique if unique else float("inf"),
@@ -479,6 +589,7 @@ def extract(
         n_candidates_verified=int(n_cand_ok),
         n_candidates_unverified=int(n_cand - n_cand_ok),
         expected_chance_links=chance,
+        expected_false_extractions=false_x,
         gallery_samples=(np.stack(gal_x) if gal_x else np.zeros((0, dim), np.float32)).reshape(
             (len(gal_x), *(sample_shape_of(shape_t, dim)))
         ),
@@ -491,6 +602,9 @@ def extract(
         exact_linking=n_evicted_open == 0,
         chunk_size=chunk,
         sample_shape=sample_shape_of(shape_t, dim),
+        transforms=tf_names,
+        extracted_transform=np.asarray(tf_names, dtype=object)[extracted_tf[ext_idx]],
+        gallery_transform=np.asarray(tf_names, dtype=object)[np.asarray(gal_tf, np.int64)],
     )
 
 

@@ -176,6 +176,13 @@ def auc_delong(
     structural components ``V10_i = P(pos_i > neg)`` and ``V01_j = P(pos > neg_j)`` (computed from
     ranks, O((m + n) log(m + n))): ``var = s10^2 / m + s01^2 / n``. Returns ``(auc, (lo, hi), se)`` with a
     Wald interval clipped to [0, 1].
+
+    When that variance is 0 the Wald interval collapses to a point ([1, 1] for 3 vs 3 perfectly separated
+    items). Then: for observed AUC 1, k = min(m, n) disjoint (positive, negative) pairs are independent and each
+    is ordered correctly with probability P(pos > neg) <= A, so a perfect ordering has probability <= A^k and
+    A < (alpha / 2)^(1 / k) is rejected at level alpha / 2: the interval is [(alpha / 2)^(1 / k), 1] (exact and
+    conservative; 0.29 at k = 3, 0.69 at k = 10, 0.93 at k = 50 for 95 %); for AUC 0, symmetrically,
+    [0, 1 - (alpha / 2)^(1 / k)]. Any other zero-variance case (every score tied) gets [0, 1].
     """
     pos = np.asarray(pos, np.float64)
     neg = np.asarray(neg, np.float64)
@@ -187,6 +194,13 @@ def auc_delong(
     auc = float(v10.mean())
     var = (v10.var(ddof=1) / m if m > 1 else 0.0) + (v01.var(ddof=1) / n if n > 1 else 0.0)
     se = float(np.sqrt(max(var, 0.0)))
+    if not se > 0:  # perfect separation (or all ties): no Wald interval, the exact bound on A^k instead
+        edge = ((1.0 - confidence) / 2.0) ** (1.0 / max(1, min(m, n)))
+        if auc >= 1.0:
+            return auc, (float(edge), 1.0), se
+        if auc <= 0.0:
+            return auc, (0.0, float(1.0 - edge)), se
+        return auc, (0.0, 1.0), se
     lo, hi = normal_interval(auc, se, confidence)
     return auc, (max(0.0, lo), min(1.0, hi)), se
 

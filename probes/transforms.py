@@ -45,6 +45,7 @@ from diffaudit.errors import DiffauditError
 MAX_SHIFT = 2  # translations of up to this many pixels per axis (both axes, all combinations)
 CROP = 0.9  # crops keep at least this share of each side
 MAX_CROP_OFFSETS = 4  # crop offsets per axis (all offsets when there are at most this many)
+FLAT = 1e-3  # rows with a standard deviation below FLAT x the reference are compared raw (standardise)
 CROP_PCT = int(round(100 * CROP))  # the crop's name: "crop90(+1,+0)" = a >= 90 % crop at offset (1, 0)
 
 
@@ -164,15 +165,21 @@ def pixel_scale(t: Transform, h: int, w: int) -> float:
 
 
 def standardise(x: np.ndarray, ref: float) -> np.ndarray:
-    """Rows of ``x`` (n, P) centred and scaled to RMS ``ref`` (a constant row stays centred, i.e. zero), float32.
+    """Rows of ``x`` (n, P) centred and scaled to RMS ``ref``, float32; near-constant rows are left as they are.
 
     Brightness and contrast changes (an affine map of the intensities, a x + b with a > 0) then leave an image
     unchanged, so a copy under them is at distance 0; ``ref`` (the training images' median standard
-    deviation) keeps distances in pixel units."""
+    deviation) keeps distances in pixel units. A row whose standard deviation is below ``FLAT * ref`` has no
+    pattern to standardise (centring would map every constant image, all-grey, all-white, all-black, to the
+    same zero vector: each a "copy" of any blank training image): it keeps its raw pixels, so two such images
+    are compared by their raw values (grey vs black: 1 per pixel), and one of them against a standardised image
+    is at least ``ref`` per pixel away from it (the cross term vanishes: standardised rows have zero mean)."""
     x64 = x.astype(np.float64)
-    x64 -= x64.mean(axis=1, keepdims=True)
+    mu = x64.mean(axis=1, keepdims=True)
     sd = x64.std(axis=1, keepdims=True)
-    return (x64 * (ref / np.where(sd > 0, sd, np.inf))).astype(np.float32)
+    flat = sd < FLAT * ref
+    out = np.where(flat, x64, (x64 - mu) * (ref / np.where(flat, 1.0, sd)))
+    return out.astype(np.float32)
 
 
 def as_images(x: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:

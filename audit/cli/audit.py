@@ -133,6 +133,12 @@ def print_summary(report: dict, gate_results: list[dict], out_dir: Path | None) 
     "(default 10, skipped above 1024 feature dims; an explicit value applies at any dimension)",
 )
 @click.option(
+    "--extraction-budget",
+    type=click.IntRange(min=0),
+    help="generations the extraction attack spends: the audit's samples first, more drawn if it has fewer "
+    "(default 1000; 0 skips the attack)",
+)
+@click.option(
     "--gate",
     "gates",
     multiple=True,
@@ -156,6 +162,7 @@ def audit_cmd(
     seed,
     num_steps,
     n_boot,
+    extraction_budget,
     gates,
     out,
     device,
@@ -197,6 +204,7 @@ def audit_cmd(
         device=device,
         weights=weights,
         progress=not no_progress,
+        **({} if extraction_budget is None else {"extraction_budget": extraction_budget}),
     ).check()
     if n_boot is not None:
         cfg.n_boot, cfg.boot_max_dim = n_boot, 1 << 30

@@ -100,7 +100,8 @@ def extract_cmd(
         f"clusters of >= {r.min_cluster}, {r.n_candidates_unverified} unverified)"
     )
     click.echo(
-        f"every generation checked: {r.unique_train_copied} items copied by {r.n_copies} generations; "
+        f"every generation checked: {r.unique_train_copied} items copied by {r.n_copies} generations"
+        f"{' (plain distance; candidate leaders also under small edits)' if len(r.transforms) > 1 else ''}; "
         f"a model drawing its training items uniformly would give {ref_mean:.1f} +- {ref_sd:.1f} extracted"
     )
     if not r.exact_linking:

@@ -10,6 +10,7 @@ from diffaudit.datasets.base import get_dataset
 from diffaudit.datasets.loading import load_samples
 from diffaudit.errors import DiffauditError
 from diffaudit.harness.train import TrainConfig, train
+from diffaudit.pipeline.setup import data_seeds
 
 
 @click.command("train")
@@ -67,7 +68,10 @@ def train_cmd(dataset_spec, train_path, n_train, model_spec, steps, batch, lr, s
         if n_train < 2:
             raise DiffauditError(f"--n-train must be >= 2, got {n_train}.")
         ds = get_dataset(dataset_spec)
-        x = ds.sample(int(n_train), seed)[0]
+        # the audit's training set for the same --seed (pipeline.setup.data_seeds), so that
+        # `diffaudit audit --model ckpt:DIR --dataset SPEC --n-train N --seed S` checks the model against the
+        # very items it was trained on (it drew sample(n, seed) before: a different set)
+        x = ds.sample(int(n_train), data_seeds(seed)[0])[0]
         spec = ds.spec
     else:
         x = load_samples(train_path)

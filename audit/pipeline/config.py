@@ -15,7 +15,9 @@ The verdict tolerances have stated meanings (see ``diffaudit.pipeline.verdicts``
 - ``max_mia_auc`` = 0.6: a loss attack with AUC above 0.6 on a split it was not tuned on leaks membership.
 - ``extraction_budget`` = 1000: the extraction attack (Carlini et al. 2023, ``probes.extraction``) gets this many
   generations -- the audit's own samples (1,000 in the demo, 2,000 by default), more drawn only when an audit
-  has fewer. Reported, not judged: gate it with ``--gate 'memorization.unique_extracted<=0'``. At a fixed
+  has fewer (``--extraction-budget N``; 0 skips the stage). Reported, not judged: gate it with
+  ``--gate 'memorization.extraction_excess<=0'`` (extracted minus the stated bound on chance extractions by a
+  generator of fresh data; ``unique_extracted<=0`` fails the oracle by chance when B >> n). At a fixed
   budget the yield of a model that copies its n training items uniformly is known in closed form (the coupon
   collector), so runs of one budget compare; a larger budget finds more (``diffaudit extract``).
 - the basin-of-attraction AUC (``basin_*`` options) is reported, not judged: gate it with
@@ -24,6 +26,9 @@ The verdict tolerances have stated meanings (see ``diffaudit.pipeline.verdicts``
 
 from __future__ import annotations
 
+import contextlib
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 
 from diffaudit.errors import DiffauditError
@@ -86,8 +91,12 @@ class AuditConfig:
     extra: dict = field(default_factory=dict)  # free-form: recorded in report.inputs.config
 
     def __post_init__(self):
-        self.mia_sigmas = tuple(float(s) for s in self.mia_sigmas)
-        self.basin_sigmas = tuple(float(s) for s in self.basin_sigmas)
+        # a scalar or a non-numeric entry is left as given: check() refuses it in one sentence
+        for name in ("mia_sigmas", "basin_sigmas"):
+            with contextlib.suppress(TypeError, ValueError):
+                v = getattr(self, name)
+                if not isinstance(v, str | bytes):
+                    setattr(self, name, tuple(float(s) for s in v))
 
     def check(self) -> AuditConfig:
         """Raise a one-sentence ``DiffauditError`` for any out-of-range field; returns self."""
@@ -95,6 +104,22 @@ class AuditConfig:
         def need(ok: bool, name: str, what: str):
             if not ok:
                 raise DiffauditError(f"audit option {name}={getattr(self, name)!r} is out of range: {what}.")
+
+        for f in fields(self):  # counts are whole numbers: 2.7 would be truncated silently, True is no count
+            v = getattr(self, f.name)
+            if f.type in ("int", "int | None") and v is not None:
+                whole = isinstance(v, numbers.Integral) or (isinstance(v, float) and v.is_integer())
+                if isinstance(v, bool) or not whole:
+                    raise DiffauditError(
+                        f"audit option {f.name}={v!r} is not a whole number; pass an integer count."
+                    )
+        for name in ("mia_sigmas", "basin_sigmas"):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or not all(isinstance(s, float) for s in v):
+                raise DiffauditError(
+                    f"audit option {name}={v!r} is not a list of noise levels; pass a sequence such as "
+                    f"({v!r},) or (0.05, 0.1)."
+                )
 
         need(
             self.n_samples is None or int(self.n_samples) >= 2,
@@ -113,20 +138,28 @@ class AuditConfig:
         need(0.5 <= self.max_mia_auc <= 1.0, "max_mia_auc", "use an AUC in [0.5, 1]")
         need(int(self.mia_n) >= 4, "mia_n", "use at least 4 members and non-members")
         need(
-            len(self.mia_sigmas) >= 1 and all(s > 0 for s in self.mia_sigmas),
+            len(self.mia_sigmas) >= 1 and all(0 < s < math.inf for s in self.mia_sigmas),
             "mia_sigmas",
-            "give positive noise levels (x the data std)",
+            "give positive finite noise levels (x the data std)",
         )
         need(int(self.mia_draws) >= 1, "mia_draws", "use at least 1 noise draw")
-        need(int(self.basin_n) >= 4, "basin_n", "use at least 4 training and holdout items")
         need(
-            len(self.basin_sigmas) >= 1 and all(s > 0 for s in self.basin_sigmas),
+            int(self.basin_n) >= 20,
+            "basin_n",
+            "use at least 20 training and holdout items (10 of each evaluate the AUC)",
+        )
+        need(
+            len(self.basin_sigmas) >= 1 and all(0 < s < math.inf for s in self.basin_sigmas),
             "basin_sigmas",
-            "give positive noise levels (x the neighbour spacing)",
+            "give positive finite noise levels (x the neighbour spacing)",
         )
         need(int(self.basin_steps) >= 1, "basin_steps", "use at least 1 Heun level")
         need(0.0 < self.basin_quantile < 1.0, "basin_quantile", "use a quantile in (0, 1), e.g. 0.01")
-        need(int(self.extraction_budget) >= 1, "extraction_budget", "use at least 1 generation")
+        need(
+            int(self.extraction_budget) >= 0,
+            "extraction_budget",
+            "use 0 (skip the extraction attack) or more generations",
+        )
         need(int(self.max_calibration) >= 10, "max_calibration", "use at least 10 calibration rows")
         need(int(self.max_ct_samples) >= 10, "max_ct_samples", "use at least 10 rows")
         need(int(self.n_copies_shown) >= 0, "n_copies_shown", "use 0 or more")

@@ -46,6 +46,10 @@ def run_extraction(model, data: AuditData, budget: int, *, seed: int = 0, **kw) 
     """The attack on ``budget`` generations of ``model``'s stream for ``seed``, verified against ``data.train``
     (``data.holdout`` calibrates it); ``kw`` go to ``probes.extraction.extract``."""
     check_extraction_inputs(model, data, budget)
+    shape = tuple(data.train.shape[1:])
+    if _is_image(shape):  # pixel images: candidates verified under small edits, as the copies stage does
+        kw.setdefault("transforms", "default")
+        kw.setdefault("image_shape", shape)
     return extract(sample_stream(model, seed), int(budget), data.train, data.holdout, seed=seed, **kw)
 
 
@@ -81,27 +85,31 @@ def extraction_summary(
                 for b, e, c in zip(r.curve_budgets, r.curve_extracted, r.curve_copied, strict=True)
             ],
             "extracted": [
-                {"train_index": i, "generations": a}
-                for i, a in zip(r.extracted_index, r.extracted_at, strict=True)
+                {"train_index": i, "generations": a, "transform": t}
+                for i, a, t in zip(r.extracted_index, r.extracted_at, r.extracted_transform, strict=True)
             ],
             "gallery": [
-                {"train_index": t, "generation": g, "distance": d, "cluster_size": k}
-                for t, g, d, k in zip(
+                {"train_index": t, "generation": g, "distance": d, "cluster_size": k, "transform": e}
+                for t, g, d, k, e in zip(
                     r.gallery_train_index,
                     r.gallery_generation,
                     r.gallery_distance,
                     r.gallery_cluster_size,
+                    r.gallery_transform,
                     strict=True,
                 )
             ],
             "gallery_png": "gallery.png" if _is_image(r.sample_shape) and len(r.gallery_samples) else None,
             "calibration": {
                 "rule": r.rule,
+                "transforms": list(r.transforms),
                 "copy_threshold": r.copy_threshold,
+                "transform_threshold": r.transform_threshold,
                 "link_radius": r.link_radius,
                 "min_cluster": r.min_cluster,
                 "n_holdout": None if data.holdout is None else len(data.holdout),
                 "expected_chance_links": r.expected_chance_links,
+                "expected_false_extractions": r.expected_false_extractions,
             },
             "linking": {
                 "n_clusters": r.n_clusters,

@@ -198,6 +198,13 @@ def run_audit(
         )
     )
     report["warnings"] = sample_size_warnings(n_gen, None if holdout is None else len(holdout))
+    trained_on = (getattr(model, "config", None) or {}).get("train_sha256")
+    if trained_on and trained_on != hashes["train"]:
+        report["warnings"].append(
+            "the checkpoint was trained on a different training set than the one audited (its train_sha256 "
+            f"{trained_on[:12]}... vs {hashes['train'][:12]}...): the memorization probes compare against the "
+            "wrong items; audit with the checkpoint's own --train file, or the same --dataset, --n-train and --seed."
+        )
     if out_dir is not None:
         t0 = time.perf_counter()
         art = {

@@ -33,7 +33,9 @@ from diffaudit.probes import memorization as mem
 from diffaudit.probes import moment_error as me
 from diffaudit.probes.basin import basin_of_attraction, calibrate
 from diffaudit.probes.membership import membership_inference, roc_points
-from diffaudit.probes.partial_copies import find_partial_copies
+from diffaudit.probes.partial_copies import GRID as PARTIAL_GRID
+from diffaudit.probes.partial_copies import LIMITATION as PARTIAL_LIMITATION
+from diffaudit.probes.partial_copies import find_partial_copies, min_holdout
 from diffaudit.progress import progress_display
 from diffaudit.report import schema
 
@@ -283,12 +285,20 @@ def convergence(ctx: Context) -> None:
     )
 
 
+# Smallest image side on which the copy search undoes small edits: a 2 px shift of an 8 px image still
+# compares a 6 px (75 %) window; on smaller images the shifted windows are a few pixels that standardise to
+# nothing (measured: 3 px images put the holdout threshold at 0 and exact copies went unflagged).
+MIN_TRANSFORM_SIDE = 8
+
+
 def pixel_image_shape(ctx: Context) -> tuple[int, ...] | None:
-    """(c, h, w) of the features when they are the images' own pixels (``pixels`` / ``pixels:K``), else None."""
+    """(c, h, w) of the features when they are the images' own pixels (``pixels`` / ``pixels:K``) and large
+    enough for the edits of ``probes.transforms`` (``MIN_TRANSFORM_SIDE``), else None (plain distances)."""
     if ctx.gen is None or ctx.gen.ndim != 4 or getattr(ctx.embedder, "name", None) != "pixels":
         return None
     size = getattr(ctx.embedder, "size", None)
-    return tuple(ctx.gen.shape[1:]) if size is None else (ctx.gen.shape[1], size, size)
+    shape = tuple(ctx.gen.shape[1:]) if size is None else (ctx.gen.shape[1], size, size)
+    return shape if min(shape[1:]) >= MIN_TRANSFORM_SIDE else None
 
 
 def copies(ctx: Context) -> None:
@@ -308,11 +318,29 @@ def copies(ctx: Context) -> None:
         transforms=None if shape is None else "default",
         image_shape=shape,
     )
-    partial = None
+    partial = partial_skipped = None
     if ctx.gen.ndim == 4 and ctx.holdout is not None:
         h_cal = ctx.subsample(ctx.holdout, ctx.cfg.max_calibration, 0xC7)  # the rows of fh_cal
-        partial = find_partial_copies(ctx.gen, ctx.train, h_cal, seed=ctx.cfg.seed)
-        ctx.put("memorization.copy_rate_partial", partial.rate, partial.rate_ci)
+        side = min(ctx.gen.shape[2:])
+        if side < PARTIAL_GRID:
+            partial_skipped = (
+                f"partial copies need images of at least {PARTIAL_GRID} x {PARTIAL_GRID} pixels (a {PARTIAL_GRID} x "
+                f"{PARTIAL_GRID} tile grid); these are {ctx.gen.shape[2]} x {ctx.gen.shape[3]}"
+            )
+        elif len(h_cal) < min_holdout():
+            partial_skipped = (
+                f"the partial-copy rule needs at least {min_holdout()} holdout images to keep fresh data flagged at "
+                f"<= 1 % (with 95 % confidence); there are {len(h_cal)} (it would flag about 1 / {len(h_cal) + 1})"
+            )
+        else:
+            try:  # the whole-image copy rate above stands whatever happens here
+                partial = find_partial_copies(ctx.gen, ctx.train, h_cal, seed=ctx.cfg.seed)
+            except DiffauditError as e:
+                partial_skipped = str(e)
+        if partial is not None:
+            ctx.put("memorization.copy_rate_partial", partial.rate, partial.rate_ci)
+        else:
+            ctx.skipped.append({"probe": "memorization.copy_rate_partial", "reason": partial_skipped + "."})
     ctx.art["partial_copies"] = partial
     ctx.put("memorization.copy_rate", c.copy_rate, c.copy_rate_ci)
     ctx.put("memorization.unique_train_copied", c.unique_train_copied)
@@ -332,6 +360,8 @@ def copies(ctx: Context) -> None:
             for t, k in zip(*np.unique(c.transform[c.is_copy], return_counts=True), strict=True)
         },
         "partial_threshold": None if partial is None else partial.threshold,
+        "partial_skipped": partial_skipped,
+        "partial_limitation": PARTIAL_LIMITATION,
     }
     ctx.art["copies"] = c
 
@@ -341,11 +371,15 @@ def extraction(ctx: Context) -> None:
     in the audit's feature space: the audit's own samples first, then more of the model's stream, embedded alike.
     The holdout rows that calibrate it are the copies stage's (same subsample), so tau is the same number."""
     B, n_have = int(ctx.cfg.extraction_budget), len(ctx.fg)
+    if B == 0:
+        raise DiffauditError(
+            "the extraction budget is 0 (--extraction-budget 0 / extraction_budget=0): the attack was not run."
+        )
     n_avail = getattr(ctx.model, "n_available", None)
     if B > n_have and n_avail is not None and n_avail < B:
         raise DiffauditError(
-            f"the model's sample file holds {n_avail} samples, fewer than the extraction budget {B}; "
-            f"set extraction_budget <= {n_avail} or generate more."
+            f"the model's sample file holds {n_avail} samples, fewer than the extraction budget {B}; pass "
+            f"--extraction-budget {n_avail} or less (extraction_budget from Python), or generate more samples."
         )
     stream = sample_stream(ctx.model, ctx.cfg.seed)
 
@@ -366,9 +400,25 @@ def extraction(ctx: Context) -> None:
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     fh_cal = None if ctx.fh is None else ctx.subsample(ctx.fh, ctx.cfg.max_calibration, 0xC7)
-    r = ex.extract(generate, B, ctx.ft, fh_cal, seed=ctx.cfg.seed, gallery_size=0)
+    shape = pixel_image_shape(
+        ctx
+    )  # as the copies stage: candidates verified under small edits on pixel images
+    r = ex.extract(
+        generate,
+        B,
+        ctx.ft,
+        fh_cal,
+        seed=ctx.cfg.seed,
+        gallery_size=0,
+        transforms=None if shape is None else "default",
+        image_shape=shape,
+    )
     ctx.put("memorization.unique_extracted", r.unique_train_extracted)
     ctx.put("memorization.extraction_yield", r.extraction_yield)
+    fx = (
+        r.expected_false_extractions
+    )  # None without a holdout: the ratio rule alone has no stated chance rate
+    ctx.put("memorization.extraction_excess", None if fx is None else r.unique_train_extracted - fx)
     ctx.details["extraction"] = {
         "budget": B,
         "reused_samples": int(min(B, n_have)),
@@ -381,14 +431,22 @@ def extraction(ctx: Context) -> None:
         "n_candidates": r.n_candidates,
         "n_candidates_unverified": r.n_candidates_unverified,
         "expected_chance_links": r.expected_chance_links,
+        "expected_false_extractions": fx,
         "exact_linking": r.exact_linking,
         "curve": {
             "budget": r.curve_budgets.tolist(),
             "extracted": r.curve_extracted.tolist(),
             "copied": r.curve_copied.tolist(),
         },
-        "extracted": [
-            [int(i), int(a)] for i, a in zip(r.extracted_index[:20], r.extracted_at[:20], strict=True)
+        "transforms": list(r.transforms),
+        "transform_counts": {
+            str(t): int(k) for t, k in zip(*np.unique(r.extracted_transform, return_counts=True), strict=True)
+        },
+        "extracted": [  # [train index, generations spent, edit]
+            [int(i), int(a), str(t)]
+            for i, a, t in zip(
+                r.extracted_index[:20], r.extracted_at[:20], r.extracted_transform[:20], strict=True
+            )
         ],
     }
 
@@ -566,12 +624,19 @@ STAGES: tuple[Stage, ...] = (
             "memorization.copy_rate_ratio_and_holdout",
             "memorization.copy_rate_partial",
         ),
+        # the memorization verdict and the report's copies table rest on it: an audit without it aborts
+        # with the reason instead of writing a report whose memorization part is silently missing
+        required=True,
     ),
     Stage(
         "extraction",
         "extraction attack",
         extraction,
-        ("memorization.unique_extracted", "memorization.extraction_yield"),
+        (
+            "memorization.unique_extracted",
+            "memorization.extraction_yield",
+            "memorization.extraction_excess",
+        ),
         total=lambda ctx: int(ctx.cfg.extraction_budget),
     ),
     Stage(

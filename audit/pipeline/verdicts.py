@@ -79,8 +79,11 @@ def decide(
     if nv is None or "recovered" not in rec:
         verdict["generalization"] = "n/a"
         why["generalization"] = "no synthetic dataset, so latent-factor recovery cannot be measured"
+    elif cr is None:  # novelty is judged against the copy search: without it, no verdict (never a pass)
+        verdict["generalization"] = "n/a"
+        why["generalization"] = "copy search did not run, so novelty cannot be judged"
     else:
-        copies_ok = cr is None or cr <= cfg.max_copy_rate
+        copies_ok = cr <= cfg.max_copy_rate
         ok = bool(rec["recovered"]) and copies_ok
         verdict["generalization"] = "pass" if ok else "fail"
         parts = [

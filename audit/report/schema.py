@@ -281,6 +281,14 @@ METRICS: tuple[Metric, ...] = (
         "clusters of >= 2 near-identical generations whose leader is a training copy",
     ),
     Metric(
+        "memorization.extraction_excess",
+        "training items extracted beyond chance",
+        better="lower",
+        needs=("holdout",),
+        help="unique_extracted minus the stated bound on chance extractions by a generator of fresh data, "
+        "min(n, B^2 q^2 / (2 n)) (q = 0.01, the copy rule's holdout quantile); > 0 = more extracted than chance",
+    ),
+    Metric(
         "memorization.extraction_yield",
         "extraction yield per generation",
         "rate",

@@ -30,6 +30,9 @@ from diffaudit.errors import DiffauditError
         ("hidden-manifold:d=16.5", r"^hidden-manifold: d=16.5 is not an integer"),
         ("hidden-manifold:seed=-1", r"^hidden-manifold: seed=-1 is not an integer >= 0"),
         ("hidden-manifold:D=true", r"^hidden-manifold: D=True is not an integer"),
+        ("digits:size=12", r"^digits: size=12 is not supported; use size=8, 16 or 32"),
+        ("digits:size=nan", r"^digits: size=nan is not an integer"),
+        ("digits:size=16.5", r"^digits: size=16.5 is not an integer"),
     ],
 )
 def test_bad_values_are_refused_by_name(spec, match):

@@ -5,6 +5,7 @@ import pytest
 
 import diffaudit
 from diffaudit.datasets.base import get_dataset
+from diffaudit.datasets.moments import population_moments
 from diffaudit.errors import DiffauditError
 from diffaudit.pipeline.setup import dataset_split
 
@@ -182,6 +183,41 @@ def test_digits():
         ds.sample(1798)
     with pytest.raises(DiffauditError, match="no generator"):
         ds.generate(z)
+
+
+def test_digits_at_16_and_32_px_are_the_8_px_set_upsampled():
+    """``size`` upsamples by pixel repetition: an isometry up to the factor size / 8, so nearest neighbours, the
+    oracle's labels and relative residuals, the split and the population moments are those of the 8 px set."""
+    d8 = get_dataset("digits")
+    x8, z8 = d8.sample(300, seed=2)
+    noise = 0.1 * np.random.default_rng(0).standard_normal(x8.shape)
+    zn8, rn8 = d8.project(x8 + noise)
+    for size in (16, 32):
+        ds = get_dataset(f"digits:size={size}")
+        f = size // 8
+        assert ds.spec == f"digits:size={size}" and ds.shape == (1, size, size) and ds.n_population == 1797
+        x, z = ds.sample(300, seed=2)
+        np.testing.assert_array_equal(z, z8)
+        np.testing.assert_array_equal(x, x8.repeat(f, axis=2).repeat(f, axis=3))  # each pixel an f x f block
+        (xt, _), (xh, _) = ds.split(500, 300, seed=7)
+        (xt8, _), (xh8, _) = d8.split(500, 300, seed=7)
+        np.testing.assert_array_equal(xt[:, :, ::f, ::f], xt8)
+        np.testing.assert_array_equal(xh[:, :, ::f, ::f], xh8)
+        # the oracle at this size: real digits are their own nearest neighbours (residual 0), and the same
+        # perturbation, upsampled, gets the same labels and the same relative residual as at 8 px
+        zh, res = ds.project(x)
+        np.testing.assert_array_equal(zh, z)
+        np.testing.assert_array_equal(res, 0.0)
+        zn, rn = ds.project(x + noise.repeat(f, axis=2).repeat(f, axis=3))
+        np.testing.assert_array_equal(zn, zn8)
+        np.testing.assert_allclose(rn, rn8, rtol=1e-6)
+        mu, sigma, n_ref = population_moments(ds)
+        mu8, sigma8, _ = population_moments(d8)
+        block = np.arange(size * size).reshape(size, size)[::f, ::f].ravel()  # one pixel of each block
+        assert n_ref == 1797 and mu.shape == (size * size,)
+        np.testing.assert_allclose(mu[block], mu8, atol=1e-12)
+        np.testing.assert_allclose(sigma[np.ix_(block, block)], sigma8, atol=1e-12)
+    assert get_dataset("digits:size=8").spec == "digits"  # the default keeps the 8 px spec (and cell ids)
 
 
 def _rows(x: np.ndarray) -> set[bytes]:

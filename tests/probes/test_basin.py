@@ -280,3 +280,18 @@ def test_calibration_is_the_holdout_nn_quantile(split):
     assert cal.radius == pytest.approx(np.quantile(nn, 0.01), rel=1e-6)
     assert cal.spacing == pytest.approx(np.median(nn), rel=1e-6) and cal.n_holdout == len(hold)
     assert stats.percentileofscore(nn, cal.radius, kind="weak") == pytest.approx(1.0, abs=0.1)
+
+
+def test_evaluation_halves_below_ten_items_are_refused(split):
+    train, hold, cal = split
+    f = lambda x, s: x  # noqa: E731
+    # 3 vs 3 evaluated items gave AUC 1.0 [1.0, 1.0]: refused before any reverse run, with the size it needs
+    for nt, sig, ok in ((6, [0.1, 0.2], False), (19, [0.1, 0.2], False), (20, [0.1, 0.2], True), (9, [0.1], False),
+                        (10, [0.1], True)):  # fmt: skip
+        call = lambda nt=nt, sig=sig: basin_of_attraction(f, train[:nt], hold[:40], sig, cal.radius)  # noqa: E731
+        if ok:
+            assert min(call().n_eval) >= 10
+        else:
+            with pytest.raises(DiffauditError, match="at least 10 of each") as e:
+                call()
+            assert "\n" not in str(e.value)

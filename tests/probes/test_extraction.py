@@ -255,3 +255,70 @@ def test_budget_grid():
     g = budget_grid(100000)
     assert g[0] == 100 and g[-1] == 100000 and np.all(np.diff(g) > 0)
     assert budget_grid(1).tolist() == [1]
+
+
+# ------------------------------------------------------------------------------------------ transformed copies
+
+
+def sprites(n_train, seed=0):
+    ds = get_dataset("sprites")
+    return ds, ds.sample(n_train, 10 * seed + 1)[0], ds.sample(1000, 10 * seed + 2)[0]
+
+
+@pytest.mark.parametrize("edit", ["exact", "shift", "flip"])
+def test_transformed_copy_memorizer_extracts_like_the_exact_one(edit):
+    # a model that emits its training images moved by 1 px (or mirrored) is a memorizer: the copies stage sees
+    # it, and so must extraction (plain pixel verification extracted 0 of these and left the clusters unverified)
+    n, B = 60, 150
+    ds, train, holdout = sprites(n)
+    src = np.random.default_rng(5).integers(0, n, B)
+    g = {"exact": train, "shift": np.roll(train, 1, axis=3), "flip": train[..., ::-1]}[edit][src]
+    r = extract(lambda s, k: g[s : s + k], B, train, holdout, transforms="default", chunk_size=64)
+    truth = int((np.bincount(src, minlength=n) >= 2).sum())  # items generated at least twice
+    mean, var = coupon_collector(n, B, 2)
+    assert abs(r.unique_train_extracted - mean) < 4 * np.sqrt(var)
+    assert r.unique_train_extracted == truth and r.n_candidates_unverified == 0
+    want = {"exact": "identity", "shift": "shift(+1,+0)", "flip": "flip"}[edit]
+    assert set(r.extracted_transform) == {want} and set(r.gallery_transform) == {want}
+    assert r.unique_train_copied >= r.unique_train_extracted
+    plain = extract(lambda s, k: g[s : s + k], B, train, holdout, chunk_size=64)
+    if edit != "exact":  # the bug: plain distances see none of them
+        assert plain.unique_train_extracted <= 1
+
+
+def test_transform_verification_is_find_copies_on_the_leaders():
+    ds, train, holdout = sprites(40, seed=1)
+    rng = np.random.default_rng(2)
+    g = np.concatenate([np.roll(train[rng.integers(0, 40, 60)], 1, axis=2), ds.sample(60, 77)[0]])
+    g = g[rng.permutation(len(g))]
+    r = extract(lambda s, k: g[s : s + k], len(g), train, holdout, transforms="default", gallery_size=100)
+    ref = find_copies(r.gallery_samples, train, holdout, transforms="default")
+    assert ref.is_copy.all() and np.array_equal(ref.nn_index, r.gallery_train_index)
+    np.testing.assert_allclose(ref.d1, r.gallery_distance)
+    assert r.transform_threshold == pytest.approx(ref.holdout_threshold)
+
+
+def test_oracle_with_transforms_stays_within_the_stated_bound():
+    n, B = 100, 1000
+    ds, train, holdout = sprites(n, seed=2)
+    fresh = ds.sample(B, 99)[0]
+    r = extract(lambda s, k: fresh[s : s + k], B, train, holdout, transforms="default")
+    bound = B * (B - 1) * Q**2 / (2 * n)  # 0.5
+    assert r.expected_false_extractions == pytest.approx(bound)
+    assert r.unique_train_extracted <= max(1, bound)
+
+
+def test_expected_false_extractions_is_the_stated_bound_capped_at_n():
+    ds, train, holdout = hm(10)
+    fresh = ds.sample(1000, 5)[0]
+    r = extract(lambda s, k: fresh[s : s + k], 1000, train, holdout)
+    assert r.expected_false_extractions == pytest.approx(min(10, 1000 * 999 * Q**2 / 20))
+    assert r.unique_train_extracted <= r.expected_false_extractions  # chance extractions, within the bound
+    none = extract(lambda s, k: fresh[s : s + k], 100, train)
+    assert none.expected_false_extractions is None
+
+
+def test_transforms_need_images():
+    ds, train, holdout = hm(20)
+    with pytest.raises(DiffauditError, match="needs images"):
+        extract(lambda s, k: train[:k], 10, train, holdout, transforms="default")

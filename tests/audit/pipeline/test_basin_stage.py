@@ -75,3 +75,22 @@ def test_config_checks_the_basin_options():
             AuditConfig(**bad).check()
     assert AuditConfig(basin_sigmas=[0.1, 0.2]).as_dict()["basin_sigmas"] == [0.1, 0.2]
     assert np.isclose(AuditConfig.from_options({"basin_sigmas": [0.3]}).basin_sigmas[0], 0.3)
+
+
+def test_config_refuses_infinite_fractional_and_scalar_options():
+    cases = {
+        "basin_sigmas": (float("inf"),),
+        "mia_sigmas": (0.1, float("nan")),
+        "extraction_budget": 2.7,
+        "basin_n": 10.5,
+        "seed": True,
+    }
+    for name, v in cases.items():
+        with pytest.raises(DiffauditError, match=name) as e:
+            AuditConfig(**{name: v}).check()
+        assert str(e.value).count(". ") == 0 and "\n" not in str(e.value)
+    with pytest.raises(DiffauditError, match="basin_sigmas=0.1 is not a list"):
+        AuditConfig(basin_sigmas=0.1).check()  # was a TypeError from the constructor
+    with pytest.raises(DiffauditError, match="basin_n"):
+        AuditConfig(basin_n=19).check()  # 9 evaluated items of each set
+    assert AuditConfig(extraction_budget=0, basin_n=20, n_samples=1000.0).check().extraction_budget == 0

@@ -93,3 +93,9 @@ def test_memorization(copy, auc, expected):
 
 def test_memorization_na_without_copy_search():
     assert decide(probes(copy=None), CFG, details())[0]["memorization"] == "n/a"
+
+
+def test_threshold2_never_passes_without_the_copy_search():
+    # a missing copy rate counted as "no copies" before: a 100 % copier whose copy search did not run passed
+    v, why = decide(probes(copy=None), CFG, details())
+    assert v["generalization"] == "n/a" and "copy search did not run" in why["generalization"]
