@@ -384,8 +384,10 @@ def test_train_cli_end_to_end(tmp_path):
         config["n_train"] == 64 and config["shape"] == [8] and config["dataset"].startswith("hidden-manifold")
     )
     from diffaudit.datasets.base import get_dataset
+    from diffaudit.pipeline.setup import data_seeds
 
-    x = get_dataset("hidden-manifold:d=8,D=2").sample(64, 0)[0]
+    # the audit's training set for --seed 0 (data_seeds), so `audit ckpt:` checks the items trained on
+    x = get_dataset("hidden-manifold:d=8,D=2").sample(64, data_seeds(0)[0])[0]
     assert config["sigma_data"] == pytest.approx(float(x.astype(np.float64).std()), rel=1e-9)
     assert (out / "options.json").is_file() and len((out / "stats.jsonl").read_text().splitlines()) == 1
     # --train PATH: the same samples from a file give the same weights as --dataset (same seed).
