@@ -42,9 +42,11 @@ rng = np.random.default_rng(0)
 xb = rng.standard_normal((20000, 128)).astype(np.float32)
 xq = rng.standard_normal((2000, 128)).astype(np.float32)
 knn(xq[:50], xb, 2)
-t = time.perf_counter(); D, I = knn(xq, xb, 2); t_knn = time.perf_counter() - t
+t_knn = t_sk = float("inf")  # best of 3: a single 0.1 s call swings 2x with scheduling noise
 nn = NearestNeighbors(n_neighbors=2, algorithm="brute").fit(xb)
-t = time.perf_counter(); D2, I2 = nn.kneighbors(xq); t_sk = time.perf_counter() - t
+for _ in range(3):
+    t = time.perf_counter(); D, I = knn(xq, xb, 2); t_knn = min(t_knn, time.perf_counter() - t)
+    t = time.perf_counter(); D2, I2 = nn.kneighbors(xq); t_sk = min(t_sk, time.perf_counter() - t)
 print(json.dumps({"knn_s": t_knn, "sklearn_s": t_sk, "agree": float((I[:, 0] == I2[:, 0]).mean())}))
 """
 
