@@ -143,6 +143,18 @@ class Calibration:
     n_holdout: int
 
 
+def _sample_pair(train, holdout, *, min_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validated training and holdout samples (float64) of one sample shape."""
+    xt = as_samples(train, "training set", min_n=min_n)
+    xh = as_samples(holdout, "holdout", min_n=min_n)
+    if xt.shape[1:] != xh.shape[1:]:
+        raise DiffauditError(
+            f"training samples have shape {xt.shape[1:]} but holdout samples {xh.shape[1:]}; "
+            "pass the same kind of samples."
+        )
+    return xt, xh
+
+
 def calibrate(
     train, holdout, quantile: float = DEFAULT_QUANTILE, *, budget_mib: float = DEFAULT_BUDGET_MIB
 ) -> Calibration:
@@ -151,13 +163,7 @@ def calibrate(
     blocked FAISS search with float64 re-ranking, ``probes.neighbors.knn``). Raises when the radius is 0
     (that share of held-out items duplicates a training item, so a return could not be told from it).
     """
-    xt = as_samples(train, "training set", min_n=1)
-    xh = as_samples(holdout, "holdout", min_n=1)
-    if xt.shape[1:] != xh.shape[1:]:
-        raise DiffauditError(
-            f"training samples have shape {xt.shape[1:]} but holdout samples {xh.shape[1:]}; "
-            "pass the same kind of samples."
-        )
+    xt, xh = _sample_pair(train, holdout, min_n=1)
     q = float(quantile)
     if not 0.0 < q < 1.0:
         raise DiffauditError(f"quantile={quantile!r} must lie strictly between 0 and 1, e.g. 0.01.")
@@ -217,13 +223,7 @@ def basin_of_attraction(
     rev = _reverse(model, int(num_steps))
     if int(num_steps) < 1:
         raise DiffauditError(f"num_steps={num_steps!r} must be at least 1 Heun level.")
-    xt = as_samples(train, "training set", min_n=4)
-    xh = as_samples(holdout, "holdout", min_n=4)
-    if xt.shape[1:] != xh.shape[1:]:
-        raise DiffauditError(
-            f"training samples have shape {xt.shape[1:]} but holdout samples {xh.shape[1:]}; "
-            "pass the same kind of samples."
-        )
+    xt, xh = _sample_pair(train, holdout, min_n=4)
     s = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
     if s.ndim != 1 or s.size == 0 or not np.isfinite(s).all() or (s <= 0).any():
         raise DiffauditError(
