@@ -16,6 +16,13 @@ features are float32, every statistic is reduced in float64. No file I/O, no pri
   in blocks sized from a MiB budget, never an ``n x m`` matrix.
 - ``sliced_wasserstein``: seeded random projections, exact 1-D Wasserstein between empirical quantile functions
   (Rabin et al. 2011; Bonneel et al. 2015).
+
+On a GPU (``device="cuda"``; ``probes._torch``): ``gaussian_stats``, the Frechet distance (its ``eigh`` /
+``eigvalsh``, bootstrap and jackknife), ``fd_infinity`` and ``kid`` compute in torch float64 on the device, the
+same formulas in the same precision (``engine="torch"`` runs that path on the CPU too; tests hold it to the
+numpy path at 1e-10 relative, FD with a singular covariance at 1e-7: the square roots of its round-off
+eigenvalues move FD by ~sqrt(eps) on either path); the k-NN radii of precision/recall/density/coverage use the device's k-NN engine
+(``neighbors.search``). On the CPU (the default) the numpy path runs.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from statistics import NormalDist
 import numpy as np
 
 from diffaudit.errors import DiffauditError
+from diffaudit.probes import _torch
 from diffaudit.probes._checks import as_features, feature_pair, same_width
 from diffaudit.probes.stats import (
     bca_interval,
@@ -72,16 +80,22 @@ def _rows_per_block(dim: int, budget_mib: float, bytes_per_value: int = 8) -> in
     return int(max(1, min(1 << 16, max(16.0, budget_mib) * (1 << 20) // (bytes_per_value * dim * 2))))
 
 
-def gaussian_stats(a, *, budget_mib: float = 256, name: str = "features") -> tuple[np.ndarray, np.ndarray]:
+def gaussian_stats(
+    a, *, budget_mib: float = 256, name: str = "features", device="cpu", engine: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``mu`` (D,) and unbiased covariance ``sigma`` (D, D) of ``a`` (n, D), both float64.
 
     Streamed like NVlabs EDM ``fid.py``: rows are converted to float64 one block at a time (block size from
     ``budget_mib``) and accumulated; the covariance is accumulated around the mean (two passes), which avoids
-    the cancellation of ``E[xx^T] - mu mu^T`` for features with a large offset.
+    the cancellation of ``E[xx^T] - mu mu^T`` for features with a large offset. ``device``/``engine``: on a
+    CUDA device the blocks are reduced there in float64 (module docstring); the results are host arrays.
     """
     a = as_features(a, name)
     n, dim = a.shape
     rows = _rows_per_block(dim, budget_mib)
+    if _torch.use_torch(engine, device):
+        mu, sigma = _gaussian_stats_torch(a, rows, _torch.torch_device(device))
+        return mu.cpu().numpy(), sigma.cpu().numpy()
     s = np.zeros(dim, np.float64)
     for i0 in range(0, n, rows):
         s += a[i0 : i0 + rows].astype(np.float64).sum(0)
@@ -89,6 +103,23 @@ def gaussian_stats(a, *, budget_mib: float = 256, name: str = "features") -> tup
     sigma = np.zeros((dim, dim), np.float64)
     for i0 in range(0, n, rows):
         x = a[i0 : i0 + rows].astype(np.float64) - mu
+        sigma += x.T @ x
+    sigma /= n - 1
+    return mu, sigma
+
+
+def _gaussian_stats_torch(a: np.ndarray, rows: int, dev):
+    """``gaussian_stats``' two passes in torch float64 on ``dev``; (mu (D,), sigma (D, D)) tensors there."""
+    import torch
+
+    n, dim = a.shape
+    s = torch.zeros(dim, dtype=torch.float64, device=dev)
+    for i0 in range(0, n, rows):
+        s += _torch.to_float64(a[i0 : i0 + rows], dev).sum(0)
+    mu = s / n
+    sigma = torch.zeros((dim, dim), dtype=torch.float64, device=dev)
+    for i0 in range(0, n, rows):
+        x = _torch.to_float64(a[i0 : i0 + rows], dev) - mu
         sigma += x.T @ x
     sigma /= n - 1
     return mu, sigma
@@ -163,6 +194,19 @@ def _eig_psd(sigma: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, floa
     return w, v, neg, singular
 
 
+def _eig_psd_torch(sigma, name: str):
+    """``_eig_psd`` of a float64 tensor on its device: (clipped w, V) tensors there, negative mass, singular."""
+    import torch
+
+    w, v = torch.linalg.eigh(sigma)
+    wn = w.cpu().numpy()
+    neg = _neg_mass(wn)
+    _raise_if_negative(neg, name)
+    wn = np.clip(wn, 0.0, None)
+    singular = bool(wn.min() <= max(wn.max(), 1e-300) * wn.size * np.finfo(np.float64).eps)
+    return w.clamp(min=0.0), v, neg, singular
+
+
 def _raise_if_negative(neg: float, name: str) -> None:
     if neg > NEG_EIG_TOL:
         raise DiffauditError(
@@ -188,8 +232,31 @@ def _trace_sqrt(w1: np.ndarray, v1: np.ndarray, s2: np.ndarray) -> tuple[float, 
     return float(np.sqrt(np.clip(lam, 0.0, None)).sum()), neg
 
 
+def _trace_sqrt_torch(w1, v1, s2) -> tuple[float, float]:
+    """``_trace_sqrt`` with ``w1``, ``v1``, ``s2`` float64 tensors on one device."""
+    import torch
+
+    sw = w1.sqrt()
+    c = v1.T @ s2 @ v1
+    c *= sw[:, None]
+    c *= sw[None, :]
+    c = (c + c.T) / 2
+    lam = torch.linalg.eigvalsh(c).cpu().numpy()
+    neg = _neg_mass(lam)
+    _raise_if_negative(neg, "sqrt(sigma1) sigma2 sqrt(sigma1)")
+    return float(np.sqrt(np.clip(lam, 0.0, None)).sum()), neg
+
+
 def frechet_distance_from_stats(
-    mu1, sigma1, mu2, sigma2, *, n1: int | None = None, n2: int | None = None
+    mu1,
+    sigma1,
+    mu2,
+    sigma2,
+    *,
+    n1: int | None = None,
+    n2: int | None = None,
+    device="cpu",
+    engine: str = "auto",
 ) -> FDResult:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (Dowson & Landau 1982; FID, Heusel et al. 2017).
 
@@ -197,7 +264,8 @@ def frechet_distance_from_stats(
     ``sqrt(S1) S2 sqrt(S1)``, ``tr (S1 S2)^(1/2) = sum_i sqrt(lambda_i(sqrt(S1) S2 sqrt(S1)))``: one ``eigh``
     and one ``eigvalsh``, no complex ``sqrtm``. Tiny negative eigenvalues (round-off) are clipped and reported
     in ``neg_eig_mass``; a mass above ``NEG_EIG_TOL`` raises ``DiffauditError``. ``n1``/``n2`` (sample
-    counts, optional) set ``singular`` when ``n <= D``.
+    counts, optional) set ``singular`` when ``n <= D``. ``device``/``engine``: on a CUDA device the products
+    and both eigen-decompositions run there in float64 (module docstring).
     """
     mu1, sigma1 = _check_stats(mu1, sigma1, "sigma1/mu1")
     mu2, sigma2 = _check_stats(mu2, sigma2, "sigma2/mu2")
@@ -206,8 +274,13 @@ def frechet_distance_from_stats(
             f"the two statistics have {mu1.shape[0]} and {mu2.shape[0]} dimensions; compute both in the same feature space."
         )
     dim = mu1.shape[0]
-    w1, v1, neg1, sing1 = _eig_psd(sigma1, "sigma1")
-    tr_sqrt, neg2 = _trace_sqrt(w1, v1, sigma2)
+    if _torch.use_torch(engine, device):
+        dev = _torch.torch_device(device)
+        w1, v1, neg1, sing1 = _eig_psd_torch(_torch.to_float64(sigma1, dev), "sigma1")
+        tr_sqrt, neg2 = _trace_sqrt_torch(w1, v1, _torch.to_float64(sigma2, dev))
+    else:
+        w1, v1, neg1, sing1 = _eig_psd(sigma1, "sigma1")
+        tr_sqrt, neg2 = _trace_sqrt(w1, v1, sigma2)
     diff = mu1 - mu2
     mean_term = float(diff @ diff)
     trace_term = float(np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_sqrt)
@@ -218,7 +291,15 @@ def frechet_distance_from_stats(
 
 
 def frechet_distance(
-    a, b, *, n_boot: int = 0, seed: int = 0, confidence: float = 0.95, n_groups: int = 20
+    a,
+    b,
+    *,
+    n_boot: int = 0,
+    seed: int = 0,
+    confidence: float = 0.95,
+    n_groups: int = 20,
+    device="cpu",
+    engine: str = "auto",
 ) -> FDResult:
     """Frechet distance between Gaussians fitted to ``a`` (n_a, D) and ``b`` (n_b, D); see
     ``frechet_distance_from_stats``.
@@ -240,10 +321,14 @@ def frechet_distance(
     - ``spread_ci``: the percentile band shifted by the bootstrap's own bias, mean(FD*) - FD (resampled sets
       hold only ~63 % distinct rows, which inflates FD's bias). Not an interval for the population FD: it
       says where FD at these n falls (its sampling spread around ``value``), e.g. for a real-vs-real floor.
+
+    ``device``/``engine``: on a CUDA device every statistic, resample and eigen-decomposition runs there in
+    float64 (module docstring); the resampling draws are the same.
     """
     a, b = feature_pair(a, b)
-    stats_a, stats_b = gaussian_stats(a), gaussian_stats(b)
-    r = frechet_distance_from_stats(*stats_a, *stats_b, n1=len(a), n2=len(b))
+    on = dict(device=device, engine=engine)
+    stats_a, stats_b = gaussian_stats(a, **on), gaussian_stats(b, **on)
+    r = frechet_distance_from_stats(*stats_a, *stats_b, n1=len(a), n2=len(b), **on)
     if n_boot <= 0:
         return r
     if n_groups < 2:
@@ -252,19 +337,22 @@ def frechet_distance(
     def stat(rng):
         ia = rng.integers(0, len(a), len(a))
         ib = rng.integers(0, len(b), len(b))
-        return frechet_distance_from_stats(*gaussian_stats(a[ia]), *gaussian_stats(b[ib])).value
+        return frechet_distance_from_stats(
+            *gaussian_stats(a[ia], **on), *gaussian_stats(b[ib], **on), **on
+        ).value
 
     rng = np.random.default_rng(seed)
     boot = bootstrap_values(stat, int(n_boot), rng)
     lo, hi = shifted_percentile_interval(r.value, boot, confidence)
     r.spread_ci = (max(0.0, lo), max(0.0, hi))
+    dev = _torch.torch_device(device) if _torch.use_torch(engine, device) else None
     jack_a = [
-        frechet_distance_from_stats(mu, s, *stats_b).value
-        for mu, s in _delete_group_stats(a, *stats_a, n_groups, rng)
+        frechet_distance_from_stats(mu, s, *stats_b, **on).value
+        for mu, s in _delete_group_stats(a, *stats_a, n_groups, rng, dev)
     ]
     jack_b = [
-        frechet_distance_from_stats(*stats_a, mu, s).value
-        for mu, s in _delete_group_stats(b, *stats_b, n_groups, rng)
+        frechet_distance_from_stats(*stats_a, mu, s, **on).value
+        for mu, s in _delete_group_stats(b, *stats_b, n_groups, rng, dev)
     ]
     r.acceleration = jackknife_acceleration(np.array(jack_a), np.array(jack_b))
     p0 = float(np.mean(boot < r.value))
@@ -279,20 +367,28 @@ def frechet_distance(
     return r
 
 
-def _delete_group_stats(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, n_groups: int, rng):
+def _delete_group_stats(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, n_groups: int, rng, dev=None):
     """(mu, sigma) of ``x`` (n, D) without each of ``n_groups`` seeded random groups of rows.
 
     Removing rows g: ``mu' = mu - delta / n'`` and ``(n' - 1) sigma' = (n - 1) sigma - C_g - delta delta^T / n'``
-    with ``delta = sum_g (x - mu)``, ``C_g = sum_g (x - mu)(x - mu)^T`` and n' = n - |g| (float64).
+    with ``delta = sum_g (x - mu)``, ``C_g = sum_g (x - mu)(x - mu)^T`` and n' = n - |g| (float64; the group
+    products on the torch device ``dev`` when given).
     """
     n = len(x)
     groups = np.array_split(rng.permutation(n), min(n_groups, n // 2))
     scatter = sigma * (n - 1)
+    mu_t = None if dev is None else _torch.to_float64(mu, dev)
     for g in groups:
-        xc = x[np.sort(g)].astype(np.float64) - mu
-        delta = xc.sum(0)
+        if dev is None:
+            xc = x[np.sort(g)].astype(np.float64) - mu
+            delta = xc.sum(0)
+            cg = xc.T @ xc
+        else:
+            xc = _torch.to_float64(x[np.sort(g)], dev) - mu_t
+            delta = xc.sum(0).cpu().numpy()
+            cg = (xc.T @ xc).cpu().numpy()
         n1 = n - len(g)
-        s = scatter - xc.T @ xc - np.outer(delta, delta) / n1
+        s = scatter - cg - np.outer(delta, delta) / n1
         yield mu - delta / n1, (s + s.T) / (2 * (n1 - 1))
 
 
@@ -316,7 +412,15 @@ class FDInfResult:
 
 
 def fd_infinity(
-    a, b, *, sizes=None, n_points: int = 15, min_size: int | None = None, seed: int = 0
+    a,
+    b,
+    *,
+    sizes=None,
+    n_points: int = 15,
+    min_size: int | None = None,
+    seed: int = 0,
+    device="cpu",
+    engine: str = "auto",
 ) -> FDInfResult:
     """FD_inf (Chong & Forsyth 2020, Sec. 3): FD of random subsets of the generated ``a`` (n_a, D), of sizes
     ``sizes``, against the statistics of all of ``b``; least-squares line in 1/N; the intercept is FD_inf.
@@ -329,7 +433,8 @@ def fd_infinity(
     draws its own random subset (``seed``), so the points' errors are not nested partial sums of one order.
 
     ``eigh(S_b)`` is computed once: ``tr sqrt(sqrt(S_b) S_a sqrt(S_b))`` equals the trace term with the roles
-    swapped (same spectrum), so each size costs one ``eigvalsh``.
+    swapped (same spectrum), so each size costs one ``eigvalsh``. ``device``/``engine``: on a CUDA device the
+    statistics and eigen-decompositions run there in float64 (module docstring).
     """
     a, b = feature_pair(a, b)
     n, dim = a.shape
@@ -349,14 +454,22 @@ def fd_infinity(
             f"fd_infinity needs at least 2 distinct subset sizes between 2 and {n} (got {sizes.tolist()}); "
             "pass more generated samples or other sizes."
         )
-    mu_b, sigma_b = gaussian_stats(b)
-    w_b, v_b, _, _ = _eig_psd(sigma_b, "reference covariance")
+    on = dict(device=device, engine=engine)
+    mu_b, sigma_b = gaussian_stats(b, **on)
+    dev = _torch.torch_device(device) if _torch.use_torch(engine, device) else None
+    if dev is None:
+        w_b, v_b, _, _ = _eig_psd(sigma_b, "reference covariance")
+    else:
+        w_b, v_b, _, _ = _eig_psd_torch(_torch.to_float64(sigma_b, dev), "reference covariance")
     tr_b = float(np.trace(sigma_b))
     rng = np.random.default_rng(seed)
     values = []
     for m in sizes:
-        mu_a, sigma_a = gaussian_stats(a[np.sort(rng.choice(n, int(m), replace=False))])
-        tr_sqrt, _ = _trace_sqrt(w_b, v_b, sigma_a)
+        mu_a, sigma_a = gaussian_stats(a[np.sort(rng.choice(n, int(m), replace=False))], **on)
+        if dev is None:
+            tr_sqrt, _ = _trace_sqrt(w_b, v_b, sigma_a)
+        else:
+            tr_sqrt, _ = _trace_sqrt_torch(w_b, v_b, _torch.to_float64(sigma_a, dev))
         d = mu_a - mu_b
         values.append(float(d @ d + np.trace(sigma_a) + tr_b - 2 * tr_sqrt))
     values = np.array(values)
@@ -430,6 +543,19 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float(sxx + syy - 2.0 * kxy.mean())
 
 
+def _mmd2_unbiased_torch(x, y) -> float:
+    """``_mmd2_unbiased`` on float64 tensors (one device)."""
+    m, dim = x.shape
+
+    def kern(u, v):
+        return (u @ v.T / dim + 1.0) ** 3
+
+    kxx, kyy, kxy = kern(x, x), kern(y, y), kern(x, y)
+    sxx = (kxx.sum() - kxx.trace()) / (m * (m - 1))
+    syy = (kyy.sum() - kyy.trace()) / (m * (m - 1))
+    return float(sxx + syy - 2.0 * kxy.mean())
+
+
 def kid(
     a,
     b,
@@ -439,6 +565,8 @@ def kid(
     confidence: float = 0.95,
     *,
     n_blocks: int = 10,
+    device="cpu",
+    engine: str = "auto",
 ) -> KIDResult:
     """KID (Binkowski et al. 2018, Sec. 3/Appendix): unbiased MMD^2 with the cubic polynomial kernel
     ``(x.y / D + 1)^3`` averaged over ``n_subsets`` pairs of subsets of ``m = min(subset_size, n_a, n_b)``
@@ -452,7 +580,8 @@ def kid(
     blocks, n = 400 per set, 600 replications): D = 4 / 8 / 32: 0.945 / 0.960 / 0.950 under P = Q and
     0.930 / 0.945 / 0.942 with a mean shift; at n = 200 (blocks of 20 rows) 0.92-0.935 (the block values are
     skewed, the t interval assumes a symmetric mean; tests/probes/test_convergence.py). Ten blocks: fewer blocks make the t quantile large, more blocks make each block value
-    noisier under P = Q (its variance grows as the block shrinks, O(1/m^2)).
+    noisier under P = Q (its variance grows as the block shrinks, O(1/m^2)). ``device``/``engine``: on a CUDA
+    device the Gram matrices are computed there in float64, from the same draws (module docstring).
     """
     a, b = feature_pair(a, b)
     if n_subsets < 1 or subset_size < 2:
@@ -462,12 +591,21 @@ def kid(
     if n_blocks < 2:
         raise DiffauditError(f"kid needs n_blocks >= 2 for its interval (got {n_blocks}); e.g. n_blocks=10.")
     m = int(min(subset_size, len(a), len(b)))
+    if _torch.use_torch(engine, device):
+        dev = _torch.torch_device(device)
+
+        def mmd2(ia, ib):
+            return _mmd2_unbiased_torch(_torch.to_float64(a[ia], dev), _torch.to_float64(b[ib], dev))
+    else:
+
+        def mmd2(ia, ib):
+            return _mmd2_unbiased(a[ia].astype(np.float64), b[ib].astype(np.float64))
+
     rng = np.random.default_rng(seed)
     vals = np.empty(n_subsets)
     for s in range(n_subsets):
-        x = a[rng.choice(len(a), m, replace=False)].astype(np.float64)
-        y = b[rng.choice(len(b), m, replace=False)].astype(np.float64)
-        vals[s] = _mmd2_unbiased(x, y)
+        ia = rng.choice(len(a), m, replace=False)
+        vals[s] = mmd2(ia, rng.choice(len(b), m, replace=False))
     mean = float(vals.mean())
     std = float(vals.std(ddof=1)) if n_subsets > 1 else float("nan")
     res = KIDResult(mean, std, None, vals, m)
@@ -477,12 +615,7 @@ def kid(
         mb = int(min(m, n_min // n_b))
         pa = rng.permutation(len(a))[: n_b * mb].reshape(n_b, mb)
         pb = rng.permutation(len(b))[: n_b * mb].reshape(n_b, mb)
-        bv = np.array(
-            [
-                _mmd2_unbiased(a[i].astype(np.float64), b[j].astype(np.float64))
-                for i, j in zip(pa, pb, strict=True)
-            ]
-        )
+        bv = np.array([mmd2(i, j) for i, j in zip(pa, pb, strict=True)])
         res.block_values, res.n_blocks = bv, n_b
         res.block_value = float(bv.mean())
         res.se = float(bv.std(ddof=1) / np.sqrt(n_b))
@@ -645,12 +778,13 @@ class DCResult:
     k: int
 
 
-def _knn_radii(x: np.ndarray, k: int, budget_mib: float, name: str) -> np.ndarray:
+def _knn_radii(x: np.ndarray, k: int, budget_mib: float, name: str, device="cpu") -> np.ndarray:
     """Squared distances of each row of ``x`` (n, D) to its 1st..k-th nearest other rows, (n, k) ascending.
 
     Candidates come from ``neighbors.knn(exclude_self=True)`` (float32 FAISS, k + 4 per row, the same margin
     as its own re-ranking); their distances are recomputed in float64 here with ``_exact_d2`` -- the formula
-    the ball pass uses for borderline pairs, so a point at exactly a radius compares equal to it.
+    the ball pass uses for borderline pairs, so a point at exactly a radius compares equal to it. ``device``:
+    the caller's torch device, for ``neighbors.search``'s choice of engine.
     """
     from diffaudit.probes.neighbors import knn
 
@@ -670,6 +804,7 @@ def _knn_radii(x: np.ndarray, k: int, budget_mib: float, name: str) -> np.ndarra
         name_q=name,
         name_b=name,
         index="exact",
+        device=device,
     )
     valid = nbr >= 0
     iq = np.repeat(np.arange(len(x)), kk)
@@ -804,19 +939,22 @@ def _prep(real, fake):
     return real, fake
 
 
-def precision_recall(real, fake, k: int = 3, *, budget_mib: float = DEFAULT_BUDGET_MIB) -> PRResult:
+def precision_recall(
+    real, fake, k: int = 3, *, budget_mib: float = DEFAULT_BUDGET_MIB, device="cpu"
+) -> PRResult:
     """Improved precision and recall (Kynkaanniemi et al. 2019, Eq. 1-3), ``real`` (n, D), ``fake`` (m, D).
 
     Ball of sample x = {y : ||y - x||^2 <= r_k(x)^2}, r_k the distance to x's k-th nearest neighbour in its own
     set (self excluded; an exact duplicate counts as a neighbour at distance 0). Tie convention: a point at
     exactly the radius is INSIDE (``<=``). k-NN radii from ``neighbors.knn`` (exact, float64), memberships
-    from a blocked pass bounded by ``budget_mib`` (never an n x m matrix).
+    from a blocked pass bounded by ``budget_mib`` (never an n x m matrix). ``device``: the k-NN search's
+    torch device (``neighbors.search``: its torch engine on a GPU without FAISS-GPU); the ball pass is numpy.
     """
     from diffaudit.probes.stats import wilson_interval
 
     real, fake = _prep(real, fake)
-    rr = _knn_radii(real, k, budget_mib, "reference features")[:, k - 1]
-    rf = _knn_radii(fake, k, budget_mib, "generated features")[:, k - 1]
+    rr = _knn_radii(real, k, budget_mib, "reference features", device)[:, k - 1]
+    rf = _knn_radii(fake, k, budget_mib, "generated features", device)[:, k - 1]
     counts, _, real_in = _ball_pass(fake, real, rad_real=[rr], rad_fake=rf, budget_mib=budget_mib)
     fake_in = counts[0] > 0
     kp, kr = int(fake_in.sum()), int(real_in.sum())
@@ -831,16 +969,18 @@ def precision_recall(real, fake, k: int = 3, *, budget_mib: float = DEFAULT_BUDG
     )
 
 
-def density_coverage(real, fake, k: int = 5, *, budget_mib: float = DEFAULT_BUDGET_MIB) -> DCResult:
+def density_coverage(
+    real, fake, k: int = 5, *, budget_mib: float = DEFAULT_BUDGET_MIB, device="cpu"
+) -> DCResult:
     """Density and coverage (Naeem et al. 2020, Eq. 3-4), ``real`` (n, D), ``fake`` (m, D).
 
     Balls around real samples only, radius = distance to the k-th nearest other real sample; tie convention:
-    ``<=`` radius is inside. Same blocked, budget-bounded search as ``precision_recall``.
+    ``<=`` radius is inside. Same blocked, budget-bounded search as ``precision_recall`` (``device`` too).
     """
     from diffaudit.probes.stats import wilson_interval
 
     real, fake = _prep(real, fake)
-    rr = _knn_radii(real, k, budget_mib, "reference features")[:, k - 1]
+    rr = _knn_radii(real, k, budget_mib, "reference features", device)[:, k - 1]
     counts, anycol, _ = _ball_pass(fake, real, rad_real=[rr], budget_mib=budget_mib)
     kc = int(anycol[0].sum())
     return DCResult(
@@ -854,15 +994,15 @@ def density_coverage(real, fake, k: int = 5, *, budget_mib: float = DEFAULT_BUDG
 
 
 def prdc(
-    real, fake, *, k_pr: int = 3, k_dc: int = 5, budget_mib: float = DEFAULT_BUDGET_MIB
+    real, fake, *, k_pr: int = 3, k_dc: int = 5, budget_mib: float = DEFAULT_BUDGET_MIB, device="cpu"
 ) -> tuple[PRResult, DCResult]:
     """``precision_recall`` and ``density_coverage`` together, sharing one k-NN search per set and one
-    blocked pass over the pairs (same results as calling both)."""
+    blocked pass over the pairs (same results as calling both; ``device`` as there)."""
     from diffaudit.probes.stats import wilson_interval
 
     real, fake = _prep(real, fake)
-    rad_r = _knn_radii(real, max(k_pr, k_dc), budget_mib, "reference features")
-    rf = _knn_radii(fake, k_pr, budget_mib, "generated features")[:, k_pr - 1]
+    rad_r = _knn_radii(real, max(k_pr, k_dc), budget_mib, "reference features", device)
+    rf = _knn_radii(fake, k_pr, budget_mib, "generated features", device)[:, k_pr - 1]
     counts, anycol, real_in = _ball_pass(
         fake, real, rad_real=[rad_r[:, k_pr - 1], rad_r[:, k_dc - 1]], rad_fake=rf, budget_mib=budget_mib
     )

@@ -237,7 +237,18 @@ class _TransformVerifier:
     transform-min distance) and rule (ratio AND holdout; ratio alone without a holdout). Leaders are verified in
     batches of ``VERIFY_BATCH`` (each call recalibrates on the holdout: a few calls per run)."""
 
-    def __init__(self, xt, xh, transforms, image_shape, ratio_threshold, holdout_quantile, budget_mib, seed):
+    def __init__(
+        self,
+        xt,
+        xh,
+        transforms,
+        image_shape,
+        ratio_threshold,
+        holdout_quantile,
+        budget_mib,
+        seed,
+        device="cpu",
+    ):
         from diffaudit.probes.transforms import resolve
 
         self.xt, self.xh, self.spec, self.shape = xt, xh, transforms, tuple(image_shape)
@@ -247,6 +258,7 @@ class _TransformVerifier:
             holdout_quantile=holdout_quantile,
             budget_mib=budget_mib,
             seed=seed,
+            device=device,
         )
         self.tau: float | None = None
 
@@ -303,6 +315,7 @@ def extract(
     seed: int = 0,
     transforms=None,
     image_shape: tuple[int, ...] | None = None,
+    device="cpu",
 ) -> ExtractionResult:
     """Carlini et al. 2023's extraction attack on ``budget`` generations, verified against ``train``.
 
@@ -315,7 +328,8 @@ def extract(
     ``transforms``: None (plain distances) or "default" / a list of names (``probes.transforms``; images in
     pixel space, ``image_shape`` (c, h, w) when the rows are flat): candidate leaders are verified with
     ``find_copies(transforms=...)``'s transform-min distance and holdout calibration, so a model that emits
-    shifted / flipped / cropped training images is caught as the copies stage catches it.
+    shifted / flipped / cropped training images is caught as the copies stage catches it. ``device``: the
+    caller's torch device, for the k-NN engine (``neighbors.search``; linking's range search stays FAISS CPU).
     Algorithm, calibration and defaults: see the module docstring.
     """
     B = int(budget)
@@ -362,6 +376,7 @@ def extract(
             seed=seed,
             name_q="holdout",
             name_b="training set",
+            device=device,
         )
         tau = float(np.quantile(np.sqrt(np.maximum(hr.D[:, 0], 0.0)), holdout_quantile))
         r_link, rule = tau, "ratio_and_holdout"
@@ -379,6 +394,7 @@ def extract(
             budget_mib=budget_mib,
             name_q="training set",
             name_b="training set",
+            device=device,
         )
         r_link = float(ratio_threshold * np.median(np.sqrt(np.maximum(rw.D[:, 0], 0.0))))
     r2 = r_link * r_link
@@ -395,6 +411,7 @@ def extract(
             holdout_quantile,
             budget_mib,
             seed,
+            device,
         )
         tf_names = verifier.names
 
@@ -461,6 +478,7 @@ def extract(
             seed=seed,
             name_q="generated",
             name_b="training set",
+            device=device,
         )
         Dk = np.sqrt(np.maximum(r.D, 0.0))
         nn, d1, d2 = r.I[:, 0], Dk[:, 0], Dk[:, 1]
@@ -496,6 +514,7 @@ def extract(
                 budget_mib=budget_mib,
                 name_q="generated",
                 name_b="cluster leaders",
+                device=device,
             )
             hit = s.D[:, 0] <= r2
             assigned[hit] = s.I[hit, 0]

@@ -121,7 +121,7 @@ def _safe_ratio(d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
     return np.where(d1 == 0, 0.0, d1 / np.where(d2 == 0, np.inf, d2))
 
 
-def _nn_within(train: np.ndarray, rows: np.ndarray, k: int, budget_mib: float, index="auto"):
+def _nn_within(train: np.ndarray, rows: np.ndarray, k: int, budget_mib: float, index="auto", device="cpu"):
     """Euclidean distances (len(rows), k) and indices from train[rows] to its k nearest *other* training items."""
     k = int(min(k, len(train) - 1))
     r = search(
@@ -132,6 +132,7 @@ def _nn_within(train: np.ndarray, rows: np.ndarray, k: int, budget_mib: float, i
         index=index,
         name_q="training set",
         name_b="training set",
+        device=device,
     )
     is_self = r.I == rows[:, None]
     drop = np.where(is_self.any(1), is_self.argmax(1), k)
@@ -141,7 +142,7 @@ def _nn_within(train: np.ndarray, rows: np.ndarray, k: int, budget_mib: float, i
     return D, r.I[keep].reshape(len(rows), k)
 
 
-def _per_transform_nn(queries, xt, transforms, shape, ref, ks, budget_mib, seed):
+def _per_transform_nn(queries, xt, transforms, shape, ref, ks, budget_mib, seed, device="cpu"):
     """For each transform T: the nearest training items under d_T (``probes.transforms``), exactly, for every
     query set of ``queries`` ({name: (n, P) array}) against ONE standardised training view per T.
 
@@ -164,7 +165,15 @@ def _per_transform_nn(queries, xt, transforms, shape, ref, ks, budget_mib, seed)
             k = int(min(ks if isinstance(ks, int) else ks[nm], len(xt)))
             q = standardise(query_view(gq, t).reshape(len(gq), -1), ref)
             r = search(
-                q, b, k, index="exact", budget_mib=budget_mib, seed=seed, name_q=nm, name_b="training set"
+                q,
+                b,
+                k,
+                index="exact",
+                budget_mib=budget_mib,
+                seed=seed,
+                name_q=nm,
+                name_b="training set",
+                device=device,
             )
             Ds[nm].append(np.sqrt(np.maximum(r.D, 0.0)) * sc)
             Is[nm].append(r.I)
@@ -303,6 +312,7 @@ def find_copies(
     budget_mib: float = DEFAULT_BUDGET_MIB,
     seed: int = 0,
     transforms=None,
+    device="cpu",
 ) -> CopyResult:
     """Detect training copies among ``generated`` (n_gen, D) w.r.t. ``train`` (n_train, D).
 
@@ -319,6 +329,7 @@ def find_copies(
     quantile -- becomes the transform-min distance min_T d_T(g, t), found exactly over the whole training set
     (one exact search per transform; see ``_per_transform_nn``), and ``transform`` records the edit that reached
     d1. d2 skips the first neighbour's (near-)duplicates (module docstring).
+    ``device``: the caller's torch device, for the k-NN engine (``neighbors.search``).
     """
     if rule not in RULES:
         raise DiffauditError(f"rule={rule!r} is not known; use one of: {', '.join(RULES)}.")
@@ -380,6 +391,7 @@ def find_copies(
             seed=seed,
             name_q="generated",
             name_b="training set",
+            device=device,
         )
         Dk, Ik = np.sqrt(np.maximum(res.D, 0.0)), res.I
         which = np.zeros(n_gen, np.int64)
@@ -400,6 +412,7 @@ def find_copies(
                 seed=seed,
                 name_q="holdout",
                 name_b="training set",
+                device=device,
             )
             hd1 = np.sqrt(np.maximum(hr.D[:, 0], 0.0))
     else:
@@ -411,7 +424,9 @@ def find_copies(
         tr_s = tr if ident in tr else (*tr, ident)  # near-duplicates are judged by the identity view
         queries = {"generated": xg} if xh is None else {"holdout": xh, "generated": xg}
         ks = {"holdout": 1, "generated": k}
-        D_all, I_all, b_id = _per_transform_nn(queries, xt, tr_s, image_shape, ref, ks, budget_mib, seed)
+        D_all, I_all, b_id = _per_transform_nn(
+            queries, xt, tr_s, image_shape, ref, ks, budget_mib, seed, device
+        )
         kinds = {t.kind for t in tr_s}
         scales = dict.fromkeys(kinds, 1.0)
         if xh is not None:
@@ -490,10 +505,12 @@ def find_copies(
     else:
         rng = np.random.default_rng(seed)
         s = np.sort(rng.choice(n_train, min(n_train, 2000), replace=False))
-        dup_radius = float(ratio_threshold * np.median(_nn_within(xt, s, 1, budget_mib)[0][:, 0]))
+        dup_radius = float(
+            ratio_threshold * np.median(_nn_within(xt, s, 1, budget_mib, device=device)[0][:, 0])
+        )
     near_dup = np.zeros(len(most_copied), np.int64)
     if len(most_copied):
-        Dd, _ = _nn_within(xt, most_copied[:, 0], NEAR_DUP_K, budget_mib)
+        Dd, _ = _nn_within(xt, most_copied[:, 0], NEAR_DUP_K, budget_mib, device=device)
         near_dup = (Dd < dup_radius).sum(1).astype(np.int64)
 
     sims = pct = sim95 = None
@@ -605,6 +622,7 @@ def ct_test(
     budget_mib: float = DEFAULT_BUDGET_MIB,
     seed: int = 0,
     distances: str = "cell",
+    device="cpu",
 ) -> CTResult:
     """C_T test (Meehan et al. 2020, Eq. 3-4) on features (n, D).
 
@@ -626,6 +644,7 @@ def ct_test(
     0.5 / sqrt(m n (m + n + 1) / 12) per cell). C_T is invariant under a common rescaling of the three sets, so
     inputs of extreme magnitude (float32 squares overflow near 1e19) are scaled by a power of two first and the
     distances scaled back. ``seed``: any non-negative integer; FAISS/sklearn get ``seed % (2**31 - 1)``.
+    ``device``: the caller's torch device, for the k-NN engine (``neighbors.search``; k-means stays FAISS).
     """
     from sklearn.decomposition import PCA
 
@@ -696,19 +715,23 @@ def ct_test(
     )
     km.train(np.ascontiguousarray(proj(fit_rows), dtype=np.float32))
     centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
-    cg = search(proj(xg), centroids, 1, index="exact").I[:, 0]
-    ch = search(proj(xh), centroids, 1, index="exact").I[:, 0]
-    ct = search(proj(xt), centroids, 1, index="exact").I[:, 0]
+    cg = search(proj(xg), centroids, 1, index="exact", device=device).I[:, 0]
+    ch = search(proj(xh), centroids, 1, index="exact", device=device).I[:, 0]
+    ct = search(proj(xt), centroids, 1, index="exact", device=device).I[:, 0]
     ng = np.bincount(cg, minlength=n_cells)
     nh = np.bincount(ch, minlength=n_cells)
     nt = np.bincount(ct, minlength=n_cells)
 
     if distances == "global":
         dg = np.sqrt(
-            np.maximum(search(xg, xt, 1, index=index, budget_mib=budget_mib, seed=seed31).D[:, 0], 0)
+            np.maximum(
+                search(xg, xt, 1, index=index, budget_mib=budget_mib, seed=seed31, device=device).D[:, 0], 0
+            )
         )
         dh = np.sqrt(
-            np.maximum(search(xh, xt, 1, index=index, budget_mib=budget_mib, seed=seed31).D[:, 0], 0)
+            np.maximum(
+                search(xh, xt, 1, index=index, budget_mib=budget_mib, seed=seed31, device=device).D[:, 0], 0
+            )
         )
     else:
         dg, dh = np.full(m, np.nan), np.full(n, np.nan)
@@ -717,7 +740,7 @@ def ct_test(
             for x, cells, out in ((xg, cg, dg), (xh, ch, dh)):
                 rows = np.flatnonzero(cells == c)
                 if len(rows):
-                    r = search(x[rows], tc, 1, index=index, budget_mib=budget_mib, seed=seed31)
+                    r = search(x[rows], tc, 1, index=index, budget_mib=budget_mib, seed=seed31, device=device)
                     out[rows] = np.sqrt(np.maximum(r.D[:, 0], 0))
     if scale != 1.0:
         dg, dh = dg * scale, dh * scale
@@ -783,29 +806,47 @@ class AuthResult:
     n_reference: int = 0
 
 
-def _authentic(xq: np.ndarray, xt: np.ndarray, name: str, index, budget_mib: float, seed: int):
+def _authentic(xq: np.ndarray, xt: np.ndarray, name: str, index, budget_mib: float, seed: int, device="cpu"):
     """(nn index, d to it, its NN distance within train, authentic) for each row of ``xq``."""
-    r = search(xq, xt, 1, index=index, budget_mib=budget_mib, seed=seed, name_q=name, name_b="training set")
+    r = search(
+        xq,
+        xt,
+        1,
+        index=index,
+        budget_mib=budget_mib,
+        seed=seed,
+        name_q=name,
+        name_b="training set",
+        device=device,
+    )
     nn = r.I[:, 0]
     d = np.sqrt(np.maximum(r.D[:, 0], 0.0))
     uniq, inv = np.unique(nn, return_inverse=True)
-    Dw, _ = _nn_within(xt, uniq, 1, budget_mib, index=index)
+    Dw, _ = _nn_within(xt, uniq, 1, budget_mib, index=index, device=device)
     r_train = Dw[inv.reshape(-1), 0]
     return nn, d, r_train, d > r_train
 
 
 def authenticity(
-    generated, train, *, reference=None, index="auto", budget_mib: float = DEFAULT_BUDGET_MIB, seed: int = 0
+    generated,
+    train,
+    *,
+    reference=None,
+    index="auto",
+    budget_mib: float = DEFAULT_BUDGET_MIB,
+    seed: int = 0,
+    device="cpu",
 ) -> AuthResult:
     """AuthPct of ``generated`` (n_gen, D) against ``train`` (n_train, D); see ``AuthResult``.
 
     ``reference`` (n_ref, D): real samples not used in training (a holdout); their AuthPct against ``train``
     is the value a generator that samples the data distribution would get (Wilson intervals for both).
+    ``device``: the caller's torch device, for the k-NN engine (``neighbors.search``).
     """
     xg, _ = _flatten(generated, "generated", min_n=1)
     xt, _ = _flatten(train, "training set", min_n=2)
     same_width(xg, xt, "generated", "training set")
-    nn, d_gen, r_train, auth = _authentic(xg, xt, "generated", index, budget_mib, seed)
+    nn, d_gen, r_train, auth = _authentic(xg, xt, "generated", index, budget_mib, seed, device)
     k = int(auth.sum())
     res = AuthResult(
         auth_pct=k / len(xg),
@@ -819,6 +860,6 @@ def authenticity(
     if reference is not None:
         xr, _ = _flatten(reference, "reference (holdout)", min_n=1)
         same_width(xr, xt, "reference (holdout)", "training set")
-        kr = int(_authentic(xr, xt, "reference (holdout)", index, budget_mib, seed)[3].sum())
+        kr = int(_authentic(xr, xt, "reference (holdout)", index, budget_mib, seed, device)[3].sum())
         res.reference, res.reference_ci, res.n_reference = kr / len(xr), wilson_interval(kr, len(xr)), len(xr)
     return res

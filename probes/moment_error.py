@@ -40,6 +40,11 @@ above the analytic sd), 95 % at E1 = 0.09 (d = 16, n = 500), 94 % (d = 8, n = 20
 value and its se are correlated (r ~ 0.9), so a low value gets a short interval and misses above.
 
 Two-sample version (``two_sample_moment_mmd``), for real data without a known population: see its docstring.
+
+On a GPU (``device="cuda"``; ``probes._torch``) both estimators run their eigen-decomposition, whitening,
+second-moment sums and Gram-block variance passes in torch float64 on the device: the same formulas in the same
+precision (``engine="torch"`` runs that path on the CPU too; tests hold it to the numpy path at 1e-10 relative).
+On the CPU (the default) the numpy path runs.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffaudit.errors import DiffauditError
+from diffaudit.probes import _torch
 from diffaudit.probes._checks import as_features, same_width
 from diffaudit.probes.convergence import gaussian_stats
 from diffaudit.probes.stats import normal_interval
@@ -143,13 +149,16 @@ def _check_population(mu, sigma, D: int) -> tuple[np.ndarray, np.ndarray]:
     return mu, (sigma + sigma.T) / 2
 
 
-def _whitener(sigma: np.ndarray, delta: float | None) -> tuple[np.ndarray, np.ndarray, float]:
+def _whitener(
+    sigma: np.ndarray, delta: float | None, eigh=np.linalg.eigh
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(Wt (D, k), p (k,), delta) with y = (x - mu) @ Wt and P = diag(p) the population's whitened moment.
 
     Whitening in the eigenbasis of sigma, diag((lam + delta)^-1/2) V^T: E1 and the quadratic kernel are
     invariant under rotations of y, so this equals W = (sigma + delta I)^(-1/2) and saves a product.
+    ``eigh``: the symmetric eigen-decomposition to use (numpy's, or ``_device_eigh``).
     """
-    lam, V = np.linalg.eigh(sigma)
+    lam, V = eigh(sigma)
     tot = float(np.abs(lam).sum())
     neg = float(np.abs(lam[lam < 0]).sum()) / tot if tot > 0 else 0.0
     if neg > 1e-6:
@@ -170,16 +179,18 @@ def _whitener(sigma: np.ndarray, delta: float | None) -> tuple[np.ndarray, np.nd
     return V / np.sqrt(lam + delta), lam / (lam + delta), delta
 
 
-def _residual_whitener(S: np.ndarray, delta: float | None, k: int) -> tuple[np.ndarray, float, float]:
+def _residual_whitener(
+    S: np.ndarray, delta: float | None, k: int, eigh=np.linalg.eigh
+) -> tuple[np.ndarray, float, float]:
     """(Wt (D, D), s_res2, delta): y = (x - mu) @ Wt = [W_k (x - mu); (I - P_k)(x - mu) / s_res] in S's eigenbasis.
 
     The top k principal directions of S are whitened with (lam_i + delta)^(-1/2); the orthogonal complement is
     kept and scaled by ONE scalar, s_res^2 = mean(lam_k+1..D) + delta (isotropic whitening of the residual), so
     no direction of feature space is dropped. k = D is the full whitening, k = 0 the isotropic one. The
     kernel (a^T b)^2 is rotation-invariant, so the complement's coordinates in S's eigenbasis stand for
-    (I - P_k)(x - mu) without forming P_k.
+    (I - P_k)(x - mu) without forming P_k. ``eigh`` as in ``_whitener``.
     """
-    lam, V = np.linalg.eigh(S)
+    lam, V = eigh(S)
     lam = np.clip(lam, 0.0, None)[::-1]
     V = V[:, ::-1]
     D = len(lam)
@@ -199,6 +210,38 @@ def _residual_whitener(S: np.ndarray, delta: float | None, k: int) -> tuple[np.n
             "delta > 0 (or None for the default)."
         )
     return V / np.sqrt(scale), s_res2, delta
+
+
+def _device_eigh(dev):
+    """``np.linalg.eigh`` computed by torch in float64 on ``dev`` (host arrays in and out)."""
+
+    def eigh(sigma: np.ndarray):
+        import torch
+
+        lam, V = torch.linalg.eigh(_torch.to_float64(sigma, dev))
+        return lam.cpu().numpy(), V.cpu().numpy()
+
+    return eigh
+
+
+def _whiten_torch(x: np.ndarray, mu: np.ndarray, Wt: np.ndarray, budget_mib: float, dev):
+    """``_whiten`` on ``dev``: Y = (x - mu) @ Wt as a float64 tensor there, x uploaded in row blocks."""
+    import torch
+
+    rows = _rows_per_block(x.shape[1], budget_mib)
+    mu_t, W = _torch.to_float64(mu, dev), _torch.to_float64(Wt, dev)
+    return torch.cat(
+        [(_torch.to_float64(x[i0 : i0 + rows], dev) - mu_t) @ W for i0 in range(0, len(x), rows)]
+    )
+
+
+def _second_moment_sums_torch(Y, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_second_moment_sums`` of a float64 tensor, streamed in row blocks on its device; host arrays out."""
+    S2 = Y.new_zeros((Y.shape[1], Y.shape[1]))
+    for i0 in range(0, len(Y), rows):
+        b = Y[i0 : i0 + rows]
+        S2 += b.T @ b
+    return S2.cpu().numpy(), Y.sum(0).cpu().numpy(), (Y * Y).sum(1).cpu().numpy()
 
 
 def _whiten_blocks(x: np.ndarray, mu: np.ndarray, Wt: np.ndarray, rows: int):
@@ -251,6 +294,35 @@ def _u2_zetas_streamed(Y: np.ndarray, p: np.ndarray, rows: int) -> tuple[float, 
         H[idx - i0, idx] = 0.0
         r[i0 : i0 + rows] = H.sum(1)
         Q += float((H * H).sum())
+    return _u2_zetas_from_sums(m, r, Q)
+
+
+def _u2_zetas_torch(Y, p: np.ndarray, rows: int) -> tuple[float, float, float]:
+    """``_u2_zetas_streamed`` with ``Y`` a float64 tensor: the Gram blocks on its device."""
+    import torch
+
+    m = len(Y)
+    p_t = _torch.to_float64(p, Y.device)
+    q = (Y * Y) @ p_t
+    pp = float(p @ p)
+    r = Y.new_zeros(m)
+    Q = Y.new_zeros(())
+    for i0 in range(0, m, rows):
+        i1 = min(i0 + rows, m)
+        H = Y[i0:i1] @ Y.T
+        H *= H
+        H -= q[i0:i1, None]
+        H -= q[None, :]
+        H += pp
+        idx = torch.arange(i0, i1, device=Y.device)
+        H[idx - i0, idx] = 0.0
+        r[i0:i1] = H.sum(1)
+        Q += (H * H).sum()
+    return _u2_zetas_from_sums(m, r.cpu().numpy(), float(Q))
+
+
+def _u2_zetas_from_sums(m: int, r: np.ndarray, Q: float) -> tuple[float, float, float]:
+    """(theta, zeta1, zeta2) from the kernel matrix's row sums ``r`` (m,) and squared sum ``Q`` (zero diagonal)."""
     S = float(r.sum())
     T = float(r @ r) - Q
     theta = S / _ff(m, 2)
@@ -267,6 +339,8 @@ def whitened_moment_error(
     confidence: float = 0.95,
     budget_mib: float = DEFAULT_BUDGET_MIB,
     max_variance_rows: int = MAX_VARIANCE_ROWS,
+    device="cpu",
+    engine: str = "auto",
 ) -> MomentErrorResult:
     """E1 of ``generated`` (n, D) against the population moments ``mu`` (D,), ``sigma`` (D, D).
 
@@ -277,24 +351,32 @@ def whitened_moment_error(
     as (v / delta)^2 / d -- a real failure (off-support mass), not noise. ``confidence``: Wald interval from
     the exact U-statistic variance; its zetas are unbiased distinct-index averages over the first
     ``max_variance_rows`` rows (all rows when fewer), streamed in Gram blocks sized from ``budget_mib``.
+    ``device``/``engine``: on a CUDA device the linear algebra runs there in float64 (module docstring).
     """
     x = as_features(generated, "generated features", min_n=4)
     n, D = x.shape
     mu, sigma = _check_population(mu, sigma, D)
     if not 0 < confidence < 1:
         raise DiffauditError(f"confidence={confidence} must be between 0 and 1, e.g. 0.95.")
-    Wt, p, delta = _whitener(sigma, delta)
+    dev = _torch.torch_device(device) if _torch.use_torch(engine, device) else None
+    Wt, p, delta = _whitener(sigma, delta, np.linalg.eigh if dev is None else _device_eigh(dev))
     d = len(p)
-    Y = _whiten(x, mu, Wt, budget_mib)
-    S2, s1, sq = _second_moment_sums(Y, _rows_per_block(d, budget_mib))
-    q = (Y * Y) @ p
+    m = min(n, max(4, int(max_variance_rows)))
+    if dev is None:
+        Y = _whiten(x, mu, Wt, budget_mib)
+        S2, s1, sq = _second_moment_sums(Y, _rows_per_block(d, budget_mib))
+        q = (Y * Y) @ p
+        _, zeta1, zeta2 = _u2_zetas_streamed(Y[:m], p, _rows_per_block(m, budget_mib))
+    else:
+        Y = _whiten_torch(x, mu, Wt, budget_mib, dev)
+        S2, s1, sq = _second_moment_sums_torch(Y, _rows_per_block(d, budget_mib))
+        q = ((Y * Y) @ _torch.to_float64(p, dev)).cpu().numpy()
+        _, zeta1, zeta2 = _u2_zetas_torch(Y[:m], p, _rows_per_block(m, budget_mib))
     pp = float(p @ p)
     cross = (float((S2 * S2).sum()) - float((sq * sq).sum())) / _ff(n, 2)  # mean_{i != j} (y_i^T y_j)^2
     value = (cross - 2.0 * float(q.mean()) + pp) / d
     plugin = float(((S2 / n - np.diag(p)) ** 2).sum()) / d
     mean_part = (float(s1 @ s1) - float(sq.sum())) / _ff(n, 2) / d
-    m = min(n, max(4, int(max_variance_rows)))
-    _, zeta1, zeta2 = _u2_zetas_streamed(Y[:m], p, _rows_per_block(m, budget_mib))
     # Var = 4 zeta1 / n + 2 (zeta2 - 2 zeta1) / (n (n-1)) (= u2_variance); zeta2 - 2 zeta1 = tr C^2 of phi is the
     # degenerate part. zeta1's unbiased estimate is noisy around 0 at the null: clip it, not the total.
     var = (4.0 * max(zeta1, 0.0) / n + 2.0 * max(zeta2 - 2.0 * zeta1, 0.0) / _ff(n, 2)) / d**2
@@ -324,15 +406,9 @@ def max_whitening_rank(n_half: int, inflation: float = WHITENING_INFLATION) -> i
     return k
 
 
-def _two_sample_variance(X: np.ndarray, Y: np.ndarray, M: int, N: int, rows: int) -> float:
-    """Variance of the unbiased MMD^2 with kernel k(a, b) = (a^T b)^2 at sample sizes (M, N).
-
-    With phi = vec(y y^T), means mu/nu, covariances C_a/C_b and Delta = mu - nu, the statistic is
-    |Delta|^2 + 2<Delta, a_bar> - 2<Delta, b_bar> + three degenerate U-terms, all uncorrelated, so exactly
-    Var = 4 D'C_aD / M + 4 D'C_bD / N + 2 tr C_a^2 / (M (M-1)) + 2 tr C_b^2 / (N (N-1)) + 4 tr C_a C_b / (M N).
-    Each moment is estimated without bias from distinct-index averages of the kernel matrices of ``X`` (m, k)
-    and ``Y`` (n, k) (the rows given may be a subset of the M, N rows), streamed in Gram blocks.
-    """
+def _two_sample_sums(X: np.ndarray, Y: np.ndarray, rows: int):
+    """Row sums and squared sums of the kernel matrices (a^T b)^2 of ``X`` (m, k) and ``Y`` (n, k), diagonals
+    of the within-sample ones left out: (rx (m,), Qxx, ry (n,), Qyy, cx (m,), cy (n,), Qxy)."""
     m, n = len(X), len(Y)
 
     def within(Z):
@@ -353,6 +429,47 @@ def _two_sample_variance(X: np.ndarray, Y: np.ndarray, M: int, N: int, rows: int
         cx[i0 : i0 + rows] = K.sum(1)
         cy += K.sum(0)
         Qxy += float((K * K).sum())
+    return rx, Qxx, ry, Qyy, cx, cy, Qxy
+
+
+def _two_sample_sums_torch(X, Y, rows: int):
+    """``_two_sample_sums`` of float64 tensors on one device; host arrays and floats out."""
+    import torch
+
+    def within(Z):
+        r, Q = Z.new_zeros(len(Z)), Z.new_zeros(())
+        for i0 in range(0, len(Z), rows):
+            i1 = min(i0 + rows, len(Z))
+            K = (Z[i0:i1] @ Z.T) ** 2
+            idx = torch.arange(i0, i1, device=Z.device)
+            K[idx - i0, idx] = 0.0
+            r[i0:i1] = K.sum(1)
+            Q += (K * K).sum()
+        return r.cpu().numpy(), float(Q)
+
+    rx, Qxx = within(X)
+    ry, Qyy = within(Y)
+    cx, cy, Qxy = X.new_zeros(len(X)), Y.new_zeros(len(Y)), X.new_zeros(())
+    for i0 in range(0, len(X), rows):
+        K = (X[i0 : i0 + rows] @ Y.T) ** 2
+        cx[i0 : i0 + rows] = K.sum(1)
+        cy += K.sum(0)
+        Qxy += (K * K).sum()
+    return rx, Qxx, ry, Qyy, cx.cpu().numpy(), cy.cpu().numpy(), float(Qxy)
+
+
+def _two_sample_variance(X, Y, M: int, N: int, rows: int, sums=_two_sample_sums) -> float:
+    """Variance of the unbiased MMD^2 with kernel k(a, b) = (a^T b)^2 at sample sizes (M, N).
+
+    With phi = vec(y y^T), means mu/nu, covariances C_a/C_b and Delta = mu - nu, the statistic is
+    |Delta|^2 + 2<Delta, a_bar> - 2<Delta, b_bar> + three degenerate U-terms, all uncorrelated, so exactly
+    Var = 4 D'C_aD / M + 4 D'C_bD / N + 2 tr C_a^2 / (M (M-1)) + 2 tr C_b^2 / (N (N-1)) + 4 tr C_a C_b / (M N).
+    Each moment is estimated without bias from distinct-index averages of the kernel matrices of ``X`` (m, k)
+    and ``Y`` (n, k) (the rows given may be a subset of the M, N rows), streamed in Gram blocks by ``sums``
+    (``_two_sample_sums``, or ``_two_sample_sums_torch`` for tensors).
+    """
+    m, n = len(X), len(Y)
+    rx, Qxx, ry, Qyy, cx, cy, Qxy = sums(X, Y, rows)
     Sxx, Syy, Sxy = float(rx.sum()), float(ry.sum()), float(cx.sum())
     Txx, Tyy = float(rx @ rx) - Qxx, float(ry @ ry) - Qyy
     Tx, Ty = float(cx @ cx) - Qxy, float(cy @ cy) - Qxy  # same x / distinct y's; same y / distinct x's
@@ -390,6 +507,8 @@ def two_sample_moment_mmd(
     seed: int = 0,
     budget_mib: float = DEFAULT_BUDGET_MIB,
     max_variance_rows: int = MAX_VARIANCE_ROWS,
+    device="cpu",
+    engine: str = "auto",
 ) -> MomentErrorResult:
     """E1 of ``generated`` (n_g, D) against a reference sample ``reference`` (n_r, D) (the holdout).
 
@@ -433,6 +552,7 @@ def two_sample_moment_mmd(
     moments estimated without bias on the first ``max_variance_rows`` rows of each sample; the linear part is
     clipped at 0 as a whole. It covers the value conditional on A (the target at the coordinates A fixed);
     measured (d = 8, n_g = 300, n_ref = 600, 1,000 draws): 98.8 % at the null, 94.3 % at E1 = 0.09.
+    ``device``/``engine``: on a CUDA device the linear algebra runs there in float64 (module docstring).
     """
     x = as_features(generated, "generated features", min_n=4)
     ref = as_features(reference, "reference features", min_n=16)
@@ -452,14 +572,28 @@ def two_sample_moment_mmd(
                 "pass None for the derived rank."
             )
         k = min(D, int(rank))
-    mu_A, S_A = gaussian_stats(A, budget_mib=budget_mib, name="reference features")
-    Wt, s_res2, delta = _residual_whitener(S_A, delta, k)
-    Yg = _whiten(x, mu_A, Wt, budget_mib)
-    Yb = _whiten(B, mu_A, Wt, budget_mib)
-    M, N = len(Yg), len(Yb)
+    dev = _torch.torch_device(device) if _torch.use_torch(engine, device) else None
+    mu_A, S_A = gaussian_stats(
+        A, budget_mib=budget_mib, name="reference features", device=device, engine=engine
+    )
+    Wt, s_res2, delta = _residual_whitener(
+        S_A, delta, k, np.linalg.eigh if dev is None else _device_eigh(dev)
+    )
+    M, N = len(x), len(B)
     rows = _rows_per_block(D, budget_mib)
-    Sg, sg, qg = _second_moment_sums(Yg, rows)
-    Sb, sb, qb = _second_moment_sums(Yb, rows)
+    mv = max(4, int(max_variance_rows))
+    if dev is None:
+        Yg = _whiten(x, mu_A, Wt, budget_mib)
+        Yb = _whiten(B, mu_A, Wt, budget_mib)
+        Sg, sg, qg = _second_moment_sums(Yg, rows)
+        Sb, sb, qb = _second_moment_sums(Yb, rows)
+        sums = _two_sample_sums
+    else:
+        Yg = _whiten_torch(x, mu_A, Wt, budget_mib, dev)
+        Yb = _whiten_torch(B, mu_A, Wt, budget_mib, dev)
+        Sg, sg, qg = _second_moment_sums_torch(Yg, rows)
+        Sb, sb, qb = _second_moment_sums_torch(Yb, rows)
+        sums = _two_sample_sums_torch
     u_gg = (float((Sg * Sg).sum()) - float((qg * qg).sum())) / _ff(M, 2)
     u_bb = (float((Sb * Sb).sum()) - float((qb * qb).sum())) / _ff(N, 2)
     u_gb = float((Sg * Sb).sum()) / (M * N)
@@ -470,9 +604,8 @@ def two_sample_moment_mmd(
         + (float(sb @ sb) - float(qb.sum())) / _ff(N, 2)
         - 2.0 * float(sg @ sb) / (M * N)
     ) / D
-    mv = max(4, int(max_variance_rows))
     Xv, Yv = Yg[:mv], Yb[:mv]
-    var = _two_sample_variance(Xv, Yv, M, N, _rows_per_block(max(len(Xv), len(Yv)), budget_mib)) / D**2
+    var = _two_sample_variance(Xv, Yv, M, N, _rows_per_block(max(len(Xv), len(Yv)), budget_mib), sums) / D**2
     whitening = "full" if k == D else ("isotropic" if k == 0 else "top-k+isotropic-residual")
     m_iso = (n_half - 1) * D  # chi-square degrees of freedom of the isotropic scale (Gaussian data)
     inflation = whitening_inflation(k, n_half) if k else m_iso**2 / ((m_iso - 2) * (m_iso - 4))

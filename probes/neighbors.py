@@ -15,8 +15,17 @@ Index options (``index=``): ``"exact"`` (the blocked brute force above), ``"ivf"
 index, ``IndexIVFFlat``: k-means cells, only ``nprobe`` cells searched; its candidates are re-ranked
 exactly, and ``search`` reports recall@1 against exact search on a sample of queries), ``"auto"``
 (IVF from ``IVF_AUTO_MIN`` database vectors up, exact below), or a prebuilt ``faiss.Index`` over
-``xb`` (e.g. from ``diffaudit.index_cache.cached_index``). The exact brute force runs on a GPU when the
-installed FAISS sees one (``gpu="auto"``); the float64 re-ranking makes its results equal to the CPU's.
+``xb`` (e.g. from ``diffaudit.index_cache.cached_index``).
+
+Engines of the exact brute force (``engine="auto"`` picks the first that applies; ``KnnResult.device`` says
+which ran): FAISS on a GPU when the installed FAISS sees one (``gpu="auto"``; ``"gpu"``); else, when the caller
+passes a CUDA ``device``, the torch engine ``probes.knn_torch`` on that device (``"gpu-torch"``: blocked float32
+matmul + top-k, float64 re-ranking on the device; the CPU-only FAISS wheel is all there is on CUDA 13); else
+FAISS on the CPU (``"cpu"``). ``engine="torch"`` runs the torch engine on ``device`` even on the CPU
+(``"cpu-torch"``), ``engine="faiss"`` never does. The float64 re-ranking makes every engine's results equal up
+to exact ties (rows at the same float64 distance): the torch engine keeps a tied group in index order even
+in its float32 selection, FAISS's BLAS path may keep a later member of a group larger than the candidate list.
+IVF probing is always FAISS on the CPU.
 """
 
 # ruff: noqa: E741  (D, I follow FAISS naming)
@@ -27,12 +36,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffaudit.errors import DiffauditError
+from diffaudit.probes import knn_torch
 from diffaudit.probes._checks import as_features, same_width
+from diffaudit.probes._torch import is_cuda
 
 DEFAULT_BUDGET_MIB = 512
 IVF_AUTO_MIN = 4_000_000  # "auto" switches to IVF from this many database vectors up
 DEFAULT_RECALL_SAMPLE = 1000  # queries checked against exact search to estimate IVF recall@1
 _RERANK_EXTRA = 4  # extra float32 candidates kept per query before exact float64 re-ranking
+ENGINES = ("auto", "faiss", "torch")  # exact-search engines (module docstring)
 
 
 def _faiss():
@@ -119,7 +131,7 @@ class KnnResult:
     D: np.ndarray
     I: np.ndarray
     method: str  # "exact" | "ivf"
-    device: str  # "cpu" | "gpu"
+    device: str  # the engine that ran: "cpu" | "gpu" (FAISS) | "gpu-torch" | "cpu-torch" (knn_torch)
     recall_at_1: float = 1.0
     recall_sample: int = 0
     nlist: int | None = None
@@ -144,12 +156,44 @@ def _use_gpu(gpu) -> bool:
     if gpu is True or gpu == "gpu":
         if not gpu_available():
             raise DiffauditError(
-                "gpu=True but the installed FAISS sees no GPU; use gpu='auto' or install faiss-gpu."
+                "gpu=True but the installed FAISS sees no GPU; use gpu='auto' (with device='cuda' the torch "
+                "engine runs on the GPU) or install faiss-gpu."
             )
         return True
     if gpu is False or gpu == "cpu":
         return False
     raise DiffauditError(f"gpu={gpu!r} is not understood; use 'auto', True or False.")
+
+
+def _engine(engine: str, gpu, device) -> str:
+    """The exact-search engine (module docstring), named as ``KnnResult.device`` reports it."""
+    if engine not in ENGINES:
+        raise DiffauditError(f"engine={engine!r} is not understood; use one of {', '.join(ENGINES)}.")
+    if engine == "torch":
+        return "gpu-torch" if is_cuda(device) else "cpu-torch"
+    if _use_gpu(gpu):
+        return "gpu"
+    if engine == "auto" and gpu not in (False, "cpu") and is_cuda(device):
+        return "gpu-torch"
+    return "cpu"
+
+
+def _exact(xq, xb, k, kk, metric, budget_mib, exclude_self, rerank, engine, device, own=None):
+    """The blocked exact search on ``engine`` (``_engine``'s name)."""
+    if engine.endswith("-torch"):
+        return knn_torch.exact_search(
+            xq,
+            xb,
+            k,
+            kk,
+            metric=metric,
+            device=device,
+            budget_mib=budget_mib,
+            exclude_self=exclude_self,
+            rerank=rerank,
+            own=own,
+        )
+    return _exact_blocks(xq, xb, k, kk, metric, budget_mib, exclude_self, rerank, engine == "gpu", own=own)
 
 
 def _gpu_res():
@@ -278,6 +322,8 @@ def search(
     metric: str = "l2",
     index="auto",
     gpu="auto",
+    device="cpu",
+    engine: str = "auto",
     budget_mib: float = DEFAULT_BUDGET_MIB,
     exclude_self: bool = False,
     rerank: bool = True,
@@ -296,6 +342,9 @@ def search(
     IVF: ``nprobe`` cells are searched; with ``target_recall`` (and no fixed ``nprobe``) nprobe starts
     at 8 and doubles until recall@1 on ``recall_sample`` random queries reaches it (or all cells are
     searched). Candidates (k + 4 per query) are always re-ranked in float64.
+    ``engine``/``gpu``/``device``: which engine runs the exact search (module docstring); ``device`` is the
+    caller's torch device ("cpu", "cuda", "cuda:1"), ``gpu`` governs FAISS's own GPU (``gpu=False``: no GPU
+    at all unless ``engine="torch"``).
     """
     _check_metric(metric)
     xq = as_features(xq, name_q, min_n=1)
@@ -310,8 +359,7 @@ def search(
             f"use k <= {nb - (1 if exclude_self else 0)} or a larger {name_b}."
         )
     kk = min(nb, k_eff + (_RERANK_EXTRA if rerank else 0))
-    use_gpu = _use_gpu(gpu)
-    device = "gpu" if use_gpu else "cpu"
+    eng = _engine(engine, gpu, device)
 
     prebuilt = None
     if isinstance(index, str):
@@ -336,8 +384,8 @@ def search(
             )
 
     if method == "exact":
-        D, I = _exact_blocks(xq, xb, k, kk, metric, budget_mib, exclude_self, rerank, use_gpu)
-        return KnnResult(D, I, "exact", device, 1.0, 0)
+        D, I = _exact(xq, xb, k, kk, metric, budget_mib, exclude_self, rerank, eng, device)
+        return KnnResult(D, I, "exact", eng, 1.0, 0)
 
     ivf = (
         prebuilt
@@ -354,7 +402,7 @@ def search(
     n_sample = len(sample) if sample is not None else 0
     if n_sample:
         own = sample if exclude_self else None
-        De, _ = _exact_blocks(
+        De, _ = _exact(
             xq[sample],
             xb,
             1,
@@ -363,7 +411,8 @@ def search(
             budget_mib,
             exclude_self,
             True,
-            use_gpu,
+            eng,
+            device,
             own=own,
         )
 
@@ -404,6 +453,8 @@ def knn(
     name_b: str = "database",
     index="auto",
     gpu="auto",
+    device="cpu",
+    engine: str = "auto",
     **ivf_options,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k-NN of each row of ``xq`` (nq, D) among the rows of ``xb`` (nb, D).
@@ -411,8 +462,8 @@ def knn(
     Returns ``(D, I)``, both ``(nq, k)``: ``D`` float64 (squared L2 ascending, or inner product
     descending), ``I`` int64 database indices. With ``exclude_self`` (``xq`` is ``xb``), row ``i``'s
     own index is dropped from its list, as k-NN radii of a set within itself require.
-    ``index``/``gpu``/``ivf_options`` as in ``search`` (which also reports IVF recall@1); the
-    default ``index="auto"`` stays exact below ``IVF_AUTO_MIN`` database vectors.
+    ``index``/``gpu``/``device``/``engine``/``ivf_options`` as in ``search`` (which also reports IVF
+    recall@1); the default ``index="auto"`` stays exact below ``IVF_AUTO_MIN`` database vectors.
     """
     r = search(
         xq,
@@ -426,6 +477,8 @@ def knn(
         name_b=name_b,
         index=index,
         gpu=gpu,
+        device=device,
+        engine=engine,
         **ivf_options,
     )
     return r.D, r.I

@@ -21,6 +21,7 @@ import numpy as np
 
 from diffaudit.datasets.loading import check_magnitude
 from diffaudit.datasets.moments import population_moments
+from diffaudit.device import resolve_device
 from diffaudit.errors import DiffauditError, ModelError
 from diffaudit.features import embed_cached
 from diffaudit.models.contract import DenoiserModel
@@ -92,6 +93,13 @@ class Context:
         """A seeded subsample of at most ``k`` rows (in original order)."""
         k = min(len(x), int(k))
         return x if k == len(x) else x[np.sort(self.rng(salt).choice(len(x), k, replace=False))]
+
+
+def probe_device(ctx) -> str:
+    """The audit's torch device for the probes, ``cfg.device`` resolved ("cpu", "cuda"): on a GPU the k-NN
+    search and the float64 statistics run there (``probes._torch``). A context whose config names no device
+    (a test's stand-in) gets "auto"."""
+    return str(resolve_device(getattr(ctx.cfg, "device", "auto")))
 
 
 def metric(value, ci=None) -> dict | None:
@@ -207,7 +215,7 @@ def moments(ctx: Context) -> None:
     flat = ctx.gen.reshape(len(ctx.gen), -1)
     if ctx.dataset is not None and ctx.embedder.name == "pixels" and ctx.embedder.id == "pixels":
         mu, sigma, n_ref = population_moments(ctx.dataset)
-        r = me.whitened_moment_error(flat, mu, sigma)
+        r = me.whitened_moment_error(flat, mu, sigma, device=probe_device(ctx))
         ref = (
             f"the population of {ctx.dataset.spec} ({n_ref} reference samples)"
             if n_ref
@@ -215,7 +223,7 @@ def moments(ctx: Context) -> None:
         )
     elif ctx.fh is not None:
         try:
-            r = me.two_sample_moment_mmd(ctx.fg, ctx.fh, seed=ctx.cfg.seed)
+            r = me.two_sample_moment_mmd(ctx.fg, ctx.fh, seed=ctx.cfg.seed, device=probe_device(ctx))
         except DiffauditError as e:  # a holdout too small to whiten: the rest of the audit still stands
             ctx.skipped.append({"probe": "convergence.moment_error", "reason": str(e)})
             ctx.details.setdefault("convergence", {})["moment_error_skipped"] = str(e)
@@ -242,7 +250,7 @@ def moments(ctx: Context) -> None:
 
 def convergence(ctx: Context) -> None:
     """FD (with its real-vs-real floor), KID, precision/recall/density/coverage against the holdout."""
-    cfg, fg, ft, fh = ctx.cfg, ctx.fg, ctx.ft, ctx.fh
+    cfg, fg, ft, fh, dev = ctx.cfg, ctx.fg, ctx.ft, ctx.fh, probe_device(ctx)
     big = fg.shape[1] > cfg.boot_max_dim
     if big:
         ctx.skipped.append(
@@ -254,22 +262,22 @@ def convergence(ctx: Context) -> None:
             }
         )
     else:
-        ctx.put("convergence.fd_gen_train", cv.frechet_distance(fg, ft).value)
+        ctx.put("convergence.fd_gen_train", cv.frechet_distance(fg, ft, device=dev).value)
     n_eq = min(len(fg), len(ft))
-    fd = cv.frechet_distance(fg, fh)
+    fd = cv.frechet_distance(fg, fh, device=dev)
     ctx.put("convergence.fd", fd.value)
-    fd_eq = fd if n_eq == len(fg) else cv.frechet_distance(ctx.subsample(fg, n_eq, 0xC0), fh)
+    fd_eq = fd if n_eq == len(fg) else cv.frechet_distance(ctx.subsample(fg, n_eq, 0xC0), fh, device=dev)
     ctx.put("convergence.fd_equal_n", fd_eq.value)
     floor = cv.frechet_distance(
-        ctx.subsample(ft, n_eq, 0xC1), fh, n_boot=0 if big else cfg.n_boot, seed=cfg.seed
+        ctx.subsample(ft, n_eq, 0xC1), fh, n_boot=0 if big else cfg.n_boot, seed=cfg.seed, device=dev
     )
     # the floor's spread at this sample size (a BCa interval of its population value, ~0, says little here)
     ctx.put("convergence.fd_train_holdout", floor.value, floor.spread_ci)
     ctx.put("convergence.fd_ratio", fd_eq.value / floor.value if floor.value > 0 else None)
     m_kid = int(min(cfg.kid_subset_size, max(2, min(len(fg), len(fh)) // 2)))
-    k = cv.kid(fg, fh, n_subsets=cfg.kid_subsets, subset_size=m_kid, seed=cfg.seed)
+    k = cv.kid(fg, fh, n_subsets=cfg.kid_subsets, subset_size=m_kid, seed=cfg.seed, device=dev)
     ctx.put("convergence.kid", k.value, k.value_ci)  # interval from disjoint blocks, centred on their mean
-    pr, dc = cv.prdc(fh, fg)
+    pr, dc = cv.prdc(fh, fg, device=dev)
     ctx.put("convergence.precision", pr.precision, pr.precision_ci)
     ctx.put("convergence.recall", pr.recall, pr.recall_ci)
     ctx.put("convergence.density", dc.density)
@@ -317,6 +325,7 @@ def copies(ctx: Context) -> None:
         seed=ctx.cfg.seed,
         transforms=None if shape is None else "default",
         image_shape=shape,
+        device=probe_device(ctx),
     )
     partial = partial_skipped = None
     if ctx.gen.ndim == 4 and ctx.holdout is not None:
@@ -412,6 +421,7 @@ def extraction(ctx: Context) -> None:
         gallery_size=0,
         transforms=None if shape is None else "default",
         image_shape=shape,
+        device=probe_device(ctx),
     )
     ctx.put("memorization.unique_extracted", r.unique_train_extracted)
     ctx.put("memorization.extraction_yield", r.extraction_yield)
@@ -457,9 +467,10 @@ def copy_tests(ctx: Context) -> None:
         ctx.subsample(ctx.fg, ctx.cfg.max_ct_samples, 0xC8),
         ctx.subsample(ctx.fh, ctx.cfg.max_ct_samples, 0xC9),
     )
-    ct = mem.ct_test(fg_s, ctx.ft, fh_s, seed=ctx.cfg.seed, max_kmeans_fit=20_000)
+    dev = probe_device(ctx)
+    ct = mem.ct_test(fg_s, ctx.ft, fh_s, seed=ctx.cfg.seed, max_kmeans_fit=20_000, device=dev)
     ctx.put("memorization.ct", ct.c_t)
-    au = mem.authenticity(fg_s, ctx.ft, reference=fh_s)
+    au = mem.authenticity(fg_s, ctx.ft, reference=fh_s, device=dev)
     ctx.put("memorization.auth_pct", au.auth_pct, au.auth_pct_ci)
     ctx.put("memorization.auth_pct_reference", au.reference, getattr(au, "reference_ci", None))
     ctx.details.setdefault("memorization", {})["ct_auth_n"] = [int(len(fg_s)), int(len(fh_s))]
