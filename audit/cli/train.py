@@ -9,6 +9,7 @@ import click
 from diffaudit.datasets.base import get_dataset
 from diffaudit.datasets.loading import load_samples
 from diffaudit.errors import DiffauditError
+from diffaudit.harness.edm import PROPOSAL_STD_RANGE, SIGMA_SAMPLINGS
 from diffaudit.harness.train import TrainConfig, train
 from diffaudit.pipeline.setup import data_seeds
 
@@ -51,8 +52,56 @@ from diffaudit.pipeline.setup import data_seeds
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run folder for the checkpoint."
 )
+@click.option(
+    "--noise-draws",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="K (sigma, noise) draws per training item and step: each step makes batch x K denoiser "
+    "evaluations, so its compute grows K-fold.",
+)
+@click.option(
+    "--sigma-sampling",
+    type=click.Choice(SIGMA_SAMPLINGS),
+    default="lognormal",
+    show_default=True,
+    help="How a step's noise levels are drawn from EDM's log-normal: iid, or stratified (one draw per "
+    "quantile stratum of batch x K, shuffled over the items).",
+)
+@click.option(
+    "--sigma-proposal-std",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="Importance sampling: draw ln(sigma) with this std instead of EDM's 1.2 and weight each term by "
+    f"p/q (unbiased); 0 = off, else in ({PROPOSAL_STD_RANGE[0]:.3f}, {PROPOSAL_STD_RANGE[1]:.1f}].",
+)
+@click.option(
+    "--grad-variance",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="R >= 2: at every logged step, measure the minibatch gradient's variance from R extra gradients "
+    "(grad_var in stats.jsonl; R more forward/backward passes per log line, training unchanged); 0 = off.",
+)
 @click.option("--quiet", is_flag=True, help="No per-log progress lines.")
-def train_cmd(dataset_spec, train_path, n_train, model_spec, steps, batch, lr, seed, device, out_dir, quiet):
+def train_cmd(
+    dataset_spec,
+    train_path,
+    n_train,
+    model_spec,
+    steps,
+    batch,
+    lr,
+    seed,
+    device,
+    out_dir,
+    quiet,
+    noise_draws,
+    sigma_sampling,
+    sigma_proposal_std,
+    grad_variance,
+):
     """Train an EDM denoiser and write a checkpoint that `diffaudit audit ckpt:DIR` reads.
 
     \b
@@ -60,6 +109,18 @@ def train_cmd(dataset_spec, train_path, n_train, model_spec, steps, batch, lr, s
       diffaudit train --dataset hidden-manifold:d=32 --n-train 512 --steps 8000 --out runs/hm512
       diffaudit train --train my_samples.npy --model mlp:width=128,depth=3 --out runs/mine
     """
+    cfg = TrainConfig(
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        device=device,
+        noise_draws=noise_draws,
+        sigma_sampling=sigma_sampling,
+        sigma_proposal_std=sigma_proposal_std,
+        grad_variance=grad_variance,
+    )
+    cfg.check()  # before the data is drawn or loaded
     if (dataset_spec is None) == (train_path is None):
         raise DiffauditError("give exactly one of --dataset SPEC or --train PATH.")
     if dataset_spec is not None:
@@ -82,7 +143,6 @@ def train_cmd(dataset_spec, train_path, n_train, model_spec, steps, batch, lr, s
                 )
             x = x[:n_train]
         spec = f"file:{train_path}"
-    cfg = TrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, device=device)
     res = train(x, model_spec, cfg, out_dir=out_dir, progress=not quiet, dataset_spec=spec)
     last = res.stats[-1]
     click.echo(

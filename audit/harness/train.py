@@ -8,9 +8,12 @@ reproduce this loop model by model):
 
 1. the network's initial weights: ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng``;
 2. one ``torch.Generator`` on the training device seeded with ``seed``; every step draws, in this
-   order, the batch indices (``BatchSampler``: epochs of ``randperm``), then sigma (B,) and noise
-   (B, *shape) (``diffaudit.edm.draw_sigma_noise``). On the device, so a GPU run never waits for
-   host-side random numbers; a CPU run and a CUDA run of one seed therefore draw different numbers.
+   order, the batch indices (``BatchSampler``: epochs of ``randperm``), then sigma and noise
+   (``diffaudit.harness.edm.draw_training_sigma_noise``; with the default estimator options these are
+   ``draw_sigma_noise``'s draws, sigma (B,) then noise (B, *shape)). On the device, so a GPU run never
+   waits for host-side random numbers; a CPU run and a CUDA run of one seed therefore draw different numbers;
+3. with ``grad_variance`` on, a second generator (``grad_variance_seed(seed)``) feeds the gradient-variance
+   measurements of the logged steps, so measuring leaves the training trajectory bit for bit unchanged.
 
 On CPU, with deterministic algorithms on and the same thread count, two runs are bitwise identical.
 """
@@ -33,7 +36,12 @@ from diffaudit.device import resolve_device
 from diffaudit.errors import DiffauditError
 from diffaudit.fileio import atomic_write_json
 from diffaudit.harness.checkpoint import save_checkpoint
-from diffaudit.harness.edm import EDMPrecond, draw_sigma_noise, edm_loss_from_draws
+from diffaudit.harness.edm import (
+    EDMPrecond,
+    check_estimator_options,
+    draw_training_sigma_noise,
+    edm_training_loss,
+)
 from diffaudit.harness.networks import build_network, parse_model_spec
 from diffaudit.hashing import array_sha256
 from diffaudit.threads import torch_threads, training_threads
@@ -60,6 +68,19 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda"
     bf16: bool = True  # bf16 autocast for the forward pass; only ever used on CUDA
     log_every: int = 100  # steps between stats.jsonl lines (the last step is always logged)
+    # --- the loss estimator (diffaudit.harness.edm module doc); the defaults are EDM's plain draws ---
+    # K (sigma, noise) draws per item and step: a step makes batch * K denoiser evaluations, so its compute
+    # grows K-fold. The EMA half-life counts evaluations (batch 64 x K 4 averages like batch 256 at equal
+    # compute); stats' nimg still counts items
+    noise_draws: int = 1
+    # "lognormal" (iid draws of ln(sigma)) | "stratified" (one draw per quantile stratum of the batch's draws)
+    sigma_sampling: str = "lognormal"
+    # 0 = off; else ln(sigma) is drawn with this std instead of P_std = 1.2 and each term is weighted by
+    # p(sigma)/q(sigma) (importance sampling, unbiased); must exceed P_std/sqrt(2) = 0.849
+    sigma_proposal_std: float = 0.0
+    # 0 = off; R >= 2: at every logged step, the variance of the minibatch gradient over R extra minibatch
+    # gradients (``minibatch_grad_variance``; R more forward/backward passes per logged step), as grad_var
+    grad_variance: int = 0
 
     def check(self) -> None:
         self._check_types()
@@ -83,6 +104,11 @@ class TrainConfig:
         if not all(0 <= b < 1 for b in self.betas):
             raise DiffauditError(
                 f"betas must be two numbers in [0, 1), got {self.betas!r}; e.g. (0.9, 0.999)."
+            )
+        check_estimator_options(self.noise_draws, self.sigma_sampling, self.sigma_proposal_std)
+        if self.grad_variance == 1 or self.grad_variance < 0:
+            raise DiffauditError(
+                f"grad_variance must be 0 (off) or a number of gradients >= 2, got {self.grad_variance}."
             )
 
     def _check_types(self) -> None:
@@ -188,6 +214,67 @@ def make_generator(seed: int, device):
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
+def grad_variance_seed(seed: int) -> int:
+    """The seed of the gradient-variance generator: a stream independent of the training one."""
+    return int(np.random.SeedSequence([int(seed), 0x67726176]).generate_state(1)[0])  # "grav"
+
+
+def draw_step(generator, cfg: TrainConfig, shape, sigma_data: float):
+    """One step's sigma/noise draws under ``cfg``'s estimator options (``draw_training_sigma_noise``)."""
+    return draw_training_sigma_noise(
+        generator,
+        cfg.batch,
+        shape,
+        sigma_data,
+        noise_draws=cfg.noise_draws,
+        sigma_sampling=cfg.sigma_sampling,
+        proposal_std=cfg.sigma_proposal_std,
+    )
+
+
+def minibatch_grad_variance(
+    precond, X, cfg: TrainConfig, generator, repeats: int, *, use_bf16: bool = False
+) -> float:
+    """Variance of the minibatch gradient estimate at ``precond``'s current parameters, at the compute of
+    one training step.
+
+    R = ``repeats`` independent minibatch gradients g_r of the loss (unclipped), each on fresh items (the
+    first batch of a fresh ``BatchSampler``: ``cfg.batch`` items drawn uniformly without replacement while
+    batch <= n) and fresh sigma/noise (``draw_training_sigma_noise`` with ``cfg``'s estimator options), all
+    from ``generator``; then
+
+        grad_var = 1/(R - 1) sum_r |g_r - g_bar|^2,   |.|^2 summed over every coordinate of every parameter,
+
+    the unbiased estimate of tr Cov(g), the sum over parameters of each coordinate's variance (the 1/(R - 1)
+    rather than a mean over r keeps small R from shrinking it by (R - 1)/R). Streamed in float64 against g_1
+    as a shift (no R x P matrix). ``X``: the training set (n, *shape) on the model's device. Parameter
+    ``.grad`` fields, optimizer state and every other generator are left untouched.
+    """
+    import torch
+
+    if int(repeats) < 2:
+        raise DiffauditError(f"a gradient variance needs repeats >= 2 gradients, got {repeats}.")
+    params = [p for p in precond.parameters() if p.requires_grad]
+    n, shape = X.shape[0], tuple(X.shape[1:])
+    shift = total = None
+    sq = 0.0
+    for _ in range(int(repeats)):
+        idx = BatchSampler(n, cfg.batch, generator).next()
+        draws = draw_step(generator, cfg, shape, precond.sigma_data)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            loss = edm_training_loss(precond, X[idx], draws, precond.sigma_data)
+        grads = torch.autograd.grad(loss, params, materialize_grads=True)  # an unused parameter: zeros
+        g = torch.cat([t.reshape(-1) for t in grads]).double()
+        if shift is None:
+            shift, total = g, torch.zeros_like(g)
+            continue
+        d = g - shift
+        total += d
+        sq += float(d @ d)
+    R = int(repeats)
+    return (sq - float(total @ total) / R) / (R - 1)
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to ``cfg.lr`` (step counts from 0)."""
     if cfg.warmup_steps > 0:
@@ -196,11 +283,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def ema_beta(step: int, cfg: TrainConfig) -> float:
-    """EMA decay after ``step`` (0-based) steps, from a half-life in samples (EDM, training_loop.py)."""
+    """EMA decay after ``step`` (0-based) steps, from a half-life in samples (EDM, training_loop.py); a
+    sample is one denoiser evaluation, so ``noise_draws`` K counts each item K times (see the comment on
+    ``TrainConfig.noise_draws``)."""
+    per_step = cfg.batch * cfg.noise_draws
     halflife = cfg.ema_halflife_nimg
     if cfg.ema_rampup > 0:
-        halflife = min(halflife, (step + 1) * cfg.batch * cfg.ema_rampup)
-    return 0.5 ** (cfg.batch / max(halflife, 1e-8))
+        halflife = min(halflife, (step + 1) * per_step * cfg.ema_rampup)
+    return 0.5 ** (per_step / max(halflife, 1e-8))
 
 
 @contextlib.contextmanager
@@ -340,6 +430,7 @@ def train(
     X = torch.from_numpy(x_np).to(device)
     gen = make_generator(cfg.seed, device)
     sampler = BatchSampler(n, cfg.batch, gen)
+    gv_gen = make_generator(grad_variance_seed(cfg.seed), device) if cfg.grad_variance else None
     use_bf16 = bool(cfg.bf16) and device.type == "cuda"
     params = list(precond.parameters())
     ema_params = list(ema.parameters())
@@ -355,17 +446,16 @@ def train(
         # pixel, so for images this counts every parameter at full resolution: an overestimate, which only
         # keeps more models multi-threaded as before
         pixels = math.prod(shape[1:]) if len(shape) == 3 else 1
-        flops_per_step = 6.0 * sum(p.numel() for p in params) * cfg.batch * pixels
+        flops_per_step = 6.0 * sum(p.numel() for p in params) * cfg.batch * cfg.noise_draws * pixels
         n_threads = torch.get_num_threads()
         if device.type == "cpu":
             n_threads = training_threads(flops_per_step, n_threads)
         with deterministic(device.type == "cpu"), torch_threads(n_threads):
             for step in range(cfg.steps):
                 idx = sampler.next()
-                sigma, noise = draw_sigma_noise(gen, cfg.batch, shape, sigma_data)
-                xb = X[idx]
+                draws = draw_step(gen, cfg, shape, sigma_data)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                    loss = edm_loss_from_draws(precond, xb, sigma, noise, sigma_data)
+                    loss = edm_training_loss(precond, X[idx], draws, sigma_data)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -384,14 +474,19 @@ def train(
                 window.add(loss, gn)
                 if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                     line = window.line(step, cfg, lr, beta, t0)
+                    if gv_gen is not None:  # at the weights after this step; costs R gradients
+                        line["grad_var"] = minibatch_grad_variance(
+                            precond, X, cfg, gv_gen, cfg.grad_variance, use_bf16=use_bf16
+                        )
                     stats.append(line)
                     if f is not None:
                         f.write(json.dumps(line) + "\n")
                         f.flush()
                     if progress:
+                        gv = f"  grad_var {line['grad_var']:.3e}" if "grad_var" in line else ""
                         print(
                             f"step {line['step']}/{cfg.steps}  loss {line['loss']:.4f}  lr {lr:.2e}  "
-                            f"grad {line['grad_norm']:.3f}  {line['elapsed_s']:.1f}s",
+                            f"grad {line['grad_norm']:.3f}{gv}  {line['elapsed_s']:.1f}s",
                             file=sys.stderr,
                         )
                     if callback is not None:
