@@ -1,10 +1,11 @@
 """Sweep executors: where a sweep's units of work run (this process, a local process pool, Ray).
 
-An executor takes a list of units (each a list of cell records) and runs every unit through ``unit_fn``
-(``diffaudit.sweeps.run.run_unit``: cells into ``out/cells/<id>`` atomically, one status dict per cell),
-calling ``on_done(statuses)`` once per unit in the order units finish. Executors never write cells
-themselves, so resumability and kill -9 safety are the same under every executor; an executor only
-chooses where ``unit_fn`` runs and with how many threads/GPUs.
+An executor takes a list of units (each a list of cell records: one cell, or a group of cells trained
+together, ``diffaudit.sweeps.groups``) and runs every unit through ``unit_fn``
+(``diffaudit.sweeps.run.run_unit``: a group trains in one vectorised loop, then every cell is audited into
+``out/cells/<id>`` atomically; one status dict per cell), calling ``on_done(statuses)`` once per unit in the
+order units finish. Executors never write cells themselves, so resumability and kill -9 safety are the same
+under every executor; an executor only chooses where ``unit_fn`` runs and with how many threads/GPUs.
 
 A new executor is one subclass of ``Executor`` and one ``register_executor(name, factory)`` line; the
 ``diffaudit sweep --executor`` choices come from ``EXECUTORS``. A factory is called as
@@ -12,7 +13,13 @@ A new executor is one subclass of ``Executor`` and one ``register_executor(name,
 executor does not use are ignored) and returns an ``Executor``.
 
 ``unit_fn`` is passed in rather than imported because the sweep module imports this one.
-"""
+
+Devices. On CUDA the local pool runs one worker per visible GPU (``default_workers``) and pins each worker to
+its GPU before torch starts (``gpu_slots``, ``_worker_init``); units wait in the pool's queue and each one
+goes to the next worker that is free, so a GPU never holds two units at once when workers == GPUs.
+``schedule`` is that rule as a pure function (which worker takes which unit, and when the last one ends), used
+by ``diffaudit sweep --dry-run`` for its estimate. Ray requests ``num_gpus`` = 1 per unit (a whole group runs
+on one GPU; its size is chosen to fit there) and ``num_cpus`` = threads."""
 
 from __future__ import annotations
 
@@ -60,25 +67,53 @@ def _failed(unit: list[dict], error: str) -> list[dict]:
 
 
 class InProcessExecutor(Executor):
-    """Cells run one after another in this process (``--workers 1``)."""
+    """Units (cells or groups) run one after another in this process (``--workers 1``)."""
 
     name = "in-process"
-    description = "cells one after another in this process"
+    description = "units (cells or groups) one after another in this process"
 
     def run(self, units, out, *, device, threads, cell_fn, unit_fn, on_done) -> None:
         for u in units:
             on_done(unit_fn(u, str(out), device, threads, cell_fn))
 
 
-def default_workers(device: str) -> int:
-    """One worker per GPU on CUDA, else one per CPU core."""
-    if device.startswith("cuda") or device == "auto":
-        with contextlib.suppress(ImportError):
-            import torch
+def visible_gpus() -> int:
+    """CUDA devices this process sees (0 without torch or CUDA); does not initialise CUDA."""
+    with contextlib.suppress(ImportError):
+        import torch
 
-            if torch.cuda.is_available():
-                return max(1, torch.cuda.device_count())
+        if torch.cuda.is_available():
+            return int(torch.cuda.device_count())
+    return 0
+
+
+def default_workers(device: str, n_gpus: int | None = None) -> int:
+    """One worker per GPU on CUDA (``n_gpus``, default the visible ones), else one per CPU core."""
+    if device.startswith("cuda") or device == "auto":
+        n = visible_gpus() if n_gpus is None else int(n_gpus)
+        if n > 0:
+            return n
     return available_cpus()
+
+
+def gpu_slots(workers: int, n_gpus: int) -> list[int | None]:
+    """The GPU index each of ``workers`` pool workers is pinned to: round robin over ``n_gpus`` (worker i
+    takes GPU i mod n_gpus), or None for every worker without GPUs."""
+    if n_gpus <= 0:
+        return [None] * int(workers)
+    return [i % int(n_gpus) for i in range(int(workers))]
+
+
+def schedule(costs: list[float], workers: int) -> tuple[list[int], float]:
+    """The pool's rule as a pure function: units in order, each to the worker that is free first (the lowest
+    index among ties). Returns the worker of each unit and the time the last unit ends."""
+    free = [0.0] * max(1, int(workers))
+    where = []
+    for c in costs:
+        w = min(range(len(free)), key=lambda i: (free[i], i))
+        where.append(w)
+        free[w] += float(c)
+    return where, max(free) if costs else 0.0
 
 
 def worker_threads(workers: int, threads: int | None = None) -> int:
@@ -99,11 +134,15 @@ def _worker_init(threads: int, gpu_queue) -> None:
 
 
 class PoolExecutor(Executor):
-    """Cells in a spawn process pool of ``workers`` processes, each with a fixed torch thread count and,
-    on CUDA, its own GPU (workers take GPUs 0, 1, ... round robin)."""
+    """Units (cells or groups) in a spawn process pool of ``workers`` processes, each with a fixed torch
+    thread count and, on CUDA, its own GPU (``gpu_slots``: GPUs 0, 1, ... round robin); each unit goes to the
+    next free worker."""
 
     name = "pool"
-    description = "cells in a local spawn process pool, fixed threads per worker, one GPU per worker on CUDA"
+    description = (
+        "units (cells or groups) in a local spawn process pool, fixed threads per worker, "
+        "one GPU per worker on CUDA"
+    )
 
     def __init__(self, workers: int):
         self.workers = int(workers)
@@ -116,11 +155,9 @@ class PoolExecutor(Executor):
         ctx = mp.get_context("spawn")
         gpu_queue = None
         if device.startswith("cuda"):
-            import torch
-
             gpu_queue = ctx.Manager().Queue()
-            for i in range(n_proc):
-                gpu_queue.put(i % max(1, torch.cuda.device_count()))
+            for g in gpu_slots(n_proc, max(1, visible_gpus())):
+                gpu_queue.put(g)
         with ProcessPoolExecutor(
             max_workers=n_proc, mp_context=ctx, initializer=_worker_init, initargs=(threads, gpu_queue)
         ) as pool:
@@ -139,12 +176,13 @@ def _ray_unit(unit_fn, records, out, device, threads, cell_fn):
 
 
 class RayExecutor(Executor):
-    """Each unit is a Ray task with ``num_cpus`` = threads and ``num_gpus`` = 1 on CUDA, on the cluster at
+    """Each unit (a cell, or a group of cells trained together on one GPU) is a Ray task with ``num_cpus`` =
+    threads and ``num_gpus`` = 1 on CUDA, on the cluster at
     ``address`` or on a local instance sized ``workers`` x threads CPUs. On a cluster, ``out`` must be on a
     file system that every node sees under the same path."""
 
     name = "ray"
-    description = "one Ray task per cell, on --ray-address or a local Ray instance"
+    description = "one Ray task per unit (a cell or a group), on --ray-address or a local Ray instance"
 
     def __init__(self, workers: int, address: str | None = None):
         self.workers = int(workers)
@@ -204,12 +242,12 @@ ExecutorFactory = Callable[..., Executor]
 
 
 def _local(workers: int, ray_address: str | None = None) -> Executor:
-    """cells in this process (--workers 1) or a local spawn process pool, fixed threads per worker"""
+    """units (cells or groups) in this process (--workers 1) or a spawn process pool, fixed threads each"""
     return InProcessExecutor() if workers == 1 else PoolExecutor(workers)
 
 
 def _ray(workers: int, ray_address: str | None = None) -> Executor:
-    """one Ray task per cell, on --ray-address or a local Ray instance"""
+    """one Ray task per unit (a cell or a group), on --ray-address or a local Ray instance"""
     return RayExecutor(workers, ray_address)
 
 

@@ -21,6 +21,10 @@ it. The spec, read with ``tomllib``::
     [train]                                    # passed to diffaudit.harness.train.TrainConfig (batch, lr, ema, ...)
     batch = 256
 
+    [sweep]                                    # how the sweep runs (the command's options win)
+    group = "auto"                             # train cells together: "auto" (on CUDA) | "on" | "off"
+    group_mib = 8192                           # memory budget of one group (diffaudit.sweeps.groups)
+
     [audit]                                    # sweep-level audit options
     n_samples = 2000                           # generated samples per cell
     n_holdout = 2000                           # holdout draws per (dataset, seed)
@@ -80,7 +84,10 @@ _TOP_KEYS = {
     "audit",
     "device",
     "train_models",
+    "sweep",
 }
+GROUP_MODES = ("auto", "on", "off")  # grouped training (diffaudit.sweeps.groups)
+_SWEEP_KEYS = {"group", "group_mib"}
 _AUDIT_KEYS = {"n_samples", "n_holdout", "sampler_steps", "options"}
 _BUDGET_KEYS = {"rule", "steps", "epochs", "min_steps", "max_steps"}
 
@@ -152,6 +159,9 @@ class SweepSpec:
     controls: tuple[str, ...] = ()
     reproducibility: bool = False
     train_models: bool = True  # false: only the controls are audited (no training)
+    # [sweep]: execution choices that change no cell's config (so no cell id): None = the command's default
+    group: str | None = None  # grouped training: "auto" | "on" | "off"
+    group_mib: float | None = None  # memory budget of one group, MiB
     raw: dict = field(default_factory=dict)  # the TOML as parsed (copied into sweep.json)
 
     @property
@@ -438,6 +448,18 @@ def parse_spec(data: dict, *, where: str = "<dict>", check_datasets: bool = True
         AuditConfig.from_options({k: v for k, v in opts.items()}, where=f"{where}: [audit.options]")
     except DiffauditError as e:
         raise _err(where, f"[audit] options: {e}") from None
+    sweep = data.get("sweep", {})
+    if not isinstance(sweep, dict):
+        raise _err(where, '[sweep] must be a table, e.g. [sweep] group = "auto".')
+    _check_keys(sweep, _SWEEP_KEYS, "sweep", where)
+    group = sweep.get("group")
+    if group is not None and group not in GROUP_MODES:
+        raise _err(where, f"[sweep] group = {group!r}; choose one of: {', '.join(GROUP_MODES)}.")
+    group_mib = sweep.get("group_mib")
+    if group_mib is not None and (
+        not isinstance(group_mib, int | float) or isinstance(group_mib, bool) or not 0 < group_mib < math.inf
+    ):
+        raise _err(where, f"[sweep] group_mib = {group_mib!r} must be a number of MiB > 0.")
     name = data.get("name", Path(where).stem if where != "<dict>" else "sweep")
     return SweepSpec(
         name=str(name),
@@ -451,6 +473,8 @@ def parse_spec(data: dict, *, where: str = "<dict>", check_datasets: bool = True
         controls=tuple(controls),
         reproducibility=rep,
         train_models=train_models,
+        group=group,
+        group_mib=None if group_mib is None else float(group_mib),
         raw=data,
         **ints,
     )
