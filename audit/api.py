@@ -26,7 +26,8 @@ def set_threads(n: int | None = None) -> int:
     """The CLI's thread policy for this Python process (``diffaudit --threads``; see ``diffaudit.threads``).
 
     ``n`` threads (default: ``$DIFFAUDIT_THREADS``, else the CPUs this process may use) for torch, FAISS and
-    the BLAS libraries, and ``OMP_WAIT_POLICY=PASSIVE`` unless set. The wait policy only takes effect when
+    the BLAS libraries, except numpy's and scipy's own BLAS, which get one (``$DIFFAUDIT_NUMPY_BLAS_THREADS``
+    to change it), and ``OMP_WAIT_POLICY=PASSIVE`` unless set. The wait policy only takes effect when
     this runs before torch or faiss is imported (OpenMP reads it once, at load): call it first in a notebook
     that shares its machine. Returns the thread count.
     """

@@ -13,6 +13,17 @@ while parsing the top-level options, before a subcommand module is imported.
 
 Precedence of the thread count: an explicit number (``diffaudit --threads N``) > the environment
 variable ``DIFFAUDIT_THREADS`` > the CPUs this process may use.
+
+numpy's and scipy's BLAS (the OpenBLAS builds of their wheels, with the "pthreads" threading layer) run on
+ONE thread unless ``DIFFAUDIT_NUMPY_BLAS_THREADS`` says otherwise (``limit_numpy_blas``). Their worker threads
+synchronise on every call, and the audit makes many small calls (FD's eigh and square roots, KID's subset
+kernels, moment errors): next to one busy process per core, a sprites-16 memorizer audit's convergence stage
+took 38.7 s with two numpy BLAS threads against 1.3 s with one (0.96 s idle either way), and the whole audit
+94 s against 43 s (idle: 21 s with two, 28 s with one; ``benchmarks/README.md``, noisy neighbours). torch and
+FAISS keep the thread count above: their OpenMP runtimes honour the passive wait policy and measured close to
+a fair share under load. The limit is set through ``threadpoolctl`` on the libraries themselves (an
+environment variable would reach FAISS's OpenBLAS too), so it needs numpy and scipy.linalg loaded: this
+module loads them (about 0.3 s), never torch or faiss.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from pathlib import Path
 from diffaudit.errors import DiffauditError
 
 ENV_VAR = "DIFFAUDIT_THREADS"
+NUMPY_BLAS_ENV_VAR = "DIFFAUDIT_NUMPY_BLAS_THREADS"  # numpy/scipy BLAS threads (default 1; module docstring)
 # Thread-count variables of the BLAS/OpenMP runtimes torch, numpy and FAISS link against.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -118,7 +130,35 @@ def apply_thread_policy(n: int, *, override: bool = False) -> int:
     faiss = sys.modules.get("faiss")
     if faiss is not None and hasattr(faiss, "omp_set_num_threads"):
         faiss.omp_set_num_threads(n)
+    limit_numpy_blas()
     return n
+
+
+def numpy_blas_threads() -> int:
+    """numpy/scipy BLAS threads: ``$DIFFAUDIT_NUMPY_BLAS_THREADS`` if set, else 1 (module docstring)."""
+    env = os.environ.get(NUMPY_BLAS_ENV_VAR)
+    if env is not None and env.strip() != "":
+        return _parse_threads(env, NUMPY_BLAS_ENV_VAR)
+    return 1
+
+
+def limit_numpy_blas(n: int | None = None) -> list[str]:
+    """Set the BLAS libraries with the "pthreads" threading layer that are loaded (numpy's and scipy's
+    OpenBLAS; loading numpy and scipy.linalg first) to ``n`` threads (default ``numpy_blas_threads()``).
+    Returns the library paths it set; [] without ``threadpoolctl``."""
+    n = numpy_blas_threads() if n is None else _parse_threads(n, "the numpy BLAS thread count")
+    try:
+        import numpy  # noqa: F401  (loads numpy's BLAS)
+        import scipy.linalg  # noqa: F401  (loads scipy's BLAS)
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return []
+    done = []
+    for lib in ThreadpoolController().lib_controllers:
+        if getattr(lib, "threading_layer", None) == "pthreads":
+            lib.set_num_threads(n)
+            done.append(str(lib.filepath))
+    return done
 
 
 def training_threads(flops_per_step: float, threads: int) -> int:

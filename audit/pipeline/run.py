@@ -66,6 +66,12 @@ def _threads() -> dict:
     faiss = sys.modules.get("faiss")
     if faiss is not None and hasattr(faiss, "omp_get_max_threads"):
         out["faiss"] = int(faiss.omp_get_max_threads())
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_info
+
+        blas = [i["num_threads"] for i in threadpool_info() if i.get("threading_layer") == "pthreads"]
+        if blas:
+            out["numpy_blas"] = int(max(blas))
     return out
 
 

@@ -22,7 +22,7 @@ it. The spec, read with ``tomllib``::
     batch = 256
 
     [sweep]                                    # how the sweep runs (the command's options win)
-    group = "auto"                             # train cells together: "auto" (on CUDA) | "on" | "off"
+    group = "auto"                             # train cells together: "auto" (CUDA; CPU: small nets) | "on" | "off"
     group_mib = 8192                           # memory budget of one group (diffaudit.sweeps.groups)
 
     [audit]                                    # sweep-level audit options

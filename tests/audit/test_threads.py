@@ -13,7 +13,7 @@ from diffaudit import threads as th
 from diffaudit.errors import DiffauditError
 from diffaudit.sweeps.executors import worker_threads
 
-ENV_KEYS = (th.ENV_VAR, "OMP_WAIT_POLICY", *th.THREAD_ENV_VARS)
+ENV_KEYS = (th.ENV_VAR, th.NUMPY_BLAS_ENV_VAR, "OMP_WAIT_POLICY", *th.THREAD_ENV_VARS)
 
 
 def _clean_env(**extra) -> dict:
@@ -93,7 +93,7 @@ POLICY = (
 
 
 def test_policy_sets_env_vars_in_subprocess():
-    keys = list(ENV_KEYS[1:])
+    keys = ["OMP_WAIT_POLICY", *th.THREAD_ENV_VARS]
     r = _py(POLICY.format(n=3, keys=keys))
     assert r.returncode == 0, r.stderr
     env = json.loads(r.stdout)
@@ -112,6 +112,30 @@ def test_policy_sets_torch_threads_when_imported():
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "1"
+
+
+BLAS_PROBE = (
+    "import json, faiss; from diffaudit.threads import apply_thread_policy; apply_thread_policy(2); "
+    "from threadpoolctl import threadpool_info; "
+    "print(json.dumps([[i['filepath'], i.get('threading_layer'), i['num_threads']] for i in threadpool_info() "
+    "if i['internal_api'] == 'openblas']))"
+)
+
+
+def test_numpy_and_scipy_blas_get_one_thread_faiss_keeps_the_policy():
+    # numpy's and scipy's OpenBLAS (pthreads layer) synchronise on every small call: one thread by default
+    # (diffaudit.threads); FAISS's OpenBLAS (OpenMP layer, passive wait) keeps the policy's count
+    r = _py(BLAS_PROBE)
+    assert r.returncode == 0, r.stderr
+    libs = json.loads(r.stdout)
+    pthreads = [n for path, layer, n in libs if layer == "pthreads"]
+    assert len(pthreads) >= 1 and all(n == 1 for n in pthreads), libs
+    assert any("numpy" in path for path, layer, _ in libs if layer == "pthreads"), libs
+    faiss_libs = [n for path, layer, n in libs if "faiss" in path]
+    assert faiss_libs and all(n == 2 for n in faiss_libs), libs
+    # the environment variable raises it
+    libs = json.loads(_py(BLAS_PROBE, **{th.NUMPY_BLAS_ENV_VAR: "2"}).stdout)
+    assert all(n == 2 for _, layer, n in libs if layer == "pthreads"), libs
 
 
 # The CLI applies the policy while parsing the group's options, before any subcommand imports torch.
@@ -146,6 +170,7 @@ def test_cli_threads_option_and_env_precedence():
         (["--threads", "x", "train", "--help"], {}, "--threads"),
         (["train", "--help"], {th.ENV_VAR: "0"}, th.ENV_VAR),
         (["train", "--help"], {th.ENV_VAR: "two"}, th.ENV_VAR),
+        (["train", "--help"], {th.NUMPY_BLAS_ENV_VAR: "0"}, th.NUMPY_BLAS_ENV_VAR),
     ],
 )
 def test_cli_invalid_threads_one_error_line_exit_2(args, env, needle):
