@@ -52,6 +52,7 @@ from diffaudit.harness.train import (
     checkpoint_config,
     data_sigma,
     deterministic,
+    draw_step,
     ema_beta,
     init_network,
     lr_at,
@@ -77,6 +78,11 @@ SUPPORTED_OPTIONS = frozenset(
         "device",
         "bf16",
         "log_every",
+        # the lower-variance estimator's draws (``draw_training_sigma_noise``, called per model in its
+        # generator's order as ``train`` calls it); ``grad_variance`` is not implemented here
+        "noise_draws",
+        "sigma_sampling",
+        "sigma_proposal_std",
     }
 )
 
@@ -242,22 +248,27 @@ def train_many(
     base = init_network(model_cfg, shape, seeds[0]).to("meta")
     del nets
 
-    def loss_fn(p, b, x, sigma, noise, sd):
+    def loss_fn(p, b, x, sigma, noise, sd, w):
         def net_fn(x_in, c_noise):
             return functional_call(base, (p, b), (x_in, c_noise))
 
         def denoise(x_noisy, s):
             return precondition(net_fn, x_noisy, s, sd)
 
-        return edm_loss_from_draws(denoise, x, sigma, noise, sd)
+        return edm_loss_from_draws(denoise, x, sigma, noise, sd, w)
 
     # vmap over models for the forward pass only; one backward of the summed losses then gives every
     # model its own gradient (the models share nothing), which is cheaper than vmap(grad(...)).
-    losses_fn = vmap(loss_fn, in_dims=(0, 0, 0, 0, 0, 0))
+    losses_fn = vmap(loss_fn, in_dims=(0, 0, 0, 0, 0, 0, 0))
+    # non-default estimator options: each model's draws come from ``draw_step`` (as in ``train``); with the
+    # defaults the draws below are the same numbers, drawn in one batch for all models
+    estimator = cfg.noise_draws != 1 or cfg.sigma_sampling != "lognormal" or bool(cfg.sigma_proposal_std)
+    sdl = list(sds)  # per row, the model's sigma_data as ``train`` uses it (a Python float)
 
     X_all = torch.from_numpy(np.concatenate(xs)).to(device)  # all training sets, model m's at offsets[m]
     offsets = torch.tensor(np.cumsum([0] + [len(x) for x in xs[:-1]]), device=device)[:, None]
     sd_t = torch.tensor(sds, dtype=torch.float32, device=device)
+    ones = torch.ones(cfg.batch, device=device)  # importance weights of the default draws (exactly 1)
     gens = [make_generator(s, device) for s in seeds]
     samplers = [BatchSampler(len(x), cfg.batch, g) for x, g in zip(xs, gens, strict=True)]
     keys = list(params)
@@ -293,24 +304,34 @@ def train_many(
     pixels = math.prod(shape[1:]) if len(shape) == 3 else 1
     n_threads = torch.get_num_threads()
     if device.type == "cpu":
-        n_threads = training_threads(6.0 * n_params * cfg.batch * pixels * M, n_threads)
+        n_threads = training_threads(6.0 * n_params * cfg.batch * cfg.noise_draws * pixels * M, n_threads)
     t0 = time.perf_counter()
     with deterministic(device.type == "cpu"), torch_threads(n_threads):
         for step in range(total):
             Ma = len(active)
             # Per model, in its generator's order: indices, then the normals of sigma and noise. The
             # elementwise work (sigma transform, gather) is then done once for all models.
-            idx, rnd, nz = [], [], []
+            idx, rnd, nz, draws = [], [], [], []
             for r in range(Ma):
                 idx.append(samplers[r].next())
-                rn, n = draw_normals(gens[r], cfg.batch, shape)
-                rnd.append(rn)
-                nz.append(n)
+                if estimator:
+                    draws.append(draw_step(gens[r], cfg, shape, sdl[r]))
+                else:
+                    rn, n = draw_normals(gens[r], cfg.batch, shape)
+                    rnd.append(rn)
+                    nz.append(n)
             xb = X_all[torch.stack(idx) + offsets].reshape(Ma, cfg.batch, *shape)
-            sig = sigma_from_normal(torch.stack(rnd), sd_t[:, None])
-            nz = torch.stack(nz)
+            if estimator:  # B K evaluations: item j // K of each model's minibatch (the same for every model)
+                xb = xb[:, draws[0].item.to(device)]
+                sig = torch.stack([d.sigma for d in draws]).to(device)
+                nz = torch.stack([d.noise for d in draws]).to(device)
+                wt = torch.stack([d.weight for d in draws]).to(device)
+            else:
+                sig = sigma_from_normal(torch.stack(rnd), sd_t[:, None])
+                nz = torch.stack(nz)
+                wt = ones.expand(Ma, cfg.batch)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = losses_fn(params, buffers, xb, sig, nz, sd_t)
+                loss = losses_fn(params, buffers, xb, sig, nz, sd_t, wt)
             gs = list(torch.autograd.grad(loss.sum(), ps))
             with torch.no_grad():
                 # Per-model global norm, as clip_grad_norm_: the norm of the per-tensor norms.
@@ -402,6 +423,7 @@ def train_many(
                 es = [v[ki] for v in es]
                 buffers = {k: v[ki] for k, v in buffers.items()}
                 offsets, sd_t = offsets[ki], sd_t[ki]
+                sdl = [sdl[r] for r in keep]
                 loss_sum, gn_sum = loss_sum[ki], gn_sum[ki]
                 gens = [gens[r] for r in keep]
                 samplers = [samplers[r] for r in keep]

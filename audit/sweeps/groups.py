@@ -23,7 +23,7 @@ When to group (``should_group``, the sweep's ``--group auto|on|off``; ``auto`` i
   8e7-1e8, and 0.98x-1.16x for the presets' 3 x 256 MLP at batch 256 (3.4e8; the quick preset's 20 trained
   cells 0.93x-1.00x, and 0.84x for 8 such models in an earlier measurement). So ``auto`` groups the cells of a
   network whose FLOPs per step (``step_flops``, the rule of ``diffaudit.harness.train``: 6 x parameters x
-  batch, x pixels for images) are below ``GROUP_CPU_BELOW_FLOPS`` = 3e7, where every measurement was >= 1.4x;
+  batch x noise draws, x pixels for images) are below ``GROUP_CPU_BELOW_FLOPS`` = 3e7, where every measurement was >= 1.4x;
   above it grouping was not reliably faster. The sweep's workers keep every core busy either way.
   ``--group on`` groups every network, ``off`` none.
 
@@ -136,7 +136,8 @@ def step_flops(record: dict) -> float:
     if key not in _PARAMS:
         _PARAMS[key] = network_size(record["model"], shape)[0]
     pixels = math.prod(shape[1:]) if len(shape) == 3 else 1
-    return 6.0 * _PARAMS[key] * int(record["train"].get("batch", 256)) * pixels
+    evals = int(record["train"].get("batch", 256)) * int(record["train"].get("noise_draws", 1))
+    return 6.0 * _PARAMS[key] * evals * pixels
 
 
 def group_key(record: dict) -> tuple | None:
@@ -157,9 +158,8 @@ def group_id(cell_ids: list[str]) -> str:
 
 def cell_bytes(record: dict) -> int:
     """Estimated training memory of a cell's models in a group (``model_bytes`` per model)."""
-    one = model_bytes(
-        record["model"], sample_shape(record), int(record["train"].get("batch", 256)), int(record["n_train"])
-    )
+    evals = int(record["train"].get("batch", 256)) * int(record["train"].get("noise_draws", 1))
+    one = model_bytes(record["model"], sample_shape(record), evals, int(record["n_train"]))
     return one * len(cell_models(record))
 
 

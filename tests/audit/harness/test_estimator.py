@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -349,3 +350,38 @@ def test_sweep_spec_accepts_the_estimator_keys():
         }
     )
     assert spec.train["noise_draws"] == 4 and spec.train["sigma_sampling"] == "stratified"
+
+
+def test_train_many_with_the_estimator_options_equals_train():
+    # grouped sweeps train cells with these options in ``train_many``: each model draws as ``train`` does
+    from diffaudit.harness.vmap import train_many, unsupported_options
+
+    rng = np.random.default_rng(1)
+    sets = [rng.standard_normal((n, 3)).astype(np.float32) * s for n, s in ((40, 1.0), (9, 2.0))]
+    cfg = TrainConfig(
+        steps=30,
+        batch=8,
+        lr=2e-3,
+        warmup_steps=5,
+        log_every=10,
+        device="cpu",
+        noise_draws=3,
+        sigma_sampling="stratified",
+        sigma_proposal_std=1.8,
+    )
+    assert unsupported_options(cfg) == []
+    assert unsupported_options(replace(cfg, grad_variance=4)) == ["grad_variance"]
+    seeds = [2, 7]
+    many = train_many(sets, "mlp:width=16,depth=2", cfg, seeds)
+    for m in range(2):
+        one = train(sets[m], "mlp:width=16,depth=2", replace(cfg, seed=seeds[m]), progress=False)
+        ref = one.ema.net.state_dict()
+        diff = max(float((ref[k] - many.ema_states[m][k]).abs().max()) for k in ref)
+        assert diff < 1e-5, (m, diff)  # the vmap test's tolerance (float32 rounding of batched kernels)
+        np.testing.assert_allclose(
+            [s["loss"][m] for s in many.stats], [s["loss"] for s in one.stats], rtol=1e-5
+        )
+    # the options matter: plain draws give other weights (so the comparison above can fail)
+    plain = train(sets[0], "mlp:width=16,depth=2", replace(cfg, seed=seeds[0], noise_draws=1), progress=False)
+    other = plain.ema.net.state_dict()
+    assert max(float((other[k] - many.ema_states[0][k]).abs().max()) for k in other) > 1e-3
