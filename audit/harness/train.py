@@ -380,6 +380,40 @@ def checkpoint_config(
     }
 
 
+def free_memory_bytes(device) -> int | None:
+    """Memory this process could still take on ``device``: free GPU memory on CUDA, ``MemAvailable`` of
+    /proc/meminfo on the CPU; None where it cannot be read."""
+    import torch
+
+    device = torch.device(device)
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_step_memory(cfg: TrainConfig, shape, device, models: int = 1) -> None:
+    """Refuse, before any work, a step whose draws alone do not fit: batch x noise_draws evaluations (per
+    model) each hold the noise, the noised input, the gathered item and the denoiser output (4 float32 arrays
+    of ``shape``), before any activation of the network is counted."""
+    evals = int(cfg.batch) * int(cfg.noise_draws) * int(models)
+    need = 16 * evals * math.prod(shape)
+    free = free_memory_bytes(device)
+    if free is not None and need > free:
+        raise DiffauditError(
+            f"batch {cfg.batch} x noise_draws {cfg.noise_draws} = {cfg.batch * cfg.noise_draws:,} denoiser "
+            f"evaluations a step{f' for each of {models} models' if models > 1 else ''} need "
+            f"{need / 2**30:.1f} GiB for their draws alone, and {device} has {free / 2**30:.1f} GiB free; "
+            "lower --noise-draws or --batch."
+        )
+
+
 def train(
     dataset_x: np.ndarray,
     model_cfg,
@@ -408,6 +442,7 @@ def train(
     n, shape = x_np.shape[0], tuple(x_np.shape[1:])
     sigma_data = data_sigma(x_np)
     net = init_network(model_cfg, shape, cfg.seed)  # validates model vs. shape before any file is written
+    check_step_memory(cfg, shape, device)
     config = checkpoint_config(model_cfg, shape, sigma_data, n, cfg, dataset_spec, array_sha256(x_np))
     out_dir = prepare_out_dir(out_dir, overwrite)
     if out_dir is not None:

@@ -48,6 +48,7 @@ from diffaudit.harness.networks import build_network, parse_model_spec
 from diffaudit.harness.train import (
     BatchSampler,
     TrainConfig,
+    check_step_memory,
     check_training_data,
     checkpoint_config,
     data_sigma,
@@ -224,6 +225,7 @@ def train_many(
         raise DiffauditError(f"give one step budget >= 1 per training set; got {list(budgets)} for {M} sets.")
     specs = list(dataset_specs) if dataset_specs is not None else [None] * M
     device = resolve_device(cfg.device)
+    check_step_memory(cfg, shape, device, models=M)
     use_bf16 = bool(cfg.bf16) and device.type == "cuda"
     sds = [data_sigma(x) for x in xs]
     configs = [

@@ -31,6 +31,8 @@ def _restore_threads():
         (["--grad-variance", "1"], "grad_variance must be 0 (off) or a number of gradients >= 2"),
         (["--sigma-proposal-std", "-1"], "--sigma-proposal-std"),
         (["--sigma-proposal-std", "0.5"], "infinite variance"),
+        # 32 x 1e8 evaluations a step: ~400 GiB of draws, refused before any work (was a raw allocator traceback)
+        (["--batch", "32", "--noise-draws", "100000000"], "lower --noise-draws or --batch"),
     ],
 )
 def test_bad_estimator_options_exit_2_with_one_error_line(tmp_path, capsys, args, needle):
