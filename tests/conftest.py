@@ -18,6 +18,19 @@ def _isolated_cache(session_cache_dir, monkeypatch):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test, restored after: tiny models and tensors, where a second OpenMP thread
+    only adds synchronisation (ms per op on a shared 2-core machine). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

@@ -39,12 +39,7 @@ from diffaudit.sweeps.spec import parse_spec
 TINY = "mlp:width=32,depth=2,emb_dim=16"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Linear3(torch.nn.Module):

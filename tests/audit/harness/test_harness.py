@@ -34,13 +34,7 @@ from diffaudit.models.checkpoint import CheckpointModel
 TINY = "mlp:width=32,depth=2,emb_dim=16"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one thread avoids oversubscription on a shared 2-core machine; restored after.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gaussian_2d(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

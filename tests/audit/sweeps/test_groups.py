@@ -14,7 +14,6 @@ from dataclasses import fields, replace
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from diffaudit.cli import main as cli_main
@@ -41,12 +40,7 @@ from diffaudit.threads import available_cpus
 TINY = "mlp:width=32,depth=2,emb_dim=16"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _spec(**over) -> dict:
