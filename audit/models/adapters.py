@@ -89,6 +89,14 @@ class LoadContext:
     dataset: object | None = None  # the synthetic dataset (the oracle and mode-dropper controls sample it)
     device: str = "auto"  # "auto" | "cpu" | "cuda", resolved by the loader that runs a network
     num_steps: int | None = None  # Heun steps for denoiser models; None keeps each model's own default
+    # class-conditional audits: the training set's labels (int64 (n,)) and the number of classes; the
+    # analytic controls then fit one model per class (``--condition labels``)
+    train_labels: np.ndarray | None = None
+    n_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    guidance: float = (
+        1.0  # classifier-free guidance scale of conditional networks (1 = the plain conditional)
+    )
 
     def sampler_kwargs(self) -> dict:
         """``num_steps`` as keyword arguments: empty when unset, so each model keeps its default."""
@@ -185,7 +193,16 @@ def check_spec(spec: str) -> tuple[Adapter, str]:
 
 
 def load_model(
-    spec: str, *, train=None, dataset=None, device: str = "auto", num_steps: int | None = None
+    spec: str,
+    *,
+    train=None,
+    dataset=None,
+    device: str = "auto",
+    num_steps: int | None = None,
+    train_labels=None,
+    n_classes: int | None = None,
+    class_names=None,
+    guidance: float = 1.0,
 ) -> Model:
     """Build a ``Model`` from ``spec`` (forms in the module docstring). Unknown form -> ``DiffauditError``.
 
@@ -193,7 +210,17 @@ def load_model(
     synthetic dataset (the oracle control samples it); ``num_steps``: Heun steps for denoiser models.
     """
     adapter, rest = check_spec(spec)
-    return adapter.load(rest, LoadContext(train=train, dataset=dataset, device=device, num_steps=num_steps))
+    ctx = LoadContext(
+        train=train,
+        dataset=dataset,
+        device=device,
+        num_steps=num_steps,
+        train_labels=None if train_labels is None else np.asarray(train_labels, dtype=np.int64),
+        n_classes=None if n_classes is None else int(n_classes),
+        class_names=None if class_names is None else tuple(class_names),
+        guidance=float(guidance),
+    )
+    return adapter.load(rest, ctx)
 
 
 def model_name(spec: str) -> str:
