@@ -88,6 +88,9 @@ class AuditConfig:
     max_ct_samples: int = 2000  # C_T and AuthPct use at most this many generated / holdout rows
     n_copies_shown: int = 16  # top copies stored as image pairs / shown in the HTML
     progress: bool = False  # rich progress bars on stderr
+    # --- conditional models (diffaudit.pipeline.conditions)
+    condition: str | None = None  # None (unconditional model) | "labels" (class-conditional) | "prompts"
+    guidance: float | None = None  # classifier-free guidance scale the model was loaded with (recorded)
     extra: dict = field(default_factory=dict)  # free-form: recorded in report.inputs.config
 
     def __post_init__(self):
@@ -163,6 +166,13 @@ class AuditConfig:
         need(int(self.max_calibration) >= 10, "max_calibration", "use at least 10 calibration rows")
         need(int(self.max_ct_samples) >= 10, "max_ct_samples", "use at least 10 rows")
         need(int(self.n_copies_shown) >= 0, "n_copies_shown", "use 0 or more")
+        need(self.condition in (None, "labels", "prompts"), "condition", "use None, 'labels' or 'prompts'")
+        need(
+            self.guidance is None
+            or (isinstance(self.guidance, numbers.Real) and 0 <= self.guidance < math.inf),
+            "guidance",
+            "use a finite guidance scale >= 0 (1 = the plain conditional model)",
+        )
         return self
 
     @classmethod

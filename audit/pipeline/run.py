@@ -22,6 +22,8 @@ import diffaudit
 from diffaudit.errors import DiffauditError
 from diffaudit.features import get_embedder
 from diffaudit.hashing import array_sha256
+from diffaudit.pipeline.condition_stage import CONDITION_STAGE
+from diffaudit.pipeline.conditions import label_conditions, split_labels
 from diffaudit.pipeline.config import DEFAULT_N_SAMPLES, MIN_RELIABLE_SAMPLES, AuditConfig
 from diffaudit.pipeline.setup import AuditData, split_holdout
 from diffaudit.pipeline.stages import STAGES, Context, check_array, run_stages
@@ -104,6 +106,10 @@ def run_audit(
     overwrite: bool = False,
     stages=STAGES,
     html_plotly: str = "inline",
+    train_labels=None,
+    holdout_labels=None,
+    sample_labels=None,
+    class_names=None,
 ) -> Report:
     """Audit ``model`` against ``train`` (and ``holdout``); returns the report, writes ``out_dir``.
 
@@ -126,6 +132,10 @@ def run_audit(
                 f"{train.shape[1:]}; pass the same kind of data."
             )
     elif cfg.holdout_fraction > 0:
+        if train_labels is not None:
+            train_labels, holdout_labels = split_labels(
+                train_labels, len(train), cfg.holdout_fraction, cfg.seed
+            )
         train, holdout = split_holdout(train, cfg.holdout_fraction, cfg.seed)
     shape = tuple(train.shape[1:])
     mshape = tuple(getattr(model, "shape", ()) or ())
@@ -138,7 +148,11 @@ def run_audit(
     n_gen = (
         int(cfg.n_samples)
         if cfg.n_samples is not None
-        else (int(n_avail) if n_avail is not None else DEFAULT_N_SAMPLES)
+        else (
+            int(n_avail)
+            if n_avail is not None
+            else (len(sample_labels) if sample_labels is not None else DEFAULT_N_SAMPLES)
+        )
     )
     if n_avail is not None and n_gen > n_avail:
         raise DiffauditError(
@@ -150,6 +164,10 @@ def run_audit(
             f"dataset {dataset.spec!r} makes samples of shape {tuple(dataset.shape)} but the "
             f"training set has shape {shape}."
         )
+    conditions = None
+    if cfg.condition == "labels":
+        conditions = label_conditions(model, n_gen, train_labels, holdout_labels, sample_labels, class_names)
+        check_labels_rows(conditions, len(train), None if holdout is None else len(holdout))
     embedder = get_embedder(
         cfg.features, device=cfg.device, weights=cfg.weights, random_init=cfg.random_init, dataset=dataset
     )
@@ -163,8 +181,9 @@ def run_audit(
         holdout_z=None if holdout_z is None else np.asarray(holdout_z, dtype=np.float64),
         embedder=embedder,
         n_gen=n_gen,
+        conditions=conditions,
     )
-    stage_times = run_stages(ctx, stages)
+    stage_times = run_stages(ctx, tuple(stages) + ((CONDITION_STAGE,) if conditions is not None else ()))
     timings = {**(timings or {}), **stage_times}
     verdict, reasons = decide(ctx.probes, cfg, ctx.details)
 
@@ -204,6 +223,17 @@ def run_audit(
         )
     )
     report["warnings"] = sample_size_warnings(n_gen, None if holdout is None else len(holdout))
+    if conditions is not None:
+        report["inputs"]["condition"] = {**conditions.summary(), "guidance": cfg.guidance}
+        report["conditions"] = ctx.condition_results or []
+        per = min(int((conditions.gen == j).sum()) for j in range(len(conditions)))
+        if per < MIN_RELIABLE_SAMPLES:
+            report["warnings"].append(
+                f"{per} generated samples per condition (the fewest): per-condition threshold verdicts are noisier "
+                f"than the overall ones below {MIN_RELIABLE_SAMPLES}; the per-condition memorization verdict "
+                "accounts for it (a copy rate significantly above the tolerance), pass --n-samples "
+                f"{MIN_RELIABLE_SAMPLES * len(conditions)} for {MIN_RELIABLE_SAMPLES} each."
+            )
     trained_on = (getattr(model, "config", None) or {}).get("train_sha256")
     if trained_on and trained_on != hashes["train"]:
         report["warnings"].append(
@@ -233,6 +263,34 @@ def run_audit(
     return report
 
 
+def check_conditioning(model, cfg: AuditConfig) -> None:
+    """A conditional audit of an unconditional model, or the reverse, is a user mistake (one sentence)."""
+    kind = getattr(model, "conditioning", None)
+    name = getattr(model, "name", type(model).__name__)
+    if cfg.condition is None and kind is not None:
+        raise DiffauditError(
+            f"model {name} is conditional on {kind}; audit it with --condition {kind}"
+            + (" (and --prompts FILE)." if kind == "prompts" else ".")
+        )
+    if cfg.condition is not None and kind != cfg.condition:
+        what = "unconditional" if kind is None else f"conditional on {kind}"
+        raise DiffauditError(
+            f"--condition {cfg.condition}: model {name} is {what}; "
+            + ("drop --condition." if kind is None else f"pass --condition {kind}.")
+        )
+
+
+def check_labels_rows(conditions, n_train: int, n_holdout: int | None) -> None:
+    if len(conditions.train) != n_train:
+        raise DiffauditError(
+            f"training labels: {len(conditions.train)} labels for {n_train} training samples; pass one per sample."
+        )
+    if conditions.holdout is not None and n_holdout is not None and len(conditions.holdout) != n_holdout:
+        raise DiffauditError(
+            f"holdout labels: {len(conditions.holdout)} labels for {n_holdout} held-out samples; pass one per sample."
+        )
+
+
 def run_audit_on(model, data: AuditData, *, inputs: dict | None = None, **kw) -> Report:
     """``run_audit`` on the data of ``diffaudit.pipeline.setup`` (its arrays, dataset and true factors);
     ``inputs``: the report's provenance (default: the data's own); ``kw``: the other ``run_audit`` options."""
@@ -244,5 +302,8 @@ def run_audit_on(model, data: AuditData, *, inputs: dict | None = None, **kw) ->
         train_z=data.train_z,
         holdout_z=data.holdout_z,
         inputs=data.provenance if inputs is None else inputs,
+        train_labels=data.train_labels,
+        holdout_labels=data.holdout_labels,
+        class_names=data.class_names,
         **kw,
     )

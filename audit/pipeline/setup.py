@@ -10,12 +10,14 @@ prefix of ``sample(m, seed)`` for n < m), which a data-scaling sweep relies on.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from diffaudit.datasets.base import get_dataset
+from diffaudit.datasets.labels import label_factor, labels_from_factors
 from diffaudit.datasets.loading import load_samples
 from diffaudit.errors import DiffauditError
 
@@ -27,16 +29,21 @@ def data_seeds(seed: int) -> tuple[int, int]:
 
 def split_holdout(train: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of ``train`` into (train, holdout) with ``fraction`` of the rows held out."""
+    keep, held = holdout_indices(len(train), fraction, seed)
+    return train[keep], train[held]
+
+
+def holdout_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept rows, held-out rows) of ``split_holdout``, each in original order (labels follow the same split)."""
     if not 0 < fraction < 1:
         raise DiffauditError(f"holdout fraction {fraction} must be between 0 and 1 (exclusive), e.g. 0.2.")
-    n = len(train)
     k = int(round(n * fraction))
     if k < 2 or n - k < 2:
         raise DiffauditError(
             f"holdout fraction {fraction} of {n} training samples leaves fewer than 2 on a side; pass more data."
         )
     perm = np.random.default_rng([0x401D, int(seed)]).permutation(n)
-    return train[np.sort(perm[k:])], train[np.sort(perm[:k])]
+    return np.sort(perm[k:]), np.sort(perm[:k])
 
 
 @dataclass
@@ -49,6 +56,11 @@ class AuditData:
     train_z: np.ndarray | None = None
     holdout_z: np.ndarray | None = None
     provenance: dict | None = None
+    # class labels (int64 (n,)) of the rows, for class-conditional audits: a synthetic dataset's discrete factor
+    # (datasets.labels) or --train-labels / --holdout-labels files; None when there are none
+    train_labels: np.ndarray | None = None
+    holdout_labels: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None
 
 
 def dataset_split(dataset, n_train: int, n_holdout: int, seed: int):
@@ -94,16 +106,70 @@ def synthetic_data(
         "train": f"{ds.spec} n={int(n_train)} seed={s_train}",
         "holdout": f"{ds.spec} n={int(n_holdout)} seed={s_hold}",
     }
-    return AuditData(xt, xh, ds, zt, zh, prov)
+    data = AuditData(xt, xh, ds, zt, zh, prov)
+    with contextlib.suppress(DiffauditError):  # a dataset without a discrete factor has no labels
+        _, names = label_factor(ds)
+        data.train_labels, data.holdout_labels = labels_from_factors(ds, zt), labels_from_factors(ds, zh)
+        data.class_names = names
+    return data
 
 
-def file_data(train_path, holdout_path=None, dataset=None) -> AuditData:
-    """Training (and holdout) samples from files; ``dataset`` (optional) adds the factor probes."""
+def file_data(
+    train_path, holdout_path=None, dataset=None, train_labels_path=None, holdout_labels_path=None
+) -> AuditData:
+    """Training (and holdout) samples from files; ``dataset`` (optional) adds the factor probes; the label files
+    (one int label per row, ``load_labels``) make a class-conditional audit possible."""
     ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
     train = load_samples(train_path, name=f"training set {train_path}")
     holdout = load_samples(holdout_path, name=f"holdout set {holdout_path}") if holdout_path else None
     prov = {"train": str(train_path), "holdout": None if holdout_path is None else str(holdout_path)}
-    return AuditData(train, holdout, ds, None, None, prov)
+    data = AuditData(train, holdout, ds, None, None, prov)
+    if train_labels_path is not None:
+        data.train_labels = load_labels(train_labels_path, len(train), "--train-labels")
+    if holdout_labels_path is not None:
+        if holdout is None:
+            raise DiffauditError("--holdout-labels goes with --holdout PATH; pass the held-out samples too.")
+        data.holdout_labels = load_labels(holdout_labels_path, len(holdout), "--holdout-labels")
+    return data
+
+
+def load_labels(path, n: int | None, option: str) -> np.ndarray:
+    """Class labels from a file: .npy (or a one-array .npz) of whole numbers, or text with one integer per line.
+    ``n``: the number of rows they label (None: any). Anything else is one ``DiffauditError`` sentence."""
+    p = Path(path)
+    if not p.is_file():
+        raise DiffauditError(
+            f"{option} {path}: no such file; pass a .npy or text file with one label per row."
+        )
+    try:
+        if p.suffix in (".npy", ".npz"):
+            raw = np.load(p, allow_pickle=False)
+            if isinstance(raw, np.lib.npyio.NpzFile):
+                if len(raw.files) != 1:
+                    raise ValueError(f"holds {len(raw.files)} arrays, not one")
+                raw = raw[raw.files[0]]
+        else:
+            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            raw = np.array([int(ln) for ln in lines], dtype=np.int64)
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise DiffauditError(
+            f"{option} {path}: cannot read class labels ({str(e)[:120]}); pass a .npy of integers or text "
+            "with one integer per line."
+        ) from None
+    raw = np.asarray(raw).reshape(-1) if np.ndim(raw) == 2 and 1 in np.shape(raw) else np.asarray(raw)
+    if raw.ndim != 1:
+        raise DiffauditError(f"{option} {path}: labels must be one value per row, got shape {raw.shape}.")
+    if raw.dtype.kind == "f" and np.isfinite(raw).all() and (raw == np.round(raw)).all():
+        raw = raw.astype(np.int64)
+    if raw.dtype.kind not in "iu":
+        raise DiffauditError(f"{option} {path}: labels must be whole numbers, got dtype {raw.dtype}.")
+    if n is not None and len(raw) != int(n):
+        raise DiffauditError(
+            f"{option} {path}: {len(raw)} labels for {int(n)} samples; pass one label per sample, in order."
+        )
+    if len(raw) and raw.min() < 0:
+        raise DiffauditError(f"{option} {path}: label {int(raw.min())} is negative; classes are 0, 1, ...")
+    return raw.astype(np.int64)
 
 
 def audit_data(
@@ -115,6 +181,8 @@ def audit_data(
     *,
     n_samples: int | None = None,
     seed: int = 0,
+    train_labels=None,
+    holdout_labels=None,
 ) -> AuditData:
     """The data of one audit: ``train`` (and ``holdout``) as paths or arrays (``dataset`` then adds the
     factor probes), or, without ``train``, ``n_train`` draws of the synthetic ``dataset`` and a holdout of
@@ -122,5 +190,12 @@ def audit_data(
     if train is None:
         return synthetic_data(dataset, n_train, n_holdout or None, seed, n_samples)
     if isinstance(train, str | Path):
-        return file_data(train, holdout, dataset)
-    return AuditData(train, holdout, get_dataset(dataset) if isinstance(dataset, str) else dataset)
+        return file_data(train, holdout, dataset, train_labels, holdout_labels)
+    ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    return AuditData(
+        train,
+        holdout,
+        ds,
+        train_labels=None if train_labels is None else np.asarray(train_labels),
+        holdout_labels=None if holdout_labels is None else np.asarray(holdout_labels),
+    )

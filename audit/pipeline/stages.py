@@ -74,6 +74,14 @@ class Context:
     skipped: list[dict[str, str]] = field(default_factory=list)
     art: dict[str, Any] = field(default_factory=dict)  # arrays and results for the report writer
     advance: Callable[[int], None] = lambda k=1: None
+    conditions: Any = None  # diffaudit.pipeline.conditions.Conditions of a conditional audit, else None
+    condition_results: list | None = None  # the per-condition entries (report "conditions")
+
+    def cond_for(self, start: int, n: int):
+        """The model's ``cond`` for generations ``start .. start + n - 1`` (None for an unconditional audit)."""
+        if self.conditions is None:
+            return None
+        return self.conditions.cond(self.conditions.index_of_generation(start, n))
 
     @property
     def white_box(self) -> bool:
@@ -132,17 +140,23 @@ def check_array(x, name: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def draw_samples(model, n: int, seed: int, advance=None, chunk: int = 256) -> np.ndarray:
-    """``model.sample(n, seed)``; for denoiser models in chunks of per-sample seeds (same result, with progress)."""
+def draw_samples(model, n: int, seed: int, advance=None, chunk: int = 256, cond=None) -> np.ndarray:
+    """``model.sample(n, seed)``; for denoiser models in chunks of per-sample seeds (same result, with progress).
+    ``cond``: one condition per sample for a conditional model (None: unconditional)."""
     if isinstance(model, DenoiserModel) and type(model).sample is DenoiserModel.sample:
         out = []
         for i in range(0, n, chunk):
             noise = noise_from_seeds(range(i, min(n, i + chunk)), model.shape, base_seed=seed)
-            out.append(np.asarray(model.sample_from_noise(noise)))
+            part = None if cond is None else cond[i : i + len(noise)]
+            out.append(
+                np.asarray(
+                    model.sample_from_noise(noise) if part is None else model.sample_from_noise(noise, part)
+                )
+            )
             if advance:
                 advance(len(noise))
         return np.concatenate(out) if out else np.zeros((0, *model.shape), np.float32)
-    x = model.sample(n, seed)
+    x = model.sample(n, seed) if cond is None else model.sample(n, seed, cond=cond)
     if advance:
         advance(n)
     return np.asarray(x)
@@ -156,20 +170,23 @@ def chunk_seed(seed: int, start: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(start)]).generate_state(1, np.uint32)[0] >> 1)
 
 
-def sample_stream(model, seed: int) -> Callable[[int, int], np.ndarray]:
+def sample_stream(model, seed: int, cond_for=None) -> Callable[[int, int], np.ndarray]:
     """``generate(start, n)``: generations ``start .. start + n - 1`` of ``model``'s one stream for ``seed``
     (what ``probes.extraction`` consumes). Denoiser models: noise seeds (seed, i), so generation i is the
     audit's sample i; pre-generated samples: their rows in order; other black boxes: ``sample(n, chunk_seed)``,
-    an independent draw per chunk (a black box's ``sample(n, seed)`` is one call: it has no index per sample)."""
+    an independent draw per chunk (a black box's ``sample(n, seed)`` is one call: it has no index per sample).
+    ``cond_for(start, n)``: the conditions of those generations (conditional audits), else None."""
 
     def generate(start: int, n: int) -> np.ndarray:
+        cond = None if cond_for is None else cond_for(start, n)
+        kw = {} if cond is None else {"cond": cond}
         if isinstance(model, DenoiserModel) and type(model).sample is DenoiserModel.sample:
             noise = noise_from_seeds(range(start, start + n), model.shape, base_seed=seed)
-            x = np.asarray(model.sample_from_noise(noise))
+            x = np.asarray(model.sample_from_noise(noise, **kw))
         elif getattr(model, "n_available", None) is not None:
             x = np.asarray(model.sample(start + n, seed))[start:]
         else:
-            x = np.asarray(model.sample(n, chunk_seed(seed, start)))
+            x = np.asarray(model.sample(n, chunk_seed(seed, start), **kw))
         if x.ndim < 2 or len(x) != n:
             raise ModelError(
                 f"model {getattr(model, 'name', type(model).__name__)}: sample(n, seed) returned shape "
@@ -184,7 +201,8 @@ def sample_stream(model, seed: int) -> Callable[[int, int], np.ndarray]:
 
 
 def sample(ctx: Context) -> None:
-    gen = check_array(draw_samples(ctx.model, ctx.n_gen, ctx.cfg.seed, ctx.advance), "generated samples")
+    gen = draw_samples(ctx.model, ctx.n_gen, ctx.cfg.seed, ctx.advance, cond=ctx.cond_for(0, ctx.n_gen))
+    gen = check_array(gen, "generated samples")
     if len(gen) != ctx.n_gen:  # pre-generated files are checked when sampled: this is the model's own code
         raise ModelError(
             f"model {getattr(ctx.model, 'name', type(ctx.model).__name__)}: sample(n, seed) returned "
@@ -390,7 +408,7 @@ def extraction(ctx: Context) -> None:
             f"the model's sample file holds {n_avail} samples, fewer than the extraction budget {B}; pass "
             f"--extraction-budget {n_avail} or less (extraction_budget from Python), or generate more samples."
         )
-    stream = sample_stream(ctx.model, ctx.cfg.seed)
+    stream = sample_stream(ctx.model, ctx.cfg.seed, ctx.cond_for if ctx.conditions is not None else None)
 
     def generate(start: int, n: int) -> np.ndarray:
         end, parts = start + n, []

@@ -1,0 +1,130 @@
+"""The per-condition stage of a conditional audit (``diffaudit.pipeline.conditions``): every condition audited on
+its own rows through the audit's own stage functions. ``run_audit`` appends ``CONDITION_STAGE`` to the stages
+when the audit has conditions."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from diffaudit.errors import DiffauditError
+from diffaudit.pipeline import stages as st
+from diffaudit.pipeline.conditions import (
+    FixedCondition,
+    copies_of_condition,
+    memorization_verdict,
+    slice_copies,
+)
+from diffaudit.pipeline.stages import Context, Stage
+from diffaudit.pipeline.verdicts import decide
+from diffaudit.report import schema
+
+
+def condition_context(ctx, j: int):
+    """The audit context of condition ``j``: its rows, the model restricted to it, its copy decisions."""
+    cs = ctx.conditions
+    g = np.flatnonzero(cs.gen == j)
+    t = np.flatnonzero(cs.train == j) if cs.train is not None else np.zeros(0, np.int64)
+    h = None
+    if ctx.holdout is not None and cs.holdout is not None:
+        h = np.flatnonzero(cs.holdout == j)
+
+    def take(a, rows):
+        return None if a is None or rows is None else a[rows]
+
+    sub = Context(
+        model=FixedCondition(ctx.model, cs.values[j], cs.names[j]),
+        cfg=ctx.cfg,
+        train=ctx.train[t],
+        holdout=take(ctx.holdout, h),
+        dataset=ctx.dataset,
+        train_z=take(ctx.train_z, t),
+        holdout_z=take(ctx.holdout_z, h),
+        embedder=ctx.embedder,
+        n_gen=int(len(g)),
+        gen=ctx.gen[g],
+        fg=ctx.fg[g],
+        ft=ctx.ft[t],
+        fh=take(ctx.fh, h),
+    )
+    return sub, g, t, h
+
+
+def per_condition(ctx) -> None:
+    """Audit every condition on its own rows (module docstring); fills ``ctx.condition_results``."""
+    cs, cfg = ctx.conditions, ctx.cfg
+    c_all = ctx.art.get("copies")
+    out = []
+    for j in range(len(cs)):
+        sub, g, t, h = condition_context(ctx, j)
+        entry = {
+            "condition": cs.names[j],
+            "value": cs.values[j],
+            "index": j,
+            "n_generated": int(len(g)),
+            "n_train": int(len(t)),
+            "n_holdout": None if h is None else int(len(h)),
+            "skipped": [],
+        }
+        if len(g) == 0:
+            entry.update(verdict=dict.fromkeys(schema.VERDICTS, "n/a"), reasons={}, metrics={})
+            entry["skipped"].append({"probe": "all", "reason": "no generated samples of this condition."})
+            out.append(entry)
+            ctx.advance(1)
+            continue
+        if c_all is not None:
+            copies_of_condition(sub, slice_copies(c_all, g))
+        plan = [
+            ("moments", lambda s: st.moments(replace_dataset(s)), len(t) >= 2 and sub.holdout is not None),
+            ("convergence", st.convergence, sub.holdout is not None and len(t) >= 2),
+            ("copy_tests", st.copy_tests, sub.holdout is not None and len(t) >= 2),
+            ("membership", st.membership, sub.holdout is not None and len(t) >= 2 and sub.white_box),
+            ("factors", st.factors, ctx.dataset is not None and c_all is not None),
+        ]
+        for name, fn, ok in plan:
+            if not ok:
+                sub.skipped.append({"probe": name, "reason": _why_not(sub, name, len(t))})
+                continue
+            try:
+                fn(sub)
+            except DiffauditError as e:
+                sub.skipped.append({"probe": name, "reason": str(e)})
+        verdict, reasons = decide(sub.probes, cfg, sub.details)
+        verdict["memorization"], reasons["memorization"] = memorization_verdict(sub.probes, cfg, len(cs))
+        metrics = {
+            f"{grp}.{k}": v for grp, vals in sub.probes.items() for k, v in vals.items() if v is not None
+        }
+        entry.update(verdict=verdict, reasons=reasons, metrics=metrics, skipped=sub.skipped)
+        out.append(entry)
+        ctx.advance(1)
+    ctx.condition_results = out
+
+
+def replace_dataset(sub):
+    """``sub`` without its dataset, sharing its metric tables: the second-moment reference of a condition is its
+    holdout (the dataset's population moments are the whole mixture's)."""
+    view = replace(sub, dataset=None)
+    view.probes, view.details, view.skipped, view.art = sub.probes, sub.details, sub.skipped, sub.art
+    return view
+
+
+def _why_not(sub, name: str, n_train: int) -> str:
+    if n_train < 2:
+        return f"only {n_train} training item(s) of this condition."
+    if sub.holdout is None:
+        return "no held-out rows of this condition (pass --holdout-labels with --holdout)."
+    if name == "membership":
+        return "the model is a black box (no denoise(x, sigma))."
+    if name == "factors":
+        return "no synthetic dataset."
+    return "not applicable."
+
+
+CONDITION_STAGE = Stage(
+    "conditions",
+    "per-condition audit",
+    per_condition,
+    (),
+    total=lambda ctx: len(ctx.conditions),
+)

@@ -1,0 +1,231 @@
+"""Audits of conditional models: which condition each row belongs to, and the per-condition audit.
+
+A class-conditional model (``--condition labels``) is sampled per class -- balanced (generated sample i has class
+i mod K) or with the labels of a file -- and a text-conditional one (``--condition prompts``) per prompt. The
+whole audit runs as for any model on all samples together (the overall verdicts). Then ``per_condition`` audits
+each condition on its own rows: the model restricted to that condition (``FixedCondition``, an unconditional
+``Model``), its generated rows, and the training and held-out rows of that condition, through the same stage
+functions (second moments and FD against the condition's holdout, copies, C_T, membership inference with the
+condition given, factor recovery). The report gains ``conditions``: one entry per class or prompt with
+``condition``, ``n_train``, ``verdict`` and its metrics.
+
+Copies per condition are read off the overall copy search (every generated row against the WHOLE training set, so
+a class-c sample that copies an item of another class is still a copy), sliced to the condition's rows.
+
+Per-condition verdicts use the overall rules and tolerances (``diffaudit.pipeline.verdicts``) on the condition's
+metrics, except memorization, which must hold for K conditions at once on a few hundred samples each: a condition
+fails memorization when its copy rate is ABOVE ``max_copy_rate`` with one-sided confidence 1 - 0.05 / K (a
+Wilson bound, Bonferroni over the K conditions), or when its membership AUC's 95 % interval lies above
+``max_mia_auc``. A generator of fresh data (copy rule false-flag rate ~1 %) then fails some condition in at most
+5 % of audits whatever K, while a condition whose samples copy its few training items (rate near 1) fails at any
+sample size above a handful.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from diffaudit.errors import DiffauditError
+from diffaudit.models.contract import Model, check_cond
+from diffaudit.pipeline.setup import holdout_indices
+from diffaudit.probes.stats import wilson_interval
+
+FAMILY_ALPHA = 0.05  # the chance that an audit of a model with no copies fails some condition's memorization
+
+
+@dataclass
+class Conditions:
+    """The conditions of an audit and the condition of every row.
+
+    ``values[j]``: what the model is given for condition j (an int class label or a prompt string); ``names[j]``:
+    how reports show it; ``gen`` (n_gen,), ``train`` (n_train,), ``holdout`` (n_holdout,) or None: the condition
+    index of each row, -1 for a row tied to no condition (a training image no prompt names).
+    ``source``: "balanced" (generated row i has condition i mod K) or "file" (the labels of a file, cycled when
+    an attack draws more generations than the file has rows).
+    """
+
+    kind: str  # "labels" | "prompts"
+    values: list
+    names: list[str]
+    gen: np.ndarray
+    train: np.ndarray | None
+    holdout: np.ndarray | None
+    source: str = "balanced"
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def index_of_generation(self, start: int, n: int) -> np.ndarray:
+        """Condition index of generations ``start .. start + n - 1`` of the model's stream (the audit's samples
+        first, then more for the extraction attack, cycling the same pattern)."""
+        i = np.arange(int(start), int(start) + int(n))
+        return self.gen[i % len(self.gen)]
+
+    def cond(self, idx: np.ndarray):
+        """The model's ``cond`` for rows of condition indices ``idx``: an int64 array or a list of prompts."""
+        if self.kind == "labels":
+            return np.asarray(self.values, dtype=np.int64)[np.asarray(idx, dtype=np.int64)]
+        return [self.values[int(j)] for j in idx]
+
+    def summary(self) -> dict:
+        return {
+            "kind": self.kind,
+            "n_conditions": len(self.values),
+            "source": self.source,
+            "names": list(self.names),
+        }
+
+
+class FixedCondition(Model):
+    """A conditional model restricted to one condition, as an unconditional ``Model``: what an audit of one class
+    (or one prompt) samples, denoises and attacks. White box when the model is."""
+
+    def __init__(self, model, value, name: str):
+        self.model = model
+        self.value = value
+        self.name = f"{getattr(model, 'name', type(model).__name__)} [{name}]"
+        self.shape = tuple(getattr(model, "shape", ()) or ())
+        for attr in ("sampler_config", "batch_size", "sigma_data", "latent_shape", "n_available"):
+            if hasattr(model, attr):
+                setattr(self, attr, getattr(model, attr))
+
+    def _cond(self, n: int):
+        return (
+            np.full(int(n), int(self.value), np.int64)
+            if self.model.conditioning == "labels"
+            else [self.value] * int(n)
+        )
+
+    @property
+    def has_denoiser(self) -> bool:
+        return bool(getattr(self.model, "has_denoiser", False))
+
+    def sample(self, n: int, seed: int = 0, cond=None) -> np.ndarray:
+        return self.model.sample(int(n), seed, cond=self._cond(n))
+
+    def denoise(self, x, sigma, cond=None):
+        return self.model.denoise(x, sigma, self._cond(len(x)))
+
+    def sample_from_noise(self, noise, cond=None):
+        return self.model.sample_from_noise(noise, self._cond(len(noise)))
+
+
+def label_conditions(
+    model,
+    n_gen: int,
+    train_labels,
+    holdout_labels=None,
+    sample_labels=None,
+    class_names=None,
+) -> Conditions:
+    """The conditions of a class-conditional audit: K = the model's ``n_classes`` (else the training labels'
+    largest + 1), balanced sampling unless ``sample_labels`` (one label per generated sample) are given."""
+    if train_labels is None:
+        raise DiffauditError(
+            "--condition labels needs the training set's labels: a synthetic --dataset with a discrete factor, "
+            "or --train-labels FILE."
+        )
+    k = getattr(model, "n_classes", None)
+    tl = check_cond(_Labels(k), train_labels, len(train_labels), "training labels (--train-labels)")
+    k = int(k if k is not None else tl.max() + 1)
+    hl = None
+    if holdout_labels is not None:
+        hl = check_cond(_Labels(k), holdout_labels, len(holdout_labels), "holdout labels (--holdout-labels)")
+    if sample_labels is not None:
+        gl = check_cond(_Labels(k), sample_labels, len(sample_labels), "sample labels (--sample-labels)")
+        if len(gl) != int(n_gen):
+            raise DiffauditError(
+                f"sample labels (--sample-labels): {len(gl)} labels for {int(n_gen)} generated samples; pass "
+                f"--n-samples {len(gl)} or a file with one label per sample."
+            )
+        source = "file"
+    else:
+        gl = np.arange(int(n_gen), dtype=np.int64) % k
+        source = "balanced"
+    class_names = class_names if class_names is not None else getattr(model, "class_names", None)
+    names = list(class_names) if class_names is not None else None
+    if names is None or len(names) != k:
+        names = [str(c) for c in range(k)]
+    return Conditions("labels", list(range(k)), names, gl, tl, hl, source)
+
+
+class _Labels:
+    """A stand-in model for ``check_cond`` on label files (the model's classes, no model needed)."""
+
+    conditioning = "labels"
+    name = "audit"
+
+    def __init__(self, n_classes):
+        self.n_classes = n_classes
+
+
+def split_labels(labels, n: int, fraction: float, seed: int):
+    """The labels of ``split_holdout``'s (train, holdout) rows: the same seeded permutation."""
+    keep, held = holdout_indices(n, fraction, seed)
+    labels = np.asarray(labels)
+    return labels[keep], labels[held]
+
+
+# --------------------------------------------------------------------------------------------- per condition
+
+
+def slice_copies(c, rows: np.ndarray):
+    """The overall copy search's decisions for generated ``rows`` (what ``factors`` and the report read)."""
+    is_copy = np.asarray(c.is_copy)[rows]
+    nn = np.asarray(c.nn_index)[rows]
+    return replace(
+        c,
+        nn_index=nn,
+        d1=np.asarray(c.d1)[rows],
+        d2=np.asarray(c.d2)[rows],
+        ratio=np.asarray(c.ratio)[rows],
+        is_copy=is_copy,
+        is_copy_ratio=np.asarray(c.is_copy_ratio)[rows],
+        is_copy_holdout=None if c.is_copy_holdout is None else np.asarray(c.is_copy_holdout)[rows],
+        is_copy_carlini=None if c.is_copy_carlini is None else np.asarray(c.is_copy_carlini)[rows],
+        carlini_score=None if c.carlini_score is None else np.asarray(c.carlini_score)[rows],
+        n_generated=int(len(rows)),
+        n_copies=int(is_copy.sum()),
+        copy_rate=float(is_copy.mean()) if len(rows) else float("nan"),
+        copy_rate_ci=wilson_interval(int(is_copy.sum()), int(len(rows))),
+        unique_train_copied=int(len(np.unique(nn[is_copy]))),
+        transform=None if c.transform is None else np.asarray(c.transform)[rows],
+    )
+
+
+def copies_of_condition(sub, c) -> None:
+    """Copy metrics of one condition's rows from the overall copy search ``c``."""
+    sub.put("memorization.copy_rate", c.copy_rate, c.copy_rate_ci)
+    sub.put("memorization.unique_train_copied", c.unique_train_copied)
+    sub.put("memorization.n_copies", c.n_copies)
+    for rule, flags in (("ratio", c.is_copy_ratio), ("holdout", c.is_copy_holdout)):
+        if flags is not None and len(flags):
+            sub.put(f"memorization.copy_rate_{rule}", float(np.mean(flags)))
+    sub.art["copies"] = c
+
+
+def memorization_verdict(probes: dict, cfg, n_conditions: int) -> tuple[str, str]:
+    """The per-condition memorization rule of the module docstring: (verdict, reason)."""
+    cr = (probes.get("memorization") or {}).get("copy_rate")
+    n = (probes.get("memorization") or {}).get("n_copies")
+    if cr is None:
+        return "n/a", "no generated samples of this condition."
+    k = int(round((n or {}).get("value", 0)))
+    m = int(round(k / cr["value"])) if cr["value"] > 0 else None
+    conf = 1.0 - 2.0 * FAMILY_ALPHA / max(1, n_conditions)  # two-sided level whose lower bound is one-sided
+    lo = wilson_interval(k, m, conf)[0] if m else 0.0
+    auc = (probes.get("memorization") or {}).get("mia_auc")
+    auc_lo = auc["ci"][0] if auc and auc.get("ci") else None
+    if lo > cfg.max_copy_rate:
+        return "fail", (
+            f"copy rate {cr['value']:.3f} ({k} copies): above {cfg.max_copy_rate:g} with confidence "
+            f"{1 - FAMILY_ALPHA / max(1, n_conditions):.4f} (lower bound {lo:.3f})."
+        )
+    if auc_lo is not None and auc_lo > cfg.max_mia_auc:
+        return "fail", f"membership AUC {auc['value']:.3f}, its 95 % interval above {cfg.max_mia_auc:g}."
+    return "pass", (
+        f"copy rate {cr['value']:.3f} ({k} copies) is not significantly above {cfg.max_copy_rate:g} "
+        f"(lower bound {lo:.3f} at confidence {1 - FAMILY_ALPHA / max(1, n_conditions):.4f})."
+    )
