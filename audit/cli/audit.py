@@ -15,7 +15,7 @@ from diffaudit.models.adapters import FORMS, check_spec, load_model, model_name
 from diffaudit.models.controls import CONTROLS
 from diffaudit.pipeline.config import AuditConfig
 from diffaudit.pipeline.run import run_audit_on
-from diffaudit.pipeline.setup import audit_data
+from diffaudit.pipeline.setup import audit_data, load_labels
 from diffaudit.pipeline.verdicts import evaluate_gates, parse_gate
 from diffaudit.report import schema
 
@@ -58,6 +58,20 @@ def print_summary(report: dict, gate_results: list[dict], out_dir: Path | None) 
                 "[green]pass[/]" if r["passed"] else "[red]FAIL[/]",
             )
         con.print(g)
+    if report.get("conditions"):
+        c = Table(title=f"per {report['inputs']['condition']['kind'].rstrip('s')}")
+        for col in ("condition", "n train", "n gen", *schema.VERDICTS, "copy rate"):
+            c.add_column(col, justify="right" if col.startswith(("n ", "copy")) else "left")
+        for e in report["conditions"]:
+            cr = e["metrics"].get("memorization.copy_rate")
+            c.add_row(
+                str(e["condition"])[:40],
+                str(e["n_train"]),
+                str(e["n_generated"]),
+                *(f"[{colour.get(e['verdict'][k], 'yellow')}]{e['verdict'][k]}[/]" for k in schema.VERDICTS),
+                "" if cr is None else f"{cr['value']:.3f}",
+            )
+        con.print(c)
     for w in report.get("warnings", []):
         con.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
     tm = report["timings"]
@@ -145,6 +159,37 @@ def print_summary(report: dict, gate_results: list[dict], out_dir: Path | None) 
     metavar="EXPR",
     help="release gate, e.g. 'memorization.copy_rate<=0.001' (repeatable)",
 )
+@click.option(
+    "--condition",
+    type=click.Choice(["labels", "prompts"]),
+    help="audit a conditional model per condition: 'labels' (class-conditional; labels from the dataset's "
+    "discrete factor or --train-labels) or 'prompts' (text-to-image; --prompts FILE)",
+)
+@click.option(
+    "--train-labels", metavar="PATH", help="class label of each --train row (.npy or one integer per line)"
+)
+@click.option(
+    "--holdout-labels",
+    metavar="PATH",
+    help="class label of each --holdout row (.npy or one integer per line)",
+)
+@click.option(
+    "--sample-labels",
+    metavar="PATH",
+    help="the class of each generated sample (default: balanced, sample i gets class i mod K)",
+)
+@click.option(
+    "--prompts",
+    "prompts_path",
+    metavar="PATH",
+    help="prompts of a text-to-image audit: one per line, or JSONL with prompt, optional image and memorized",
+)
+@click.option(
+    "--guidance",
+    type=click.FloatRange(min=0.0),
+    help="classifier-free guidance scale of a conditional model (default 1 = the plain conditional model for "
+    "labels, 7.5 for prompts)",
+)
 @click.option("--out", "out", metavar="DIR", help="report folder (default reports/<timestamp>-<model>)")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--no-progress", is_flag=True, help="no progress bars")
@@ -164,6 +209,12 @@ def audit_cmd(
     n_boot,
     extraction_budget,
     gates,
+    condition,
+    train_labels,
+    holdout_labels,
+    sample_labels,
+    prompts_path,
+    guidance,
     out,
     device,
     no_progress,
@@ -195,6 +246,9 @@ def audit_cmd(
         raise DiffauditError(
             "--holdout goes with --train PATH; with --dataset the holdout is drawn from the dataset."
         )
+    check_condition_options(
+        condition, train_path, holdout_path, train_labels, holdout_labels, prompts_path, sample_labels
+    )
     check_spec(model_spec)  # before any data are read: a mistyped spec fails at once
     cfg = AuditConfig(
         features=features,
@@ -204,15 +258,44 @@ def audit_cmd(
         device=device,
         weights=weights,
         progress=not no_progress,
+        condition=condition,
+        guidance=guidance,
         **({} if extraction_budget is None else {"extraction_budget": extraction_budget}),
     ).check()
+    if guidance is None and condition is not None:
+        cfg.guidance = DEFAULT_GUIDANCE[condition]
     if n_boot is not None:
         cfg.n_boot, cfg.boot_max_dim = n_boot, 1 << 30
     out_dir = check_out_dir(Path(out) if out else default_out_dir(model_spec))
     data = audit_data(
-        dataset_spec, n_train, n_holdout, train_path, holdout_path, n_samples=n_samples, seed=seed
+        dataset_spec,
+        n_train,
+        n_holdout,
+        train_path,
+        holdout_path,
+        n_samples=n_samples,
+        seed=seed,
+        train_labels=train_labels,
+        holdout_labels=holdout_labels,
     )
-    model = load_model(model_spec, train=data.train, dataset=data.dataset, device=device, num_steps=num_steps)
+    labels = data.train_labels if condition == "labels" else None
+    if condition == "labels" and labels is None:
+        raise DiffauditError(
+            f"--condition labels: the training data have no class labels; use a --dataset with a discrete factor "
+            f"(sprites, digits, molrg) or pass --train-labels FILE{'' if data.dataset is None else ' (' + data.dataset.spec + ' has none)'}."
+        )
+    sample_lab = None if sample_labels is None else load_labels(sample_labels, n_samples, "--sample-labels")
+    model = load_model(
+        model_spec,
+        train=data.train,
+        dataset=data.dataset,
+        device=device,
+        num_steps=num_steps,
+        train_labels=labels,
+        n_classes=None if labels is None else n_classes_of(data),
+        class_names=data.class_names,
+        guidance=1.0 if cfg.guidance is None else cfg.guidance,
+    )
     report = run_audit_on(
         model,
         data,
@@ -220,6 +303,7 @@ def audit_cmd(
         out_dir=out_dir,
         model_spec=model_spec,
         timings={"load": round(time.perf_counter() - t0, 4)},
+        sample_labels=sample_lab,
     )
     results = evaluate_gates(report, parsed)
     print_summary(report, results, out_dir)
@@ -227,6 +311,38 @@ def audit_cmd(
         click.echo(f"gates failed: {', '.join(r['gate'] for r in results if not r['passed'])}", err=True)
         return 1
     return 0
+
+
+DEFAULT_GUIDANCE = {"labels": 1.0, "prompts": 7.5}  # the plain conditional model; Stable Diffusion's default
+
+
+def n_classes_of(data) -> int:
+    """Classes of a labelled audit: the dataset's (all of them, also those missing from a small training set),
+    else the largest label seen + 1."""
+    if data.class_names is not None:
+        return len(data.class_names)
+    seen = [data.train_labels] + ([data.holdout_labels] if data.holdout_labels is not None else [])
+    return int(max(int(a.max()) for a in seen if len(a))) + 1
+
+
+def check_condition_options(
+    condition, train_path, holdout_path, train_labels, holdout_labels, prompts_path, sample_labels
+):
+    """The conditional options that go together, checked before any data are read (one sentence each)."""
+    if condition != "labels":
+        for flag, v in (("--train-labels", train_labels), ("--holdout-labels", holdout_labels)):
+            if v is not None:
+                raise DiffauditError(f"{flag} goes with --condition labels; add it or drop {flag}.")
+    if condition != "prompts" and prompts_path is not None:
+        raise DiffauditError("--prompts goes with --condition prompts; add it or drop --prompts.")
+    if condition == "prompts" and prompts_path is None:
+        raise DiffauditError("--condition prompts needs --prompts FILE (one prompt per line, or JSONL).")
+    if train_labels is not None and train_path is None:
+        raise DiffauditError(
+            "--train-labels goes with --train PATH; with --dataset the labels come from its discrete factor."
+        )
+    if holdout_labels is not None and holdout_path is None:
+        raise DiffauditError("--holdout-labels goes with --holdout PATH; pass the held-out samples too.")
 
 
 def default_out_dir(model_spec: str, root: str = "reports") -> Path:

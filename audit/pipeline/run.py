@@ -254,6 +254,7 @@ def run_audit(
             "dataset": dataset,
             "cfg": cfg,
             "plotly": html_plotly,
+            "conditions": conditions,
         }
         report["timings"]["report"] = 0.0
         report["timings"]["total"] = round(time.perf_counter() - t_start + timings.get("load", 0.0), 4)

@@ -311,6 +311,47 @@ def _figures(report: dict, art: dict) -> list[str]:
 # --------------------------------------------------------------------------------------------- page
 
 
+CONDITION_COLUMNS = (  # the per-condition table: metric key, column title
+    ("convergence.bulk_error", "E1 (bulk)"),
+    ("convergence.fd", "FD"),
+    ("factors.novel_valid_rate", "novel valid"),
+    ("memorization.copy_rate", "copy rate"),
+    ("memorization.unique_train_copied", "items copied"),
+    ("memorization.mia_auc", "MIA AUC"),
+)
+
+
+def condition_table(report: dict) -> str:
+    """The per-condition verdicts and main metrics of a conditional audit ("" otherwise)."""
+    conds = report.get("conditions")
+    if not conds:
+        return ""
+    e = html.escape
+    kind = (report.get("inputs", {}).get("condition") or {}).get("kind", "condition")
+    head = "".join(
+        f"<th>{e(h)}</th>"
+        for h in ("condition", "n train", "n generated", *schema.VERDICTS, *(t for _, t in CONDITION_COLUMNS))
+    )
+    rows = []
+    for c in conds:
+        cells = [f"<td>{e(str(c['condition']))}</td>", f"<td class='num'>{c['n_train']}</td>"]
+        cells.append(f"<td class='num'>{c['n_generated']}</td>")
+        for k in schema.VERDICTS:
+            v = c["verdict"].get(k, "n/a")
+            why = e(c.get("reasons", {}).get(k, ""))
+            cls = {"pass": "pass", "fail": "fail"}.get(v, "na")
+            cells.append(f"<td class='{cls}' title='{why}'>{e(v)}</td>")
+        for key, _ in CONDITION_COLUMNS:
+            m = c["metrics"].get(key)
+            cells.append("<td class='num'>" + ("" if m is None else f"{m['value']:.4g}") + "</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        f"<h2>Per {e(kind.rstrip('s'))}</h2><p class='small'>Each condition audited on its own samples, training "
+        "and held-out rows (hover a verdict for its reason).</p>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    )
+
+
 def render_html(report: dict, art: dict, images: dict, *, plotly: str = INLINE) -> str:
     """The report page. ``images``: data URIs from the writer (``samples``, ``train``, ``pairs`` of
     (generated index, train index, URI)), empty for vector data; ``plotly``: ``"inline"`` or a relative
@@ -373,11 +414,13 @@ def render_html(report: dict, art: dict, images: dict, *, plotly: str = INLINE) 
         )
     figs = "".join(f"<div>{s}</div>" for s in _figures(report, art))
     title = f"diffaudit report — {inp.get('model')}"
+    per_condition = condition_table(report)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{e(str(title))}</title><style>{_CSS}</style>{script}</head><body>"
         f"<h1>{e(str(title))}</h1>{warn}<div class='banner'>{''.join(banner)}</div>"
         f"<h2>Inputs</h2><table>{info}</table>"
+        f"{per_condition}"
         f"<h2>Metrics</h2><p class='small'>Hover a metric's name for what it measures.</p>{metric_tables(report)}"
         + (f"<h2>Skipped</h2><ul>{skipped}</ul>" if skipped else "")
         + f"{gallery}<h2>Plots</h2>{figs}<h2>Timings</h2><table>{timings}</table>"

@@ -12,7 +12,8 @@ Directory layout (written under a temporary name, renamed when complete):
   ``reasons`` (one plain sentence per verdict), ``thresholds``, ``skipped`` (probe + why), ``details``.
 - ``metrics.parquet``: one row per metric: ``name`` ("group.key"), ``group``, ``value``, ``ci_lo``, ``ci_hi``.
 - ``copies.parquet``: one row per generated sample: ``index``, ``nn_index``, ``d1``, ``d2``, ``ratio``,
-  ``is_copy``, ``is_copy_ratio``, ``is_copy_holdout``, ``transform`` (the edit that reached d1: "identity",
+  ``is_copy``, ``is_copy_ratio``, ``is_copy_holdout``, ``transform``, for conditional audits ``condition`` (index
+  into report.json's ``conditions``) and ``condition_name`` (the edit that reached d1: "identity",
   "shift(+1,+0)", "flip", "crop90(+0,+1)", ...; always "identity" without transforms), for images with a holdout
   ``is_partial_copy``, ``partial_nn_index`` and ``partial_tiles`` (the copied tiles, a row-major 0/1 string of
   the 4 x 4 tile grid; "" when no partial copy) and, with factors, ``valid``, ``residual``, ``novel_valid``.
@@ -151,6 +152,12 @@ def _write_contents(tmp: Path, report: dict, art: dict) -> None:
             "".join("1" if v else "0" for v in row) if p else ""
             for row, p in zip(flat, partial.is_partial, strict=True)
         ]
+    cond = art.get("conditions")
+    if (
+        cond is not None
+    ):  # conditional audits: the condition of every generated sample (index into "conditions")
+        cols["condition"] = np.asarray(cond.gen, dtype=np.int64)
+        cols["condition_name"] = np.asarray(cond.names, dtype=object)[cond.gen].astype(str)
     val = art.get("validity")
     if val is not None:
         cols["valid"] = val.valid.astype(bool)
@@ -161,6 +168,11 @@ def _write_contents(tmp: Path, report: dict, art: dict) -> None:
     gen, train = art["gen"], art["train"]
     order = np.lexsort((copies.d1, copies.ratio))  # most copy-like first
     top = order[: art["cfg"].n_copies_shown]
+    if cond is not None and art["cfg"].n_copies_shown > 0:  # and the most copy-like few of every condition
+        per = max(1, min(4, art["cfg"].n_copies_shown))
+        extra = [order[cond.gen[order] == j][:per] for j in range(len(cond))]
+        top = np.concatenate([top, *extra])
+        top = top[np.sort(np.unique(top, return_index=True)[1])]
     images: dict[str, str] = {}
     if gen.ndim == 4:
         png = grid_png(gen[:64])
