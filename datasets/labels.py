@@ -40,11 +40,26 @@ def sample_class(
     dataset, label: int, n: int, seed: int, max_rounds: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
     """(x, z) of ``n`` fresh draws of class ``label`` from ``dataset``'s generator: rounds of the dataset's own
-    ``sample`` (seeds derived from ``seed`` and the round) keeping the rows of that class, in draw order."""
+    ``sample`` (seeds derived from ``seed`` and the round) keeping the rows of that class, in draw order.
+
+    A finite dataset (``n_population``, e.g. the 1,797 digits) has no generator to draw rounds from: its whole
+    population is permuted once (seeded) and the first ``n`` items of the class are taken, without replacement;
+    asking for more than the class holds is an error."""
     _, names = label_factor(dataset)
     label, n = int(label), int(n)
     if not 0 <= label < len(names):
         raise DiffauditError(f"class {label} is outside {dataset.spec}'s classes 0..{len(names) - 1}.")
+    pop = getattr(dataset, "n_population", None)
+    if pop is not None:
+        s = int(np.random.SeedSequence([int(seed), label, 0xC1A55]).generate_state(1, np.uint32)[0] >> 1)
+        x, z = dataset.sample(int(pop), s)
+        keep = np.flatnonzero(labels_from_factors(dataset, z) == label)
+        if n > len(keep):
+            raise DiffauditError(
+                f"class {label} ({names[label]}) of {dataset.spec} has {len(keep)} items, fewer than the {n} "
+                f"asked for; ask for at most {len(keep)}."
+            )
+        return x[keep[:n]], z[keep[:n]]
     xs, zs, have = [], [], 0
     batch = max(64, 2 * n * len(names))
     for r in range(max_rounds):

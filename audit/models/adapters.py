@@ -19,11 +19,15 @@ k-diffusion's ``external.py`` wraps foreign models into one ``D(x, sigma)``:
     A local diffusers pipeline folder (``model_index.json`` with ``unet/`` holding a ``UNet2DModel`` and
     ``scheduler/`` holding a DDPM-type scheduler with ``alphas_cumprod``), or a bare ``UNet2DModel``
     folder next to a ``scheduler`` folder. Wrapped to the EDM denoiser as k-diffusion's
-    ``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser`` do: sigma_t = sqrt((1 - abar_t) / abar_t);
-    a continuous sigma maps to a fractional timestep by linear interpolation in log sigma;
-    c_in = 1 / sqrt(1 + sigma^2); epsilon prediction: D = x - sigma * eps; v prediction:
-    D = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) * v; sample prediction: D = net output.
+    ``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser`` do (``diffaudit.models.discrete``):
+    sigma_t = sqrt((1 - abar_t) / abar_t); a continuous sigma maps to a fractional timestep by linear
+    interpolation in log sigma; c_in = 1 / sqrt(1 + sigma^2); epsilon prediction: D = x - sigma * eps;
+    v prediction: D = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) * v; sample prediction: D = net output.
     Sampled with the shared EDM Heun sampler over the sigma range the scheduler covers.
+    A Stable Diffusion 1.x/2.x folder (``model_index.json`` naming a ``StableDiffusion*`` pipeline or a
+    ``UNet2DConditionModel`` unet; also needs ``vae/``, ``text_encoder/``, ``tokenizer/``) loads as a
+    prompt-conditional ``TextToImageModel`` (``diffaudit.models.text_pipeline``): the same denoiser on VAE
+    latents, with classifier-free guidance ``guidance`` (``LoadContext.guidance``, used as given).
 ``control:NAME[:key=value,...]``
     The analytic controls (``diffaudit.models.controls.CONTROLS``: oracle, gaussian, memorizer and the
     failure modes shrunk, collapsed, interpolator, noisy-memorizer, mode-dropper), with parameters as
@@ -54,8 +58,14 @@ from diffaudit.device import resolve_device
 from diffaudit.errors import DiffauditError, ModelError
 from diffaudit.models.checkpoint import CheckpointModel
 from diffaudit.models.contract import DenoiserModel, Model
-from diffaudit.models.controls import CONTROLS, DENOISER_CONTROLS, make_control
-from diffaudit.models.sampler import SamplerConfig
+from diffaudit.models.controls import (
+    CONTROLS,
+    DENOISER_CONTROLS,
+    make_conditional_control,
+    make_control,
+)
+from diffaudit.models.discrete import DiscreteSchedule, scalar_sigma
+from diffaudit.models.text_pipeline import TextToImageModel, is_text_to_image
 
 __all__ = [
     "ADAPTERS",
@@ -71,6 +81,7 @@ __all__ = [
     "SamplesModel",
     "FunctionModel",
     "DiffusersModel",
+    "TextToImageModel",
 ]
 
 
@@ -536,7 +547,7 @@ class DiffusersModel(DenoiserModel):
 
     ``sigmas_`` (T,) = sqrt((1 - alphas_cumprod) / alphas_cumprod) ascending with t; a sigma between
     two of them maps to the fractional timestep interpolated linearly in log sigma (k-diffusion
-    ``DiscreteSchedule.sigma_to_t``), clamped to the covered range.
+    ``DiscreteSchedule.sigma_to_t``), clamped to the covered range (``diffaudit.models.discrete``).
     """
 
     def __init__(
@@ -554,35 +565,19 @@ class DiffusersModel(DenoiserModel):
             raise DiffauditError(
                 "the diffusers: adapter needs the optional 'diffusers' package; pip install 'diffaudit[diffusers]'."
             ) from None
-        import torch
 
         path = Path(os.fspath(path)).expanduser()
         unet_dir, sched_dir = _find_parts(path)
         try:
             unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=None)
-            sched_cfg = diffusers.DDPMScheduler.load_config(str(sched_dir))
-            cls_name = sched_cfg.get("_class_name", "DDPMScheduler")
-            sched_cls = getattr(diffusers, cls_name, None) or diffusers.DDPMScheduler
-            scheduler = sched_cls.from_config(sched_cfg)
-        except DiffauditError:
-            raise
         except Exception as e:
             raise DiffauditError(
                 f"diffusers model {path}: cannot load it ({type(e).__name__}: {str(e)[:160]}); is it a UNet2DModel pipeline?"
             ) from None
-        ac = getattr(scheduler, "alphas_cumprod", None)
-        if ac is None:
-            raise DiffauditError(
-                f"diffusers model {path}: scheduler {cls_name} has no alphas_cumprod; only DDPM-type discrete schedulers are supported."
-            )
-        ac = np.asarray(torch.as_tensor(ac).double().cpu().numpy(), dtype=np.float64)
-        self.prediction_type = str(getattr(scheduler.config, "prediction_type", "epsilon"))
-        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise DiffauditError(
-                f"diffusers model {path}: prediction_type {self.prediction_type!r} is not supported."
-            )
-        self.sigmas_ = np.sqrt((1.0 - ac) / ac)
-        self.log_sigmas_ = np.log(self.sigmas_)
+        self.schedule = DiscreteSchedule.from_folder(sched_dir, f"diffusers model {path}")
+        self.prediction_type = self.schedule.prediction_type
+        self.sigmas_ = self.schedule.sigmas
+        self.log_sigmas_ = self.schedule.log_sigmas
         self.device = resolve_device(device)
         self.unet = unet.to(self.device).eval()
         for p in self.unet.parameters():
@@ -593,19 +588,12 @@ class DiffusersModel(DenoiserModel):
         super().__init__(
             (c, int(h), int(w)), sigma_data=sigma_data, num_steps=num_steps, batch_size=batch_size
         )
-        base = SamplerConfig.for_data(sigma_data, num_steps=num_steps)
-        self.sampler_config = SamplerConfig(
-            num_steps=num_steps,
-            sigma_min=max(base.sigma_min, float(self.sigmas_.min())),
-            sigma_max=min(base.sigma_max, float(self.sigmas_.max())),
-            rho=base.rho,
-        )
+        self.sampler_config = self.schedule.sampler_config(num_steps, sigma_data)
         self.name = f"diffusers:{path}"
 
     def sigma_to_t(self, sigma: float) -> float:
         """Fractional timestep of ``sigma`` (interpolated in log sigma; clamped to the schedule)."""
-        ls = np.log(np.clip(float(sigma), self.sigmas_.min(), self.sigmas_.max()))
-        return float(np.interp(ls, self.log_sigmas_, np.arange(len(self.sigmas_), dtype=np.float64)))
+        return self.schedule.sigma_to_t(sigma)
 
     def denoise(self, x: np.ndarray, sigma: float) -> np.ndarray:
         import torch
@@ -615,9 +603,9 @@ class DiffusersModel(DenoiserModel):
             raise DiffauditError(
                 f"diffusers model: input of shape {x.shape} does not match its sample shape {self.shape}."
             )
-        sigma = float(np.asarray(sigma).reshape(-1)[0]) if np.ndim(sigma) else float(sigma)
+        sigma = scalar_sigma(sigma)
         t = self.sigma_to_t(sigma)
-        c_in = 1.0 / np.sqrt(1.0 + sigma**2)
+        c_in = self.schedule.c_in(sigma)
         out = np.empty_like(x)
         with torch.no_grad():
             for i in range(0, len(x), self.batch_size):
@@ -625,12 +613,7 @@ class DiffusersModel(DenoiserModel):
                 inp = torch.from_numpy((xb * c_in).astype(np.float32)).to(self.device)
                 tt = torch.full((len(xb),), t, dtype=torch.float32, device=self.device)
                 y = self.unet(inp, tt).sample.double().cpu().numpy()
-                if self.prediction_type == "epsilon":
-                    out[i : i + len(xb)] = xb - sigma * y
-                elif self.prediction_type == "v_prediction":
-                    out[i : i + len(xb)] = xb / (1.0 + sigma**2) - sigma / np.sqrt(1.0 + sigma**2) * y
-                else:
-                    out[i : i + len(xb)] = y
+                out[i : i + len(xb)] = self.schedule.denoised(xb, sigma, y)
         return out
 
 
@@ -642,12 +625,19 @@ def _load_samples(path: str, ctx: LoadContext) -> Model:
 
 
 def _load_ckpt(path: str, ctx: LoadContext) -> Model:
-    m = CheckpointModel(path, device=str(resolve_device(ctx.device)), **ctx.sampler_kwargs())
+    m = CheckpointModel(
+        path, device=str(resolve_device(ctx.device)), guidance=ctx.guidance, **ctx.sampler_kwargs()
+    )
     m.name = f"ckpt:{path}"
     return m
 
 
 def _load_diffusers(path: str, ctx: LoadContext) -> Model:
+    """A Stable-Diffusion-family folder -> ``TextToImageModel`` guided by ``ctx.guidance`` as given (the CLI
+    passes 7.5, Stable Diffusion's default, for prompt models unless --guidance is set); else the unconditional
+    ``DiffusersModel``."""
+    if is_text_to_image(path):
+        return TextToImageModel(path, device=ctx.device, guidance=ctx.guidance, **ctx.sampler_kwargs())
     return DiffusersModel(path, device=ctx.device, **ctx.sampler_kwargs())
 
 
@@ -671,7 +661,18 @@ def _load_control(arg: str, ctx: LoadContext) -> Model:
         kw["clip"] = (
             None  # keep the training mean/covariance exactly (clipping images to [-1, 1] changes both)
         )
-    m = make_control(arg, train=ctx.train, dataset=ctx.dataset, **kw)
+    if ctx.train_labels is not None:  # --condition labels: a control per class, the plain one for None
+        m = make_conditional_control(
+            arg,
+            train=ctx.train,
+            labels=ctx.train_labels,
+            n_classes=ctx.n_classes,
+            dataset=ctx.dataset,
+            class_names=ctx.class_names,
+            **kw,
+        )
+    else:
+        m = make_control(arg, train=ctx.train, dataset=ctx.dataset, **kw)
     tail = arg.partition(":")[2].strip()
     m.name = f"control:{name}:{tail}" if tail else f"control:{name}"
     return m
@@ -703,7 +704,8 @@ register_adapter(
 register_adapter(
     "diffusers",
     form="diffusers:PATH",
-    description="a local diffusers UNet2DModel pipeline folder with a DDPM-type scheduler; white box",
+    description="a local diffusers pipeline folder: a UNet2DModel + DDPM-type scheduler, or a Stable Diffusion "
+    "1.x/2.x text-to-image pipeline (prompts); white box",
     load=_load_diffusers,
     label=_path_tail,
 )

@@ -57,8 +57,10 @@ import math
 import numpy as np
 
 from diffaudit.datasets.base import _parse_value, check_n
+from diffaudit.datasets.labels import label_factor, labels_from_factors, sample_class
 from diffaudit.errors import DiffauditError
-from diffaudit.models.contract import DenoiserModel, Model
+from diffaudit.models.contract import DenoiserModel, Model, check_cond
+from diffaudit.models.sampler import noise_from_seeds
 from diffaudit.probes._checks import as_samples
 from diffaudit.probes.neighbors import knn
 
@@ -613,3 +615,260 @@ def make_control(name: str, train=None, dataset=None, **kwargs) -> Model:
     if key in _TAKES_DATASET:
         return _CLASSES[key](train, dataset, **params)
     return _CLASSES[key](train, **params)
+
+
+# ------------------------------------------------------------------------------ class-conditional controls
+#
+# ``make_conditional_control`` fits ONE control per class to that class's own training items (the memorizer
+# memorizes each class's items, the gaussian fits each class's mean and covariance, ...), plus the plain
+# control fitted to the whole training set for ``cond=None`` (the null condition of a model trained with
+# condition dropout: the unconditional model of all the data). So every known answer of the unconditional
+# table holds per class: the conditional memorizer's class-c samples copy class-c items, the conditional
+# oracle draws fresh class-c data.
+
+_COND_SALT = 0xC1A5  # seeds of the per-class streams: (salt, seed, class)
+_MIN_PER_CLASS = {"memorizer": 1}  # training items a class needs; 2 for every other fitted control
+
+
+def class_seed(seed: int, label: int) -> int:
+    """The seed class ``label``'s own control is sampled with in ``sample(n, seed, cond)``: a non-negative
+    int derived from (seed, label), so classes draw independent streams."""
+    state = np.random.SeedSequence([_COND_SALT, int(seed), int(label)]).generate_state(1, np.uint32)[0]
+    return int(state >> 1)
+
+
+class _ClassDataset:
+    """One class of a dataset, as a dataset: ``sample(n, seed)`` = ``sample_class(dataset, label, n, seed)``
+    (the true samples the conditional ``shrunk`` control pulls toward its class mean)."""
+
+    def __init__(self, dataset, label: int):
+        self.dataset, self.label = dataset, int(label)
+        self.shape = tuple(dataset.shape)
+        self.factors = dataset.factors
+        self.spec = f"{dataset.spec} [class {self.label}]"
+
+    def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        return sample_class(self.dataset, self.label, n, seed)
+
+
+class ClassOracleModel(Model):
+    """The oracle of one class: fresh draws of class ``label`` from the dataset's generator (``sample_class``,
+    rejection on the label), or, for a finite dataset, draws without replacement (seeded) from ``pool``, that
+    class's items outside the training set (as ``OracleModel``'s pool). Black box."""
+
+    def __init__(self, dataset, label: int, pool: np.ndarray | None = None):
+        self.dataset, self.label, self.pool_ = dataset, int(label), pool
+        self.shape = tuple(dataset.shape)
+        self.name = f"oracle [class {self.label}]"
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        n, seed = check_n(n, "control 'oracle'"), _check_seed(seed, "oracle")
+        if self.pool_ is None:
+            return np.asarray(sample_class(self.dataset, self.label, n, seed)[0], dtype=np.float32)
+        if n > len(self.pool_):
+            raise DiffauditError(
+                f"the oracle of {self.dataset.spec} can draw only the {len(self.pool_)} items of class {self.label} "
+                f"outside the training set, not {n}; ask for fewer samples of that class."
+            )
+        return self.pool_[np.random.default_rng([0x0AC1E, seed]).permutation(len(self.pool_))[:n]]
+
+
+class ConditionalControl(Model):
+    """A class-conditional black-box control (``conditioning = "labels"``): ``classes_[c]`` is the control of
+    class c (fitted to class c's training items, or the oracle of class c), ``uncond_`` the plain control of
+    the whole training set, used for ``cond=None``.
+
+    ``sample(n, seed, cond)``: the rows of each class c, in order, are ``classes_[c].sample(n_c, class_seed(seed,
+    c))``. Deterministic per (seed, labels): a row depends on the seed, its label and its rank among the rows
+    of that label (not on the other classes' rows).
+    """
+
+    conditioning = "labels"
+
+    def __init__(self, uncond: Model, classes: tuple[Model, ...], n_classes: int, class_names=None):
+        self.uncond_ = uncond
+        self.classes_ = tuple(classes)
+        self.name = uncond.name
+        self.shape = tuple(uncond.shape)
+        self.n_classes = int(n_classes)
+        self.class_names = None if class_names is None else tuple(str(c) for c in class_names)
+
+    def sample(self, n: int, seed: int = 0, cond=None) -> np.ndarray:
+        if cond is None:
+            return self.uncond_.sample(n, seed)
+        n, seed = check_n(n, f"control {self.name!r}"), _check_seed(seed, self.name)
+        labels = check_cond(self, cond, n)
+        out = np.empty((n, *self.shape), np.float32)
+        for c in np.unique(labels):
+            rows = np.flatnonzero(labels == c)
+            out[rows] = self.classes_[c].sample(len(rows), class_seed(seed, c))
+        return out
+
+
+class ConditionalDenoiserControl(DenoiserModel):
+    """A class-conditional denoiser control (gaussian, memorizer): ``denoise(x, sigma, cond)`` sends each row
+    to the exact denoiser of its class (``classes_[c]``, fitted to class c's items) and ``cond=None`` to the
+    plain control of the whole training set (``uncond_``), so it is the exact conditional / unconditional
+    denoiser pair of a model trained with condition dropout.
+
+    ``sample_from_noise(noise, cond)`` runs the one Heun sampler with the routed denoiser and the unconditional
+    control's schedule (one schedule for all classes, as a trained network has): row i depends only on noise
+    i and label i. ``sample(n, seed, cond)``: the rows of class c get the noise of ``noise_from_seeds(range(n_c),
+    base_seed=class_seed(seed, c))`` in order, then ``sample_from_noise`` -- deterministic per (seed, labels).
+    ``cond=None`` everywhere is exactly the unconditional control (its sampler, its clipping).
+    """
+
+    conditioning = "labels"
+
+    def __init__(
+        self, uncond: DenoiserModel, classes: tuple[DenoiserModel, ...], n_classes: int, class_names=None
+    ):
+        super().__init__(
+            uncond.shape,
+            sigma_data=uncond.sigma_data,
+            num_steps=uncond.sampler_config.num_steps,
+            batch_size=uncond.batch_size,
+        )
+        self.sampler_config = uncond.sampler_config
+        self.uncond_ = uncond
+        self.classes_ = tuple(classes)
+        self.name = uncond.name
+        self.clip = getattr(uncond, "clip", None)
+        self.n_classes = int(n_classes)
+        self.class_names = None if class_names is None else tuple(str(c) for c in class_names)
+
+    def denoise(self, x: np.ndarray, sigma: float, cond=None) -> np.ndarray:
+        if cond is None:
+            return self.uncond_.denoise(x, sigma)
+        x = np.asarray(x, dtype=np.float64)
+        labels = check_cond(self, cond, len(x))
+        out = np.empty_like(x)
+        for c in np.unique(labels):
+            rows = np.flatnonzero(labels == c)
+            out[rows] = self.classes_[c].denoise(x[rows], sigma)
+        return out
+
+    def sample_from_noise(self, noise: np.ndarray, cond=None) -> np.ndarray:
+        if cond is None:
+            return self.uncond_.sample_from_noise(noise)
+        out = super().sample_from_noise(noise, cond)
+        if self.clip is not None:
+            np.clip(out, self.clip[0], self.clip[1], out=out)
+        return out
+
+    def sample(self, n: int, seed: int = 0, cond=None) -> np.ndarray:
+        if cond is None:
+            return self.uncond_.sample(n, seed)
+        n, seed = check_n(n, f"control {self.name!r}"), _check_seed(seed, self.name)
+        labels = check_cond(self, cond, n)
+        noise = np.empty((n, *self.shape), np.float64)
+        for c in np.unique(labels):
+            rows = np.flatnonzero(labels == c)
+            noise[rows] = noise_from_seeds(range(len(rows)), self.shape, base_seed=class_seed(seed, c))
+        return self.sample_from_noise(noise, labels)
+
+
+class _LabelSpec:
+    """A stand-in model for ``check_cond`` on the training labels (the classes, no model yet)."""
+
+    conditioning = "labels"
+
+    def __init__(self, n_classes: int, name: str):
+        self.n_classes, self.name = n_classes, name
+
+
+def _finite_pool(dataset, train) -> tuple[np.ndarray, np.ndarray]:
+    """(items, labels) of a finite dataset's population outside ``train`` (``OracleModel``'s pool, labelled)."""
+    every, z = dataset.sample(int(dataset.n_population), 0)
+    every = np.asarray(every, dtype=np.float32)
+    seen = {row.tobytes() for row in np.asarray(train, dtype=np.float32).reshape(len(train), -1)}
+    keep = np.array([row.tobytes() not in seen for row in every.reshape(len(every), -1)])
+    return every[keep], labels_from_factors(dataset, np.asarray(z)[keep])
+
+
+def make_conditional_control(
+    name: str, train, labels, n_classes: int | None, dataset=None, class_names=None, **kwargs
+) -> Model:
+    """A class-conditional analytic control (``conditioning = "labels"``): ONE control per class, fitted to that
+    class's own training items, and for ``cond=None`` the plain ``make_control(name, train, dataset, **kwargs)``
+    fitted to the whole training set.
+
+    ``train`` (n, ...) with ``labels`` (n,) ints in [0, n_classes) (``n_classes`` None: largest label + 1).
+    ``gaussian`` / ``memorizer`` become a ``ConditionalDenoiserControl`` (white box: per-class exact denoisers
+    routed by label, one Heun sampler); the others a ``ConditionalControl`` (black box). ``oracle`` draws class c
+    from the dataset (``sample_class``; a finite dataset: its class-c items outside ``train``), and its
+    ``n_classes`` must be the dataset's label categories; ``shrunk`` with a dataset pulls true class-c samples
+    toward the class-c training mean. ``mode-dropper`` has no conditional form. Every class must have training
+    items: 1 for the memorizer (its samples are that item), 2 for the other fitted controls.
+    """
+    key, _ = parse_control(name)
+    if key == "mode-dropper":
+        raise DiffauditError(
+            "control 'mode-dropper' has no class-conditional form (it drops part of the label factor itself); "
+            "audit it without --condition labels."
+        )
+    if train is None:
+        raise DiffauditError(
+            f"the conditional {key!r} control needs the training set and its labels; pass train= and labels=."
+        )
+    a = as_samples(train, "train", min_n=1)
+    if n_classes is None:
+        raw = np.asarray(labels)
+        if raw.size == 0 or raw.dtype.kind not in "iuf":
+            raise DiffauditError("labels: pass one integer class label per training item.")
+        n_classes = int(np.max(raw)) + 1
+    if (
+        isinstance(n_classes, (bool, np.bool_))
+        or not isinstance(n_classes, (int, np.integer))
+        or n_classes < 1
+    ):
+        raise DiffauditError(
+            f"n_classes={n_classes!r} is not a positive integer; pass the number of classes."
+        )
+    n_classes = int(n_classes)
+    y = check_cond(_LabelSpec(n_classes, f"control:{key}"), labels, len(a), what="training labels")
+    if class_names is not None and len(tuple(class_names)) != n_classes:
+        raise DiffauditError(
+            f"class_names: {len(tuple(class_names))} names for {n_classes} classes; pass one name per class."
+        )
+    names = tuple(str(c) for c in class_names) if class_names is not None else None
+
+    def label_of(c: int) -> str:
+        return f"class {c}" + (f" ({names[c]})" if names is not None else "")
+
+    uncond = make_control(name, train=a, dataset=dataset, **kwargs)
+    if key == "oracle":
+        _, cats = label_factor(dataset)
+        if len(cats) != n_classes:
+            raise DiffauditError(
+                f"the conditional oracle draws the {len(cats)} classes of {dataset.spec}'s label factor, but "
+                f"n_classes={n_classes}; pass that dataset's labels."
+            )
+        if getattr(dataset, "n_population", None) is not None:
+            pool, pool_y = _finite_pool(dataset, a)
+            classes = tuple(ClassOracleModel(dataset, c, pool[pool_y == c]) for c in range(n_classes))
+        else:
+            classes = tuple(ClassOracleModel(dataset, c) for c in range(n_classes))
+        return ConditionalControl(uncond, classes, n_classes, names)
+
+    need = _MIN_PER_CLASS.get(key, 2)
+    counts = np.bincount(y, minlength=n_classes)
+    for c in range(n_classes):
+        if counts[c] < need:
+            raise DiffauditError(
+                f"{label_of(c)} has {int(counts[c])} training item(s) but the conditional {key!r} control fits "
+                f"each class to its own items and needs at least {need}; add items of that class or drop it."
+            )
+    classes = []
+    for c in range(n_classes):
+        items = a[y == c]
+        if len(items) == 1:  # the memorizer of one item is D = that item: two equal copies, same softmax
+            items = np.repeat(items, 2, axis=0)
+        ds_c = _ClassDataset(dataset, c) if (dataset is not None and key in _TAKES_DATASET) else None
+        try:
+            classes.append(make_control(name, train=items, dataset=ds_c, **kwargs))
+        except DiffauditError as e:
+            raise DiffauditError(f"{label_of(c)} of the training set: {e}") from None
+    if key in DENOISER_CONTROLS:
+        return ConditionalDenoiserControl(uncond, tuple(classes), n_classes, names)
+    return ConditionalControl(uncond, tuple(classes), n_classes, names)

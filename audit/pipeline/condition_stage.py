@@ -35,7 +35,9 @@ def condition_context(ctx, j: int):
 
     sub = Context(
         model=FixedCondition(ctx.model, cs.values[j], cs.names[j]),
-        cfg=ctx.cfg,
+        # no bootstrap of each condition's FD floor: K x n_boot eigen-decompositions for a number that decides
+        # nothing (the overall audit has it)
+        cfg=replace(ctx.cfg, n_boot=0, progress=False),
         train=ctx.train[t],
         holdout=take(ctx.holdout, h),
         dataset=ctx.dataset,

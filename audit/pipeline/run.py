@@ -120,6 +120,7 @@ def run_audit(
     self-contained report.html) or a relative path to a shared plotly.min.js (sweeps).
     """
     cfg = (config or AuditConfig()).check()
+    check_conditioning(model, cfg)
     t_start = time.perf_counter()
     if out_dir is not None and Path(out_dir).exists() and not overwrite:
         raise DiffauditError(f"output folder {out_dir} already exists; pass another --out or remove it.")

@@ -1,0 +1,259 @@
+"""Class-conditional audits (issue 14): per-condition verdicts on both sides, with models whose answer is known.
+
+The known-answer model: a class-conditional control whose rare class is the exact memorizer of its few training
+items (every sample of that class is one of them) and whose other classes are the Gaussian of their own class
+(no copies). The per-condition audit must fail memorization for the rare class and pass it for the others; the
+conditional oracle (fresh data of each class) passes every condition.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from diffaudit.cli import main
+from diffaudit.errors import DiffauditError
+from diffaudit.models.adapters import load_model
+from diffaudit.models.contract import DenoiserModel
+from diffaudit.models.controls import GaussianModel, MemorizerModel
+from diffaudit.pipeline.conditions import FAMILY_ALPHA, label_conditions, memorization_verdict
+from diffaudit.pipeline.config import AuditConfig
+from diffaudit.pipeline.run import run_audit_on
+from diffaudit.pipeline.setup import audit_data
+from diffaudit.probes.stats import wilson_interval
+
+DATASET = "molrg:d=8,K=3,r=2"
+
+
+class RareClassMemorizer(DenoiserModel):
+    """Class ``rare``: the exact memorizer of its training items; other classes: their own Gaussian; no label:
+    the Gaussian of all training data."""
+
+    conditioning = "labels"
+
+    def __init__(self, train, labels, n_classes: int, rare: int):
+        super().__init__(train.shape[1:], float(train.std()), num_steps=16)
+        self.n_classes, self.name = n_classes, "rare-class-memorizer"
+        self.per = {
+            c: (MemorizerModel if c == rare else GaussianModel)(train[labels == c]) for c in range(n_classes)
+        }
+        self.null = GaussianModel(train)
+
+    def denoise(self, x, sigma, cond=None):
+        if cond is None:
+            return self.null.denoise(x, sigma)
+        out = np.empty(np.shape(x))
+        for c in np.unique(cond):
+            rows = cond == c
+            out[rows] = self.per[int(c)].denoise(x[rows], sigma)
+        return out
+
+
+def rare_class_data(n_rare_items: int = 4, repeats: int = 25, n_train: int = 1500, seed: int = 0):
+    """molrg training data where class 1 has only ``n_rare_items`` distinct items, each repeated."""
+    d = audit_data(DATASET, n_train, 1500, seed=seed)
+    keep = d.train_labels != 1
+    rare = np.flatnonzero(d.train_labels == 1)[:n_rare_items]
+    idx = np.concatenate([np.flatnonzero(keep), np.repeat(rare, repeats)])
+    d.train, d.train_z, d.train_labels = d.train[idx], d.train_z[idx], d.train_labels[idx]
+    return d
+
+
+@pytest.fixture(scope="module")
+def rare_report():
+    d = rare_class_data()
+    model = RareClassMemorizer(d.train, d.train_labels, 3, rare=1)
+    cfg = AuditConfig(condition="labels", n_samples=1500, extraction_budget=0)
+    return run_audit_on(model, d, config=cfg)
+
+
+def test_rare_class_is_flagged_and_the_others_are_not(rare_report):
+    by = {e["condition"]: e for e in rare_report["conditions"]}
+    assert set(by) == {"0", "1", "2"}
+    assert by["1"]["n_train"] == 100 and by["1"]["n_generated"] == 500
+    assert by["1"]["verdict"]["memorization"] == "fail"
+    assert by["1"]["metrics"]["memorization.copy_rate"]["value"] > 0.95
+    assert by["1"]["metrics"]["memorization.unique_train_copied"]["value"] <= 4
+    assert by["1"]["verdict"]["generalization"] == "fail"
+    for c in ("0", "2"):
+        assert by[c]["verdict"]["memorization"] == "pass", by[c]["reasons"]
+        assert by[c]["metrics"]["memorization.copy_rate"]["value"] < 0.05
+    # the overall copy rate is the rare class's third (balanced sampling), far above the 2 % tolerance
+    overall = rare_report["probes"]["memorization"]["copy_rate"]["value"]
+    assert overall == pytest.approx(
+        np.mean([by[c]["metrics"]["memorization.copy_rate"]["value"] for c in by])
+    )
+    assert rare_report["verdict"]["memorization"] == "fail"
+
+
+def test_per_condition_rows_match_the_overall_copy_search(rare_report):
+    """A condition's copy metrics are the overall search's decisions on that condition's rows (balanced: i mod K)."""
+    for e in rare_report["conditions"]:
+        assert e["n_generated"] == 500
+    assert rare_report["inputs"]["condition"]["source"] == "balanced"
+    n_copies = sum(e["metrics"]["memorization.n_copies"]["value"] for e in rare_report["conditions"])
+    assert n_copies == rare_report["probes"]["memorization"]["n_copies"]["value"]
+
+
+def test_conditional_oracle_passes_every_condition():
+    d = audit_data("molrg:d=8,K=3,r=2", 1500, 1500, seed=1, n_samples=1500)
+    m = load_model(
+        "control:oracle", train=d.train, dataset=d.dataset, train_labels=d.train_labels, n_classes=3
+    )
+    r = run_audit_on(
+        m, d, config=AuditConfig(condition="labels", n_samples=1500, seed=1, extraction_budget=0)
+    )
+    assert [e["condition"] for e in r["conditions"]] == list(d.class_names)
+    for e in r["conditions"]:
+        assert e["verdict"]["memorization"] == "pass", e["reasons"]
+        assert e["metrics"]["memorization.copy_rate"]["value"] < 0.03
+    assert r["verdict"]["memorization"] == "pass"
+
+
+def test_memorization_rule_family_wise_level():
+    """The per-condition rule fails a condition whose copies are chance-level (~1 %) in at most FAMILY_ALPHA of
+    audits over K conditions (binomial, exact), and fails a condition copying every sample at any n >= 5."""
+    cfg = AuditConfig()
+    rng = np.random.default_rng(0)
+    for k_cond, n in ((3, 500), (10, 200), (10, 50)):
+        fails = 0
+        trials = 2000
+        for _ in range(trials):
+            ks = rng.binomial(n, 0.01, size=k_cond)
+            fails += any(memorization_verdict(_probes(int(k), n), cfg, k_cond)[0] == "fail" for k in ks)
+        assert fails / trials <= FAMILY_ALPHA
+    for n in (5, 50, 500):
+        assert memorization_verdict(_probes(n, n), cfg, 10)[0] == "fail"
+    # a true 10 % copy rate on 500 samples: fails (the rule has power, not only a level)
+    assert memorization_verdict(_probes(50, 500), cfg, 10)[0] == "fail"
+
+
+def _probes(k: int, n: int) -> dict:
+    return {
+        "memorization": {
+            "copy_rate": {"value": k / n, "ci": list(wilson_interval(k, n))},
+            "n_copies": {"value": float(k), "ci": None},
+        }
+    }
+
+
+def test_sample_labels_and_bad_labels():
+    d = audit_data(DATASET, 300, 300, seed=0)
+    m = RareClassMemorizer(d.train, d.train_labels, 3, rare=1)
+    c = label_conditions(m, 6, d.train_labels, d.holdout_labels, sample_labels=np.array([2, 2, 0, 0, 0, 1]))
+    assert c.source == "file" and list(c.gen) == [2, 2, 0, 0, 0, 1]
+    assert list(c.index_of_generation(5, 3)) == [1, 2, 2]  # the extraction stream cycles the file
+    with pytest.raises(DiffauditError, match="outside the model's classes"):
+        label_conditions(m, 3, d.train_labels, sample_labels=np.array([0, 3, 1]))
+    with pytest.raises(DiffauditError, match="3 labels for 4 generated"):
+        label_conditions(m, 4, d.train_labels, sample_labels=np.array([0, 1, 1]))
+    with pytest.raises(DiffauditError, match="whole numbers"):
+        label_conditions(m, 3, d.train_labels, sample_labels=np.array([0.5, 1, 1]))
+
+
+def test_unconditional_model_refuses_condition_and_conditional_needs_it():
+    d = audit_data(DATASET, 300, 300, seed=0)
+    g = load_model("control:gaussian", train=d.train)
+    with pytest.raises(DiffauditError, match="unconditional"):
+        run_audit_on(g, d, config=AuditConfig(condition="labels", n_samples=60))
+    m = RareClassMemorizer(d.train, d.train_labels, 3, rare=1)
+    with pytest.raises(DiffauditError, match="--condition labels"):
+        run_audit_on(m, d, config=AuditConfig(n_samples=60))
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _cli(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["audit", "--no-progress", *argv])
+    out = capsys.readouterr()
+    return e.value.code, out.err
+
+
+def test_cli_conditional_memorizer_end_to_end(tmp_path, capsys):
+    out = tmp_path / "rep"
+    try:
+        main(
+            [
+                "audit",
+                "--no-progress",
+                "--model",
+                "control:memorizer",
+                "--dataset",
+                DATASET,
+                "--n-train",
+                "300",
+                "--n-samples",
+                "300",
+                "--extraction-budget",
+                "0",
+                "--condition",
+                "labels",
+                "--out",
+                str(out),
+            ]
+        )
+    except SystemExit as e:
+        assert e.code in (0, None)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["inputs"]["condition"]["kind"] == "labels"
+    assert len(rep["conditions"]) == 3
+    assert all(e["verdict"]["memorization"] == "fail" for e in rep["conditions"])
+    import pandas as pd
+
+    cp = pd.read_parquet(out / "copies.parquet")
+    assert list(cp["condition"][:6]) == [0, 1, 2, 0, 1, 2]
+    assert "Per label" in (out / "report.html").read_text()
+
+
+BAD = {
+    "no discrete factor": (
+        ["--dataset", "hidden-manifold:d=8", "--n-train", "100"],
+        "have no class labels",
+    ),
+    "labels outside the classes": (
+        ["--dataset", DATASET, "--n-train", "100", "--sample-labels", "{d}/labels7.txt", "--n-samples", "4"],
+        "outside",
+    ),
+    "train labels of the wrong length": (
+        ["--train", "{d}/train.npy", "--train-labels", "{d}/labels7.txt"],
+        "4 labels for 60 samples",
+    ),
+    "labels not numbers": (
+        ["--train", "{d}/train.npy", "--train-labels", "{d}/words.txt"],
+        "cannot read class labels",
+    ),
+    "train labels without condition": (
+        ["--train", "{d}/train.npy", "--train-labels", "{d}/labels60.npy", "--no-condition"],
+        "goes with --condition labels",
+    ),
+    "prompts without a prompts file": (
+        ["--dataset", DATASET, "--n-train", "100", "--prompts-kind"],
+        "--prompts",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_cli_bad_conditional_input_exit_2_no_report(case, tmp_path, capsys):
+    d = tmp_path
+    np.save(d / "train.npy", np.random.default_rng(0).standard_normal((60, 8)).astype(np.float32))
+    np.save(d / "labels60.npy", np.arange(60) % 3)
+    (d / "labels7.txt").write_text("0\n1\n7\n2\n")
+    (d / "words.txt").write_text("cat\ndog\n")
+    argv, expect = BAD[case]
+    argv = [a.format(d=d) for a in argv]
+    condition = ["--condition", "labels"]
+    if "--no-condition" in argv:
+        argv.remove("--no-condition")
+        condition = []
+    if "--prompts-kind" in argv:
+        argv.remove("--prompts-kind")
+        condition = ["--condition", "prompts"]
+    out = tmp_path / "rep"
+    code, err = _cli(["--model", "control:memorizer", *condition, *argv, "--out", str(out)], capsys)
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], err
+    assert not out.exists()
