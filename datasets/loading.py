@@ -404,6 +404,17 @@ def _decode(q: Path, label: str) -> np.ndarray:
     return _pixels_to_unit(a)
 
 
+def load_image_files(files, *, name: str = "images") -> np.ndarray:
+    """Image files (PNG/JPEG/...) in the normal form (n, c, h, w) float32 in [-1, 1], all of one size."""
+    files = [Path(f) for f in files]
+    if not files:
+        raise DiffauditError(f"{name}: no image files given.")
+    for f in files:
+        if not f.is_file():
+            raise DiffauditError(f"{name}: image {f} does not exist; fix the path.")
+    return _load_image_files(files, name)
+
+
 def _load_image_files(files: list[Path], label: str, root: Path | None = None) -> np.ndarray:
     imgs = [_decode(q, label) for q in files]
     first = imgs[0].shape[1:]

@@ -30,6 +30,14 @@ def one_torch_thread():
     torch.set_num_threads(old)
 
 
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    """(path, pipeline, legacy tokenizer folder) of a tiny random Stable Diffusion pipeline (tests/sd_tiny.py)."""
+    from sd_tiny import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -9,13 +9,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from diffaudit.datasets.prompts import load_prompts
 from diffaudit.errors import DiffauditError
 from diffaudit.fileio import check_out_dir
 from diffaudit.models.adapters import FORMS, check_spec, load_model, model_name
 from diffaudit.models.controls import CONTROLS
 from diffaudit.pipeline.config import AuditConfig
 from diffaudit.pipeline.run import run_audit_on
-from diffaudit.pipeline.setup import audit_data, load_labels
+from diffaudit.pipeline.setup import audit_data, load_labels, prompt_data
 from diffaudit.pipeline.verdicts import evaluate_gates, parse_gate
 from diffaudit.report import schema
 
@@ -233,7 +234,17 @@ def audit_cmd(
     """
     t0 = time.perf_counter()
     parsed = [parse_gate(g) for g in gates]  # before anything runs
-    if train_path is None and (dataset_spec is None or n_train is None):
+    check_condition_options(
+        condition,
+        train_path,
+        holdout_path,
+        train_labels,
+        holdout_labels,
+        prompts_path,
+        sample_labels,
+        n_train,
+    )
+    if train_path is None and (dataset_spec is None or n_train is None) and condition != "prompts":
         raise DiffauditError(
             "pass the training data: --dataset SPEC --n-train N, or --train PATH [--holdout PATH]."
         )
@@ -242,13 +253,10 @@ def audit_cmd(
             "pass either --dataset SPEC --n-train N or --train PATH, not both "
             "(--dataset with --train adds factor probes; drop --n-train)."
         )
-    if holdout_path and train_path is None:
+    if holdout_path and train_path is None and condition != "prompts":
         raise DiffauditError(
             "--holdout goes with --train PATH; with --dataset the holdout is drawn from the dataset."
         )
-    check_condition_options(
-        condition, train_path, holdout_path, train_labels, holdout_labels, prompts_path, sample_labels
-    )
     check_spec(model_spec)  # before any data are read: a mistyped spec fails at once
     cfg = AuditConfig(
         features=features,
@@ -267,17 +275,20 @@ def audit_cmd(
     if n_boot is not None:
         cfg.n_boot, cfg.boot_max_dim = n_boot, 1 << 30
     out_dir = check_out_dir(Path(out) if out else default_out_dir(model_spec))
-    data = audit_data(
-        dataset_spec,
-        n_train,
-        n_holdout,
-        train_path,
-        holdout_path,
-        n_samples=n_samples,
-        seed=seed,
-        train_labels=train_labels,
-        holdout_labels=holdout_labels,
-    )
+    if condition == "prompts":
+        data = prompt_data(load_prompts(prompts_path), train_path, holdout_path, dataset_spec)
+    else:
+        data = audit_data(
+            dataset_spec,
+            n_train,
+            n_holdout,
+            train_path,
+            holdout_path,
+            n_samples=n_samples,
+            seed=seed,
+            train_labels=train_labels,
+            holdout_labels=holdout_labels,
+        )
     labels = data.train_labels if condition == "labels" else None
     if condition == "labels" and labels is None:
         raise DiffauditError(
@@ -326,7 +337,14 @@ def n_classes_of(data) -> int:
 
 
 def check_condition_options(
-    condition, train_path, holdout_path, train_labels, holdout_labels, prompts_path, sample_labels
+    condition,
+    train_path,
+    holdout_path,
+    train_labels,
+    holdout_labels,
+    prompts_path,
+    sample_labels=None,
+    n_train=None,
 ):
     """The conditional options that go together, checked before any data are read (one sentence each)."""
     if condition != "labels":
@@ -337,6 +355,11 @@ def check_condition_options(
         raise DiffauditError("--prompts goes with --condition prompts; add it or drop --prompts.")
     if condition == "prompts" and prompts_path is None:
         raise DiffauditError("--condition prompts needs --prompts FILE (one prompt per line, or JSONL).")
+    if condition == "prompts" and n_train is not None:
+        raise DiffauditError(
+            "--n-train draws a synthetic training set; a prompt audit's training images come from the prompts "
+            "file (and --train PATH): drop --n-train."
+        )
     if train_labels is not None and train_path is None:
         raise DiffauditError(
             "--train-labels goes with --train PATH; with --dataset the labels come from its discrete factor."

@@ -77,6 +77,14 @@ def per_condition(ctx) -> None:
             continue
         if c_all is not None:
             copies_of_condition(sub, slice_copies(c_all, g))
+        scores, flags = ctx.art.get("cond_scores"), ctx.art.get("cond_flags")
+        if scores is not None:  # the detector scored every condition (cond_memorization stage)
+            sub.put("memorization.cond_score", scores.score[j], scores.score_ci[j])
+            if flags is not None:
+                sub.put("memorization.cond_flagged", int(flags.flagged[j]))
+                entry["robust_z"] = float(flags.robust_z[j])
+        if cs.memorized is not None:
+            entry["memorized"] = cs.memorized[j]
         plan = [
             ("moments", lambda s: st.moments(replace_dataset(s)), len(t) >= 2 and sub.holdout is not None),
             ("convergence", st.convergence, sub.holdout is not None and len(t) >= 2),

@@ -53,6 +53,7 @@ class Conditions:
     train: np.ndarray | None
     holdout: np.ndarray | None
     source: str = "balanced"
+    memorized: list | None = None  # per condition: True / False / None (unknown), from a prompts file
 
     def __len__(self) -> int:
         return len(self.values)
@@ -149,6 +150,39 @@ def label_conditions(
     if names is None or len(names) != k:
         names = [str(c) for c in range(k)]
     return Conditions("labels", list(range(k)), names, gl, tl, hl, source)
+
+
+def prompt_conditions(model, n_gen: int, prompt_set, train_labels=None) -> Conditions:
+    """The conditions of a text-to-image audit: the DISTINCT prompts of ``prompt_set`` (first-seen order), generated
+    balanced (sample i gets prompt i mod K); ``train_labels``: each training row's prompt index (-1: none);
+    ``memorized``: a prompt's label from the file (True if any of its lines says so, None if none says)."""
+    distinct = list(dict.fromkeys(prompt_set.prompts))
+    if int(n_gen) < len(distinct):
+        raise DiffauditError(
+            f"--n-samples {int(n_gen)} is fewer than the {len(distinct)} distinct prompts of {prompt_set.path}; "
+            f"pass --n-samples {len(distinct)} or more (a multiple of it samples every prompt equally)."
+        )
+    memorized = []
+    for p in distinct:
+        known = [
+            m
+            for q, m in zip(prompt_set.prompts, prompt_set.memorized, strict=True)
+            if q == p and m is not None
+        ]
+        memorized.append(any(known) if known else None)
+    gen = np.arange(int(n_gen), dtype=np.int64) % len(distinct)
+    tl = None if train_labels is None else np.asarray(train_labels, dtype=np.int64)
+    names = [p if len(p) <= 80 else p[:77] + "..." for p in distinct]
+    return Conditions(
+        "prompts",
+        distinct,
+        names,
+        gen,
+        tl,
+        None,
+        "balanced",
+        memorized if any(m is not None for m in memorized) else None,
+    )
 
 
 class _Labels:

@@ -91,6 +91,10 @@ class AuditConfig:
     # --- conditional models (diffaudit.pipeline.conditions)
     condition: str | None = None  # None (unconditional model) | "labels" (class-conditional) | "prompts"
     guidance: float | None = None  # classifier-free guidance scale the model was loaded with (recorded)
+    # Wen et al.'s detector (probes.cond_memorization): generations per condition and first sampling levels
+    # averaged (their defaults: 4 generations; the first step already separates memorized prompts)
+    cond_n_gen: int = 4
+    cond_n_steps: int = 1
     extra: dict = field(default_factory=dict)  # free-form: recorded in report.inputs.config
 
     def __post_init__(self):
@@ -167,6 +171,8 @@ class AuditConfig:
         need(int(self.max_ct_samples) >= 10, "max_ct_samples", "use at least 10 rows")
         need(int(self.n_copies_shown) >= 0, "n_copies_shown", "use 0 or more")
         need(self.condition in (None, "labels", "prompts"), "condition", "use None, 'labels' or 'prompts'")
+        need(int(self.cond_n_gen) >= 1, "cond_n_gen", "use at least 1 generation per condition")
+        need(int(self.cond_n_steps) >= 1, "cond_n_steps", "use at least 1 sampling level")
         need(
             self.guidance is None
             or (isinstance(self.guidance, numbers.Real) and 0 <= self.guidance < math.inf),

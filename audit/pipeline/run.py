@@ -23,7 +23,7 @@ from diffaudit.errors import DiffauditError
 from diffaudit.features import get_embedder
 from diffaudit.hashing import array_sha256
 from diffaudit.pipeline.condition_stage import CONDITION_STAGE
-from diffaudit.pipeline.conditions import label_conditions, split_labels
+from diffaudit.pipeline.conditions import label_conditions, prompt_conditions, split_labels
 from diffaudit.pipeline.config import DEFAULT_N_SAMPLES, MIN_RELIABLE_SAMPLES, AuditConfig
 from diffaudit.pipeline.setup import AuditData, split_holdout
 from diffaudit.pipeline.stages import STAGES, Context, check_array, run_stages
@@ -110,6 +110,7 @@ def run_audit(
     holdout_labels=None,
     sample_labels=None,
     class_names=None,
+    prompts=None,
 ) -> Report:
     """Audit ``model`` against ``train`` (and ``holdout``); returns the report, writes ``out_dir``.
 
@@ -169,6 +170,10 @@ def run_audit(
     if cfg.condition == "labels":
         conditions = label_conditions(model, n_gen, train_labels, holdout_labels, sample_labels, class_names)
         check_labels_rows(conditions, len(train), None if holdout is None else len(holdout))
+    elif cfg.condition == "prompts":
+        if prompts is None:
+            raise DiffauditError("--condition prompts needs --prompts FILE (one prompt per line, or JSONL).")
+        conditions = prompt_conditions(model, n_gen, prompts, train_labels)
     embedder = get_embedder(
         cfg.features, device=cfg.device, weights=cfg.weights, random_init=cfg.random_init, dataset=dataset
     )
@@ -307,5 +312,6 @@ def run_audit_on(model, data: AuditData, *, inputs: dict | None = None, **kw) ->
         train_labels=data.train_labels,
         holdout_labels=data.holdout_labels,
         class_names=data.class_names,
+        prompts=data.prompts,
         **kw,
     )

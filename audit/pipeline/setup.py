@@ -18,7 +18,7 @@ import numpy as np
 
 from diffaudit.datasets.base import get_dataset
 from diffaudit.datasets.labels import label_factor, labels_from_factors
-from diffaudit.datasets.loading import load_samples
+from diffaudit.datasets.loading import load_image_files, load_samples
 from diffaudit.errors import DiffauditError
 
 
@@ -61,6 +61,9 @@ class AuditData:
     train_labels: np.ndarray | None = None
     holdout_labels: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
+    prompts: object | None = (
+        None  # datasets.prompts.PromptSet of a text-to-image audit (train_labels: prompt index)
+    )
 
 
 def dataset_split(dataset, n_train: int, n_holdout: int, seed: int):
@@ -199,3 +202,46 @@ def audit_data(
         train_labels=None if train_labels is None else np.asarray(train_labels),
         holdout_labels=None if holdout_labels is None else np.asarray(holdout_labels),
     )
+
+
+def prompt_data(prompt_set, train_path=None, holdout_path=None, dataset=None) -> AuditData:
+    """The data of a text-to-image audit: the training images the prompts file names (each tied to its prompt:
+    ``train_labels`` = the index of its prompt among the file's DISTINCT prompts, in first-seen order) followed by
+    the rows of ``train_path`` (tied to no prompt: label -1); ``holdout_path``: held-out real images."""
+    distinct = list(dict.fromkeys(prompt_set.prompts))
+    index = {p: i for i, p in enumerate(distinct)}
+    tied = [
+        (f, index[p]) for p, f in zip(prompt_set.prompts, prompt_set.images, strict=True) if f is not None
+    ]
+    parts, labels = [], []
+    if tied:
+        parts.append(
+            load_image_files([f for f, _ in tied], name=f"training images of prompts file {prompt_set.path}")
+        )
+        labels.append(np.array([i for _, i in tied], dtype=np.int64))
+    if train_path is not None:
+        x = load_samples(train_path, name=f"training set {train_path}")
+        parts.append(x)
+        labels.append(np.full(len(x), -1, np.int64))
+    if not parts:
+        raise DiffauditError(
+            f"prompts file {prompt_set.path} names no training image and there is no --train; give each prompt an "
+            "'image' in a JSONL prompts file, or pass --train PATH with the training images."
+        )
+    if len(parts) == 2 and parts[0].shape[1:] != parts[1].shape[1:]:
+        raise DiffauditError(
+            f"the prompts file's images have shape {parts[0].shape[1:]} but --train {train_path} has "
+            f"{parts[1].shape[1:]}; pass images of one size."
+        )
+    train = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    holdout = load_samples(holdout_path, name=f"holdout set {holdout_path}") if holdout_path else None
+    ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    prov = {
+        "train": f"{len(tied)} images of {prompt_set.path}" + (f" + {train_path}" if train_path else ""),
+        "holdout": None if holdout_path is None else str(holdout_path),
+        "prompts": str(prompt_set.path),
+    }
+    data = AuditData(train, holdout, ds, None, None, prov)
+    data.train_labels = np.concatenate(labels) if len(labels) > 1 else labels[0]
+    data.prompts = prompt_set
+    return data

@@ -27,6 +27,7 @@ from diffaudit.features import embed_cached
 from diffaudit.models.contract import DenoiserModel
 from diffaudit.models.sampler import noise_from_seeds
 from diffaudit.pipeline.config import AuditConfig
+from diffaudit.probes import cond_memorization as cm
 from diffaudit.probes import convergence as cv
 from diffaudit.probes import extraction as ex
 from diffaudit.probes import factors as fp
@@ -85,7 +86,12 @@ class Context:
 
     @property
     def white_box(self) -> bool:
-        return bool(getattr(self.model, "has_denoiser", False))
+        """A denoiser in the samples' own space (a latent model's denoiser acts on its latents instead)."""
+        return bool(getattr(self.model, "has_denoiser", False)) and self.latent_shape is None
+
+    @property
+    def latent_shape(self):
+        return getattr(self.model, "latent_shape", None)
 
     def put(self, key: str, value, ci=None) -> None:
         """Store metric ``key`` ({"value", "ci"}; None for a missing / non-finite value)."""
@@ -553,6 +559,55 @@ def basin(ctx: Context) -> None:
     }
 
 
+def cond_memorization(ctx: Context) -> None:
+    """Wen et al. 2024's text-conditional memorization detector (``probes.cond_memorization``) on every condition:
+    per-condition guidance magnitudes, the outlier flags (>= 10 conditions) and, with known labels, the AUC."""
+    cs, cfg = ctx.conditions, ctx.cfg
+    r = cm.condition_scores(
+        ctx.model,
+        cs.cond(np.arange(len(cs))),
+        n_gen=cfg.cond_n_gen,
+        n_steps=cfg.cond_n_steps,
+        seed=cfg.seed,
+    )
+    top = int(np.argmax(r.score))
+    ctx.put("memorization.cond_score", r.score[top], r.score_ci[top])
+    det = {
+        "scores": r.score.tolist(),
+        "n_gen": r.n_gen,
+        "n_steps": r.n_steps,
+        "sigmas": r.sigmas.tolist(),
+        "most_suspect": cs.names[top],
+    }
+    ctx.art["cond_scores"] = r
+    if len(cs) >= cm.MIN_CONDITIONS:
+        try:
+            f = cm.flag_memorized(r.score)
+        except DiffauditError as e:  # e.g. every condition scores the same: the scores above still stand
+            det["flag_skipped"] = str(e)
+        else:
+            ctx.put("memorization.cond_flagged", f.n_flagged)
+            ctx.art["cond_flags"] = f
+            det.update(flagged=[cs.names[i] for i in np.flatnonzero(f.flagged)], threshold_z=f.threshold)
+            det["robust_z"] = f.robust_z.tolist()
+    else:
+        det["flag_skipped"] = (
+            f"{len(cs)} conditions: flagging outliers needs at least {cm.MIN_CONDITIONS} (the bulk's median and "
+            "spread come from the conditions themselves); gate on memorization.cond_score or pass labels."
+        )
+    known = getattr(cs, "memorized", None)
+    if known is not None:
+        rows = [i for i, v in enumerate(known) if v is not None]
+        labels = [bool(known[i]) for i in rows]
+        if rows and 0 < sum(labels) < len(labels):
+            a = cm.detection_auc(r.score[rows], labels)
+            ctx.put("memorization.cond_auc", a.auc, a.auc_ci)
+            det.update(n_memorized=a.n_memorized, n_other=a.n_other)
+        else:
+            det["auc_skipped"] = "the prompts file labels no condition memorized, or all of them: no AUC."
+    ctx.details["cond_memorization"] = det
+
+
 def factors(ctx: Context) -> None:
     """Threshold 2: scale-free validity, novelty, and latent-factor recovery against the true factors."""
     ds, cfg = ctx.dataset, ctx.cfg
@@ -602,6 +657,7 @@ WHY_MISSING = {
     "holdout": "no holdout set (pass --holdout, --holdout-fraction, or --dataset)",
     "dataset": "no synthetic dataset: the true generator is needed (pass --dataset SPEC)",
     "white_box": "the model is a black box (no denoise(x, sigma))",
+    "conditional": "the model is unconditional",
     "reference": "no reference for the data's second moments (pass --dataset SPEC or a holdout set)",
 }
 
@@ -694,6 +750,14 @@ STAGES: tuple[Stage, ...] = (
         ("holdout", "white_box"),
     ),
     Stage(
+        "cond_memorization",
+        "conditional memorization detector",
+        cond_memorization,
+        ("memorization.cond_score", "memorization.cond_flagged", "memorization.cond_auc"),
+        ("conditional", "white_box"),
+        total=lambda ctx: len(ctx.conditions),
+    ),
+    Stage(
         "factors",
         "threshold 2: factor recovery",
         factors,
@@ -717,8 +781,24 @@ def missing_needs(stage: Stage, ctx: Context) -> list[str]:
         "dataset": ctx.dataset is not None,
         "white_box": ctx.white_box,
         "reference": ctx.dataset is not None or ctx.holdout is not None,
+        "conditional": ctx.conditions is not None,
     }
+    if stage.needs and "white_box" in stage.needs and "conditional" in stage.needs:
+        have["white_box"] = bool(getattr(ctx.model, "has_denoiser", False))  # latent denoisers count here
     return [n for n in stage.needs if not have[n]]
+
+
+def why_missing(need: str, ctx: Context) -> str:
+    if need == "white_box" and ctx.latent_shape is not None and getattr(ctx.model, "has_denoiser", False):
+        return (
+            "the model denoises in its latent space, not in the space of its samples (membership and basin "
+            "probes need a denoiser of the samples themselves)"
+        )
+    return WHY_MISSING[need]
+
+
+# Needs whose absence means the stage does not apply to this kind of audit at all: not worth a "skipped" line.
+SILENT_NEEDS = frozenset({"conditional"})
 
 
 class Progress:
@@ -759,9 +839,11 @@ def run_stages(ctx: Context, stages=STAGES) -> dict[str, float]:
     with Progress(ctx.cfg.progress) as prog:
         for st in stages:
             missing = missing_needs(st, ctx)
+            if missing and SILENT_NEEDS & set(missing):
+                continue
             if missing:
                 ctx.skipped.append(
-                    {"probe": st.name, "reason": "; ".join(WHY_MISSING[m] for m in missing) + "."}
+                    {"probe": st.name, "reason": "; ".join(why_missing(m, ctx) for m in missing) + "."}
                 )
                 continue
             with prog.stage(st.name, st.label, st.total(ctx)) as adv:

@@ -29,7 +29,8 @@ class Metric:
     threshold: str | None = None  # the verdict it informs: "convergence" | "generalization" | "memorization"
     needs: tuple[
         str, ...
-    ] = ()  # "holdout", "dataset" (synthetic, known factors), "white_box" (denoise(x, sigma)), "images" (c, h, w)
+    ] = ()  # "holdout", "dataset" (synthetic, known factors), "white_box" (denoise(x, sigma)), "images" (c, h, w),
+    # "conditional" (a conditional model audited per condition: --condition)
     public: bool = False  # part of the report's public contract (always present, null when not measured)
     sweep: str | None = (
         None  # "n1" | "n2": the sweep's transition metric for that threshold (see sweeps.thresholds)
@@ -333,6 +334,31 @@ METRICS: tuple[Metric, ...] = (
         "lower",
         needs=("holdout", "white_box"),
         help="true-positive rate at 1 % false positives (only with >= 1000 evaluation non-members)",
+    ),
+    Metric(
+        "memorization.cond_score",
+        "guidance magnitude (Wen et al.)",
+        better="lower",
+        needs=("white_box", "conditional"),
+        help="Wen et al. 2024's detector: the per-coordinate magnitude of eps(x, c) - eps(x, null) at the first "
+        "sampling step, averaged over generations; per condition its own, overall the largest (the most suspect)",
+    ),
+    Metric(
+        "memorization.cond_flagged",
+        "conditions flagged by the detector",
+        better="lower",
+        needs=("white_box", "conditional"),
+        help="conditions whose guidance magnitude is a robust outlier above the audited conditions' bulk, at a "
+        "family-wise false-flag rate of 5 % for an audit of generalizing conditions (needs >= 10 conditions)",
+    ),
+    Metric(
+        "memorization.cond_auc",
+        "detector AUC vs known memorized",
+        "rate",
+        "higher",
+        needs=("white_box", "conditional"),
+        help="ROC AUC of the guidance magnitude against the memorized / not memorized labels of the prompts file "
+        "(how well the detector separates them on this model)",
     ),
     Metric(
         "memorization.basin_auc",

@@ -36,7 +36,7 @@ def test_schema_rows_are_well_formed():
     for m in schema.METRICS:
         assert m.group in schema.GROUPS and m.name and m.label and m.help
         assert m.better in (None, "lower", "higher") and m.threshold in (None, *schema.VERDICTS)
-        assert set(m.needs) <= {"holdout", "dataset", "white_box", "images"}
+        assert set(m.needs) <= {"holdout", "dataset", "white_box", "images", "conditional"}
     assert {m.sweep for m in schema.METRICS if m.sweep} == {"n1", "n2"}
     assert schema.get("factors.w1_c1").key == "factors.w1_*" and schema.get("factors.nope") is None
     assert NOT_IN_AUDIT  # the probes that do not run in an audit are listed with a reason
@@ -74,6 +74,7 @@ def test_every_row_is_produced_on_a_full_audit(full_audit):
         if not (m.is_family and any(schema.get(k) is m for k in produced))
         and m.key not in produced
         and "images" not in m.needs  # vector data: checked on the image audit below
+        and "conditional" not in m.needs  # an unconditional model: checked on the conditional audit below
     ]
     assert missing == [], f"schema rows never produced: {missing}"
     assert rep["skipped"] == []
@@ -118,3 +119,32 @@ def test_image_rows_are_produced_and_shown_on_an_image_audit(tmp_path):
     assert {"transform", "is_partial_copy", "partial_tiles"} <= set(cp.columns)
     assert cp["is_copy"].mean() >= 0.95 and (cp["transform"] == "identity").mean() >= 0.95
     assert "transform <code>identity</code>" in html
+
+
+def test_conditional_rows_are_produced_on_a_conditional_audit():
+    """The detector's rows on a class-conditional audit of 10 classes (flags need >= 10 conditions); its AUC
+    needs known memorized labels: tests/audit/pipeline/test_prompt_audit.py checks it on a prompts file."""
+    data = synthetic_data("digits", 400, 400, seed=0)
+    model = load_model(
+        "control:memorizer", train=data.train, num_steps=4, train_labels=data.train_labels, n_classes=10
+    )
+    rep = run_audit(
+        model,
+        train=data.train,
+        holdout=data.holdout,
+        config=AuditConfig(
+            condition="labels",
+            n_samples=200,
+            n_boot=0,
+            kid_subsets=2,
+            kid_subset_size=50,
+            mia_n=50,
+            extraction_budget=0,
+        ),
+        train_labels=data.train_labels,
+        holdout_labels=data.holdout_labels,
+    )
+    produced = {f"{g}.{k}" for g, grp in rep["probes"].items() for k, v in grp.items() if v is not None}
+    assert {"memorization.cond_score", "memorization.cond_flagged"} <= produced
+    assert len(rep["conditions"]) == 10
+    assert all("memorization.cond_score" in c["metrics"] for c in rep["conditions"])
