@@ -1,6 +1,7 @@
 """diffaudit checkpoint files: ``model.safetensors`` (the EMA weights of the raw network F) + ``config.json``
 (format ``diffaudit.checkpoint/1``: model spec, sample shape, sigma_data, dataset spec, n_train, train
-config, diffaudit version). ``diffaudit train`` writes them; ``diffaudit.models.checkpoint`` wraps a loaded
+config, diffaudit version; a class-conditional checkpoint adds ``conditioning: "labels"``, ``n_classes``,
+``class_names`` and ``label_dropout``). ``diffaudit train`` writes them; ``diffaudit.models.checkpoint`` wraps a loaded
 one as a model for audits.
 
 Weights are read with ``safetensors`` only (no pickle). ``config.json`` is written last, each file
@@ -16,7 +17,7 @@ from pathlib import Path
 from diffaudit.errors import DiffauditError
 from diffaudit.fileio import atomic_path, atomic_write_json
 from diffaudit.harness.edm import EDMPrecond
-from diffaudit.harness.networks import build_network, parse_model_spec
+from diffaudit.harness.networks import build_network, check_n_classes, parse_model_spec
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -63,6 +64,25 @@ def read_config(dir) -> dict:
     return config
 
 
+def config_n_classes(config: dict) -> int | None:
+    """The number of classes of a checkpoint config: None for an unconditional network; a conditioning other
+    than "labels", or a "labels" one without a valid ``n_classes`` -> DiffauditError."""
+    kind = config.get("conditioning")
+    if kind is None:
+        return None
+    if kind != "labels":
+        raise DiffauditError(
+            f"checkpoint conditioning {kind!r} is not one diffaudit networks have; expected 'labels' or none."
+        )
+    try:
+        return check_n_classes(config.get("n_classes"))
+    except DiffauditError:
+        raise DiffauditError(
+            f"checkpoint config has conditioning 'labels' but n_classes={config.get('n_classes')!r}; "
+            "it needs the whole number of classes (>= 2) the network was trained with."
+        ) from None
+
+
 def load_checkpoint(dir, device: str = "cpu"):
     """-> (EDMPrecond in eval mode on ``device``, config dict). Bad or missing files -> DiffauditError."""
     import torch
@@ -80,7 +100,7 @@ def load_checkpoint(dir, device: str = "cpu"):
         raise DiffauditError(
             f"checkpoint weights {wpath} cannot be read ({e}); the file is corrupt."
         ) from None
-    net = build_network(parse_model_spec(config["model"]), tuple(config["shape"]))
+    net = build_network(parse_model_spec(config["model"]), tuple(config["shape"]), config_n_classes(config))
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -31,11 +31,19 @@ objective E_{x, s, n} lambda(s) |D(x + s n, s) - x|^2):
   term weighted by p(sigma)/q(sigma) with p = N(P_mean, P_std^2), so E_q[w l] = E_p[l]. The weight's second
   moment E_q[w^2] = int p^2/q is finite only for s_q > P_std/sqrt(2): a narrower proposal gives the weighted
   loss infinite variance, so ``check_estimator_options`` refuses it.
+
+Class-conditional training (classifier-free guidance, Ho & Salimans 2022, "Classifier-Free Diffusion
+Guidance", Alg. 1): D(x, sigma, c) with the label c passed to the network; each training item's label is
+replaced by the NULL label (index ``n_classes`` of the network's label table) with probability
+``label_dropout`` (``drop_labels``), so one network learns both the conditional and the unconditional
+denoiser. Its uniforms are drawn after a step's sigma and noise, and only by conditional runs, so an
+unconditional run draws exactly the numbers it drew before.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -68,32 +76,49 @@ def edm_weight(sigma: torch.Tensor, sigma_data: float | torch.Tensor) -> torch.T
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
-def precondition(net_fn, x: torch.Tensor, sigma: torch.Tensor, sigma_data) -> torch.Tensor:
-    """D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) for a raw network ``net_fn(x_in, c_noise)``.
+def precondition(
+    net_fn, x: torch.Tensor, sigma: torch.Tensor, sigma_data, class_labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """D(x, sigma[, c]) = c_skip x + c_out F(c_in x, c_noise[, c]) for a raw network ``net_fn(x_in, c_noise)``.
 
-    x: (B, *shape); sigma: (B,). Shared by ``EDMPrecond`` and the functional (vmap) trainer.
+    x: (B, *shape); sigma: (B,); class_labels: None (``net_fn`` is called with two arguments, as ever) or
+    (B,) int64, passed on as the network's third argument. Shared by ``EDMPrecond`` and the functional (vmap)
+    trainer.
     """
     sig = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
     c_skip, c_out, c_in, c_noise = edm_coefficients(sig, sigma_data)
-    F = net_fn(x * c_in, c_noise.reshape(-1))
+    if class_labels is None:
+        F = net_fn(x * c_in, c_noise.reshape(-1))
+    else:
+        F = net_fn(x * c_in, c_noise.reshape(-1), class_labels)
     return c_skip * x + c_out * F.to(x.dtype)
 
 
 class EDMPrecond(nn.Module):
-    """Wraps a raw network F(x_in, c_noise) into the denoiser D(x, sigma) (Karras 2022, Sec. 5)."""
+    """Wraps a raw network F(x_in, c_noise[, class_labels]) into the denoiser D(x, sigma[, class_labels])
+    (Karras 2022, Sec. 5)."""
 
     def __init__(self, net: nn.Module, sigma_data: float):
         super().__init__()
         self.net = net
         self.sigma_data = float(sigma_data)
 
-    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """x: (B, *shape) float; sigma: a float or a (B,) tensor of noise levels."""
+    @property
+    def n_classes(self) -> int | None:
+        """The network's number of classes; None for an unconditional network."""
+        return getattr(self.net, "n_classes", None)
+
+    def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, *shape) float; sigma: a float or a (B,) tensor of noise levels; class_labels: (B,) int64 for
+        a conditional network, where None (and the label ``n_classes``) is the null label, the unconditional
+        model; an unconditional network refuses labels."""
         if not torch.is_tensor(sigma):
             sigma = torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
         elif sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
-        return precondition(self.net, x, sigma, self.sigma_data)
+        if class_labels is None and self.n_classes is not None:
+            class_labels = torch.full((x.shape[0],), self.n_classes, dtype=torch.long, device=x.device)
+        return precondition(self.net, x, sigma, self.sigma_data, class_labels)
 
 
 def draw_normals(generator: torch.Generator, batch: int, shape: tuple[int, ...]):
@@ -113,6 +138,27 @@ def draw_sigma_noise(generator: torch.Generator, batch: int, shape: tuple[int, .
     """One step's sigma (B,) and unit noise (B, *shape), from ``draw_normals``."""
     rnd, noise = draw_normals(generator, batch, shape)
     return sigma_from_normal(rnd, float(sigma_data)), noise
+
+
+def check_label_dropout(p) -> None:
+    """Refuse a label-dropout probability outside [0, 1) in one sentence (1 would never show a label)."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+        raise DiffauditError(
+            f"label_dropout must be a probability in [0, 1), got {p!r}; e.g. 0.1 (classifier-free guidance)."
+        )
+
+
+def drop_labels(
+    labels: torch.Tensor, n_classes: int, label_dropout: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Classifier-free guidance's label dropout (Ho & Salimans 2022, Alg. 1): each of the B ``labels`` becomes
+    the null label ``n_classes`` with probability ``label_dropout``, from B float32 uniforms of ``generator``;
+    ``label_dropout == 0`` draws nothing and returns ``labels`` unchanged."""
+    check_label_dropout(label_dropout)
+    if not label_dropout:
+        return labels
+    u = torch.rand(labels.shape[0], generator=generator, device=generator.device).to(labels.device)
+    return torch.where(u < float(label_dropout), torch.full_like(labels, int(n_classes)), labels)
 
 
 class TrainingDraws(NamedTuple):
@@ -195,12 +241,18 @@ def draw_training_sigma_noise(
     return TrainingDraws(item, sigma, noise, weight)
 
 
-def edm_training_loss(denoise_fn, xb: torch.Tensor, draws: TrainingDraws, sigma_data) -> torch.Tensor:
+def edm_training_loss(
+    denoise_fn, xb: torch.Tensor, draws: TrainingDraws, sigma_data, labels: torch.Tensor | None = None
+) -> torch.Tensor:
     """The loss of one step: minibatch ``xb`` (B, *shape) repeated per ``draws.item``, noised with ``draws``,
-    importance-weighted, mean over the N = B K evaluations and the coordinates (``edm_loss_from_draws``)."""
-    x = xb[draws.item.to(xb.device)]
+    importance-weighted, mean over the N = B K evaluations and the coordinates (``edm_loss_from_draws``).
+    ``labels`` (B,): the items' class labels (after dropout) for a conditional ``denoise_fn``, repeated
+    alongside the items; None for an unconditional one."""
+    item = draws.item.to(xb.device)
+    x = xb[item]
     sigma, noise = draws.sigma.to(xb.device), draws.noise.to(xb.device, xb.dtype)
-    return edm_loss_from_draws(denoise_fn, x, sigma, noise, sigma_data, draws.weight.to(xb.device))
+    y = None if labels is None else labels.to(xb.device)[item]
+    return edm_loss_from_draws(denoise_fn, x, sigma, noise, sigma_data, draws.weight.to(xb.device), y)
 
 
 def edm_loss_from_draws(
@@ -210,16 +262,19 @@ def edm_loss_from_draws(
     noise: torch.Tensor,
     sigma_data,
     weight: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
 ):
-    """Mean over batch and coordinates of lambda(sigma) |D(x + sigma n, sigma) - x|^2 (Eq. 2 / Table 1).
+    """Mean over batch and coordinates of lambda(sigma) |D(x + sigma n, sigma[, c]) - x|^2 (Eq. 2 / Table 1).
 
     A mean (not EDM's sum over coordinates) keeps the loss and the gradient-clipping scale independent
     of the data dimension; for data that D matches, the weighted loss per coordinate is O(1).
     ``weight`` (B,): per-term importance weights p(sigma)/q(sigma) (``draw_training_sigma_noise``); a weight
-    of exactly 1 leaves every number as without it.
+    of exactly 1 leaves every number as without it. ``labels`` (B,): class labels for a conditional
+    ``denoise_fn`` (its third argument); None calls ``denoise_fn(x, sigma)`` as ever.
     """
     sig = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-    D = denoise_fn(x + noise * sig, sigma)
+    x_noisy = x + noise * sig
+    D = denoise_fn(x_noisy, sigma) if labels is None else denoise_fn(x_noisy, sigma, labels)
     w = edm_weight(sig, sigma_data)
     if weight is not None:
         w = w * weight.reshape(sig.shape).to(w.dtype)

@@ -8,6 +8,14 @@
 
 A model is named by a spec string, ``"mlp:width=256,depth=4"`` or ``"unet:channels=32,levels=3"``;
 ``parse_model_spec`` validates it and ``build_network`` builds the module for a sample shape.
+
+Class-conditional networks (``build_network(..., n_classes=K)``) take a third argument, ``F(x_in, c_noise,
+class_labels)``: a learned embedding of the label (``nn.Embedding(K + 1, ...)``) is summed with the noise
+embedding, as EDM's, ADM's (Dhariwal & Nichol 2021) and DiT's networks do. Row K of the table is the NULL
+label: ``class_labels=None`` (or a label K) is the unconditional model of classifier-free guidance (Ho &
+Salimans 2022), learned through label dropout (``diffaudit.harness.edm.drop_labels``). The embedding is
+created after every other parameter and an unconditional network has none, so unconditional networks, their
+initial weights and their state-dict keys are exactly those of before conditioning existed.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -95,17 +104,32 @@ def parse_model_spec(spec: str | ModelConfig) -> ModelConfig:
     return ModelConfig(kind, params)
 
 
-def build_network(cfg: ModelConfig | str, shape: tuple[int, ...]):
-    """The raw network F for samples of ``shape`` ((d,) for mlp, (c, h, w) for unet)."""
+def check_n_classes(n_classes) -> int | None:
+    """None (an unconditional network) or a whole number of classes >= 2."""
+    if n_classes is None:
+        return None
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int | np.integer) or n_classes < 2:
+        raise DiffauditError(
+            f"a class-conditional network needs n_classes, a whole number >= 2, got {n_classes!r}."
+        )
+    return int(n_classes)
+
+
+def build_network(cfg: ModelConfig | str, shape: tuple[int, ...], n_classes: int | None = None):
+    """The raw network F for samples of ``shape`` ((d,) for mlp, (c, h, w) for unet); with ``n_classes``
+    a class-conditional one (module docstring), else unconditional."""
     cfg = parse_model_spec(cfg)
     shape = tuple(int(s) for s in shape)
+    n_classes = check_n_classes(n_classes)
     p = cfg.params
     if cfg.kind == "mlp":
         if len(shape) != 1:
             raise DiffauditError(
                 f"model 'mlp' needs vector data (n, d), got samples of shape {shape}; use 'unet' for images."
             )
-        return MLPDenoiser(shape[0], width=p["width"], depth=p["depth"], emb_dim=p["emb_dim"])
+        return MLPDenoiser(
+            shape[0], width=p["width"], depth=p["depth"], emb_dim=p["emb_dim"], n_classes=n_classes
+        )
     if len(shape) != 3 or shape[1] != shape[2]:
         raise DiffauditError(
             f"model 'unet' needs square images (n, c, h, h), got samples of shape {shape}; use 'mlp' for vectors."
@@ -128,6 +152,7 @@ def build_network(cfg: ModelConfig | str, shape: tuple[int, ...]):
         blocks=p["blocks"],
         attention=p["attention"],
         emb_dim=p["emb_dim"],
+        n_classes=n_classes,
     )
 
 
@@ -149,19 +174,55 @@ class NoiseEmbedding(nn.Module):
         return self.mlp(torch.cat([a.cos(), a.sin()], dim=1))
 
 
-class MLPDenoiser(nn.Module):
-    """F(x_in, c_noise) for vectors: ``depth`` hidden layers of ``width``, noise embedding added to each."""
+class LabelEmbedding(nn.Module):
+    """Class label -> a learned vector, ``n_classes + 1`` rows: row ``n_classes`` is the NULL label (the
+    unconditional model of classifier-free guidance). ``nn.Embedding``'s N(0, 1) initialisation, as ADM's
+    ``label_emb``: summed with the noise embedding, it starts at that embedding's scale."""
 
-    def __init__(self, d: int, width: int = 256, depth: int = 4, emb_dim: int = 64):
+    def __init__(self, n_classes: int, out_dim: int):
+        super().__init__()
+        self.n_classes = int(n_classes)
+        self.table = nn.Embedding(self.n_classes + 1, out_dim)
+
+    def forward(self, class_labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        if class_labels is None:  # the null label for every row
+            class_labels = torch.full((batch,), self.n_classes, dtype=torch.long, device=device)
+        return self.table(class_labels.to(device=device, dtype=torch.long).reshape(-1))
+
+
+def _unconditional(net: nn.Module, class_labels) -> None:
+    if class_labels is not None:
+        raise DiffauditError(
+            f"{type(net).__name__} was built without classes and cannot take class labels; "
+            "build it with n_classes to train a class-conditional network."
+        )
+
+
+class MLPDenoiser(nn.Module):
+    """F(x_in, c_noise[, class_labels]) for vectors: ``depth`` hidden layers of ``width``, the noise embedding
+    (plus the label embedding of a conditional network) added to each."""
+
+    def __init__(
+        self, d: int, width: int = 256, depth: int = 4, emb_dim: int = 64, n_classes: int | None = None
+    ):
         super().__init__()
         self.d, self.width, self.depth = int(d), int(width), int(depth)
+        self.n_classes = None if n_classes is None else int(n_classes)
         self.emb = NoiseEmbedding(emb_dim, width)
         self.layers = nn.ModuleList([nn.Linear(d if i == 0 else width, width) for i in range(depth)])
         self.act = nn.SiLU()
         self.out = nn.Linear(width, d)
+        if self.n_classes is not None:  # created last: the other parameters draw what they drew before
+            self.label_emb = LabelEmbedding(self.n_classes, width)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, c_noise: torch.Tensor, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         e = self.emb(c_noise)
+        if self.n_classes is not None:
+            e = e + self.label_emb(class_labels, x.shape[0], x.device).to(e.dtype)
+        else:
+            _unconditional(self, class_labels)
         h = x
         for layer in self.layers:
             h = self.act(layer(h) + e)
@@ -210,7 +271,8 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """Small UNet F(x_in, c_noise) for (c, size, size) images; channels double per level up to 4x."""
+    """Small UNet F(x_in, c_noise[, class_labels]) for (c, size, size) images; channels double per level up
+    to 4x. A conditional UNet sums the label embedding with the noise embedding before the SiLU (ADM)."""
 
     def __init__(
         self,
@@ -221,9 +283,11 @@ class UNet(nn.Module):
         blocks: int = 1,
         attention: bool = False,
         emb_dim: int = 64,
+        n_classes: int | None = None,
     ):
         super().__init__()
         self.size = int(size)
+        self.n_classes = None if n_classes is None else int(n_classes)
         emb_ch = 4 * channels
         self.emb = NoiseEmbedding(emb_dim, emb_ch)
         chs = [channels * min(2**i, 4) for i in range(levels)]
@@ -256,9 +320,18 @@ class UNet(nn.Module):
             self.upsample.append(nn.Conv2d(cur, cur, 3, padding=1) if i > 0 else nn.Identity())
         self.norm_out = nn.GroupNorm(_groups(cur), cur)
         self.conv_out = nn.Conv2d(cur, img_channels, 3, padding=1)
+        if self.n_classes is not None:  # created last: the other parameters draw what they drew before
+            self.label_emb = LabelEmbedding(self.n_classes, emb_ch)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        e = F.silu(self.emb(c_noise))
+    def forward(
+        self, x: torch.Tensor, c_noise: torch.Tensor, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        e = self.emb(c_noise)
+        if self.n_classes is not None:
+            e = e + self.label_emb(class_labels, x.shape[0], x.device).to(e.dtype)
+        else:
+            _unconditional(self, class_labels)
+        e = F.silu(e)
         h = self.conv_in(x)
         hs = []
         for level, down in zip(self.down, self.downsample, strict=True):

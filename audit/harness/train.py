@@ -10,12 +10,20 @@ reproduce this loop model by model):
 2. one ``torch.Generator`` on the training device seeded with ``seed``; every step draws, in this
    order, the batch indices (``BatchSampler``: epochs of ``randperm``), then sigma and noise
    (``diffaudit.harness.edm.draw_training_sigma_noise``; with the default estimator options these are
-   ``draw_sigma_noise``'s draws, sigma (B,) then noise (B, *shape)). On the device, so a GPU run never
+   ``draw_sigma_noise``'s draws, sigma (B,) then noise (B, *shape)), then, in a class-conditional run with
+   ``label_dropout`` > 0 only, the label-dropout uniforms (B,) (``diffaudit.harness.edm.drop_labels``), so
+   an unconditional run draws what it drew before conditioning existed. On the device, so a GPU run never
    waits for host-side random numbers; a CPU run and a CUDA run of one seed therefore draw different numbers;
 3. with ``grad_variance`` on, a second generator (``grad_variance_seed(seed)``) feeds the gradient-variance
    measurements of the logged steps, so measuring leaves the training trajectory bit for bit unchanged.
 
 On CPU, with deterministic algorithms on and the same thread count, two runs are bitwise identical.
+
+Class-conditional training: ``train(x, ..., labels=y)`` with one int label per item in [0, n_classes) trains
+a network with a label embedding (``diffaudit.harness.networks``) on D(x, sigma, y), each item's label dropped
+to the null label with probability ``TrainConfig.label_dropout`` (classifier-free guidance, Ho & Salimans
+2022); the checkpoint records ``conditioning: "labels"``, ``n_classes`` and ``class_names``, which
+``diffaudit.models.checkpoint.CheckpointModel`` reads.
 """
 
 from __future__ import annotations
@@ -39,10 +47,12 @@ from diffaudit.harness.checkpoint import save_checkpoint
 from diffaudit.harness.edm import (
     EDMPrecond,
     check_estimator_options,
+    check_label_dropout,
     draw_training_sigma_noise,
+    drop_labels,
     edm_training_loss,
 )
-from diffaudit.harness.networks import build_network, parse_model_spec
+from diffaudit.harness.networks import build_network, check_n_classes, parse_model_spec
 from diffaudit.hashing import array_sha256
 from diffaudit.threads import torch_threads, training_threads
 
@@ -81,6 +91,11 @@ class TrainConfig:
     # 0 = off; R >= 2: at every logged step, the variance of the minibatch gradient over R extra minibatch
     # gradients (``minibatch_grad_variance``; R more forward/backward passes per logged step), as grad_var
     grad_variance: int = 0
+    # class-conditional runs only (``train(..., labels=...)``): the probability that an item's label is replaced
+    # by the null label at a step, which teaches the same network the unconditional denoiser that classifier-free
+    # guidance needs (Ho & Salimans 2022 use 0.1-0.2); 0 = a purely conditional model, which cannot be sampled
+    # or denoised without a label. Ignored (and no numbers drawn for it) without labels
+    label_dropout: float = 0.1
 
     def check(self) -> None:
         self._check_types()
@@ -110,6 +125,7 @@ class TrainConfig:
             raise DiffauditError(
                 f"grad_variance must be 0 (off) or a number of gradients >= 2, got {self.grad_variance}."
             )
+        check_label_dropout(self.label_dropout)
 
     def _check_types(self) -> None:
         """Every field of the type it is declared with (a bool is not a number here), named in one sentence."""
@@ -174,13 +190,59 @@ def data_sigma(x: np.ndarray) -> float:
     return float(np.asarray(x).std(dtype=np.float64))
 
 
-def init_network(model_cfg, shape, seed: int):
-    """The raw network F with initial weights from ``seed`` (global torch RNG left untouched)."""
+def check_labels(labels, n: int, n_classes=None, class_names=None):
+    """Training labels for ``n`` items -> (int64 labels (n,), n_classes, class_names or None).
+
+    One whole number per item in [0, n_classes); ``n_classes`` defaults to the largest label + 1 and must be
+    >= 2; ``class_names``, when given, one per class. Anything else is a one-sentence ``DiffauditError``."""
+    try:
+        raw = np.asarray(labels)
+    except (TypeError, ValueError):
+        raw = np.asarray(None)
+    if raw.ndim != 1 or len(raw) != int(n):
+        raise DiffauditError(
+            f"training labels: need one class label per training item ({int(n)}), got shape {raw.shape}."
+        )
+    if raw.dtype.kind == "f" and np.isfinite(raw).all() and (raw == np.round(raw)).all():
+        raw = raw.astype(np.int64)
+    if raw.dtype.kind not in "iu":
+        raise DiffauditError(f"training labels must be whole numbers (class indices), got dtype {raw.dtype}.")
+    y = raw.astype(np.int64)
+    if len(y) and y.min() < 0:
+        raise DiffauditError(
+            f"training label {int(y.min())} is outside the classes (0 or more); labels must be class indices "
+            "in [0, n_classes)."
+        )
+    if n_classes is None:
+        n_classes = int(y.max()) + 1 if len(y) else 0
+        if n_classes < 2:
+            raise DiffauditError(
+                f"training labels hold {max(n_classes, 1)} class; a class-conditional model needs >= 2."
+            )
+    n_classes = check_n_classes(n_classes)
+    bad = y[(y < 0) | (y >= n_classes)]
+    if len(bad):
+        raise DiffauditError(
+            f"training label {int(bad[0])} is outside the classes 0..{n_classes - 1}; "
+            "labels must be class indices in [0, n_classes)."
+        )
+    if class_names is not None:
+        class_names = tuple(str(c) for c in class_names)
+        if len(class_names) != n_classes:
+            raise DiffauditError(
+                f"got {len(class_names)} class names for {n_classes} classes; give one per class."
+            )
+    return y, n_classes, class_names
+
+
+def init_network(model_cfg, shape, seed: int, n_classes: int | None = None):
+    """The raw network F with initial weights from ``seed`` (global torch RNG left untouched); with
+    ``n_classes`` a class-conditional one, whose other parameters equal the unconditional network's."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        return build_network(model_cfg, shape)
+        return build_network(model_cfg, shape, n_classes=n_classes)
 
 
 class BatchSampler:
@@ -232,8 +294,16 @@ def draw_step(generator, cfg: TrainConfig, shape, sigma_data: float):
     )
 
 
+def step_labels(Y, idx, n_classes, cfg: TrainConfig, generator):
+    """A step's class labels: the batch items' labels ``Y[idx]``, dropped to the null label with probability
+    ``cfg.label_dropout`` (``drop_labels``, drawn after the step's sigma and noise); None without labels."""
+    if Y is None:
+        return None
+    return drop_labels(Y[idx], n_classes, cfg.label_dropout, generator)
+
+
 def minibatch_grad_variance(
-    precond, X, cfg: TrainConfig, generator, repeats: int, *, use_bf16: bool = False
+    precond, X, cfg: TrainConfig, generator, repeats: int, *, use_bf16: bool = False, Y=None
 ) -> float:
     """Variance of the minibatch gradient estimate at ``precond``'s current parameters, at the compute of
     one training step.
@@ -247,8 +317,9 @@ def minibatch_grad_variance(
 
     the unbiased estimate of tr Cov(g), the sum over parameters of each coordinate's variance (the 1/(R - 1)
     rather than a mean over r keeps small R from shrinking it by (R - 1)/R). Streamed in float64 against g_1
-    as a shift (no R x P matrix). ``X``: the training set (n, *shape) on the model's device. Parameter
-    ``.grad`` fields, optimizer state and every other generator are left untouched.
+    as a shift (no R x P matrix). ``X``: the training set (n, *shape) on the model's device; ``Y``: its class
+    labels (n,) for a conditional model (dropped as in training, from ``generator``). Parameter ``.grad``
+    fields, optimizer state and every other generator are left untouched.
     """
     import torch
 
@@ -261,8 +332,9 @@ def minibatch_grad_variance(
     for _ in range(int(repeats)):
         idx = BatchSampler(n, cfg.batch, generator).next()
         draws = draw_step(generator, cfg, shape, precond.sigma_data)
+        yb = step_labels(Y, idx, precond.n_classes, cfg, generator)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = edm_training_loss(precond, X[idx], draws, precond.sigma_data)
+            loss = edm_training_loss(precond, X[idx], draws, precond.sigma_data, yb)
         grads = torch.autograd.grad(loss, params, materialize_grads=True)  # an unused parameter: zeros
         g = torch.cat([t.reshape(-1) for t in grads]).double()
         if shift is None:
@@ -364,10 +436,21 @@ def prepare_out_dir(out_dir, overwrite: bool) -> Path | None:
 
 
 def checkpoint_config(
-    model_cfg, shape, sigma_data, n_train, train_cfg: TrainConfig, dataset_spec, data_sha256
+    model_cfg,
+    shape,
+    sigma_data,
+    n_train,
+    train_cfg: TrainConfig,
+    dataset_spec,
+    data_sha256,
+    *,
+    n_classes: int | None = None,
+    class_names=None,
+    labels_sha256: str | None = None,
 ):
-
-    return {
+    """The checkpoint's ``config.json``; a class-conditional run (``n_classes`` given) adds ``conditioning:
+    "labels"``, ``n_classes``, ``class_names`` (when known), ``label_dropout`` and the labels' hash."""
+    config = {
         "format": CHECKPOINT_FORMAT,
         "model": model_cfg.spec,
         "shape": [int(s) for s in shape],
@@ -378,6 +461,15 @@ def checkpoint_config(
         "train": asdict(train_cfg),
         "diffaudit_version": __version__,
     }
+    if n_classes is not None:
+        config["conditioning"] = "labels"
+        config["n_classes"] = int(n_classes)
+        if class_names is not None:
+            config["class_names"] = [str(c) for c in class_names]
+        # top level as well as in "train": whether the checkpoint has an unconditional (null-label) mode
+        config["label_dropout"] = float(train_cfg.label_dropout)
+        config["train_labels_sha256"] = labels_sha256
+    return config
 
 
 def free_memory_bytes(device) -> int | None:
@@ -424,6 +516,9 @@ def train(
     dataset_spec: str | None = None,
     callback: Callable[[dict], None] | None = None,
     overwrite: bool = False,
+    labels=None,
+    n_classes: int | None = None,
+    class_names=None,
 ) -> TrainResult:
     """Train an EDM denoiser on ``dataset_x`` ((n, d) or (n, c, h, w) float32) and return its EMA.
 
@@ -431,6 +526,10 @@ def train(
     ``options.json`` before the first step, ``stats.jsonl`` every ``log_every`` steps, and the checkpoint
     (``model.safetensors`` + ``config.json``, see ``diffaudit.models.checkpoint``) at the end. ``callback(line)``
     is called after each stats line is written.
+
+    ``labels`` (n,): one class index per item, for a class-conditional model (``check_labels``: ``n_classes``
+    defaults to the largest label + 1, ``class_names`` are optional); None trains an unconditional one, with
+    exactly the numbers it drew before conditioning existed.
     """
     import torch
 
@@ -440,10 +539,28 @@ def train(
     x_np = check_training_data(dataset_x)
     device = resolve_device(cfg.device)
     n, shape = x_np.shape[0], tuple(x_np.shape[1:])
+    if labels is not None:
+        y_np, n_classes, class_names = check_labels(labels, n, n_classes, class_names)
+    elif n_classes is not None or class_names is not None:
+        raise DiffauditError("n_classes and class_names need labels (one class index per training item).")
+    else:
+        y_np = None
     sigma_data = data_sigma(x_np)
-    net = init_network(model_cfg, shape, cfg.seed)  # validates model vs. shape before any file is written
+    # validates model vs. shape before any file is written
+    net = init_network(model_cfg, shape, cfg.seed, n_classes)
     check_step_memory(cfg, shape, device)
-    config = checkpoint_config(model_cfg, shape, sigma_data, n, cfg, dataset_spec, array_sha256(x_np))
+    config = checkpoint_config(
+        model_cfg,
+        shape,
+        sigma_data,
+        n,
+        cfg,
+        dataset_spec,
+        array_sha256(x_np),
+        n_classes=n_classes,
+        class_names=class_names,
+        labels_sha256=None if y_np is None else array_sha256(y_np),
+    )
     out_dir = prepare_out_dir(out_dir, overwrite)
     if out_dir is not None:
         atomic_write_json(
@@ -451,7 +568,7 @@ def train(
         )
 
     precond = EDMPrecond(net, sigma_data).to(device).train()
-    ema = EDMPrecond(init_network(model_cfg, shape, cfg.seed), sigma_data).to(device).eval()
+    ema = EDMPrecond(init_network(model_cfg, shape, cfg.seed, n_classes), sigma_data).to(device).eval()
     ema.load_state_dict(precond.state_dict())
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -463,6 +580,7 @@ def train(
         weight_decay=cfg.weight_decay,
     )
     X = torch.from_numpy(x_np).to(device)
+    Y = None if y_np is None else torch.from_numpy(y_np).to(device)
     gen = make_generator(cfg.seed, device)
     sampler = BatchSampler(n, cfg.batch, gen)
     gv_gen = make_generator(grad_variance_seed(cfg.seed), device) if cfg.grad_variance else None
@@ -489,8 +607,9 @@ def train(
             for step in range(cfg.steps):
                 idx = sampler.next()
                 draws = draw_step(gen, cfg, shape, sigma_data)
+                yb = step_labels(Y, idx, n_classes, cfg, gen)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                    loss = edm_training_loss(precond, X[idx], draws, sigma_data)
+                    loss = edm_training_loss(precond, X[idx], draws, sigma_data, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -511,7 +630,7 @@ def train(
                     line = window.line(step, cfg, lr, beta, t0)
                     if gv_gen is not None:  # at the weights after this step; costs R gradients
                         line["grad_var"] = minibatch_grad_variance(
-                            precond, X, cfg, gv_gen, cfg.grad_variance, use_bf16=use_bf16
+                            precond, X, cfg, gv_gen, cfg.grad_variance, use_bf16=use_bf16, Y=Y
                         )
                     stats.append(line)
                     if f is not None:

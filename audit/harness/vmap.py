@@ -22,6 +22,8 @@ write (one every ``log_every`` steps and one at its last step).
 Only the ``TrainConfig`` options in ``SUPPORTED_OPTIONS`` are implemented here; a config that sets any
 other option away from its default (a training option added to ``train`` later) is refused by
 ``train_many`` and reported by ``unsupported_options``, so callers train such models one by one.
+Class-conditional models (``train(..., labels=...)``) are not implemented here either: ``train_many`` refuses
+``labels``, and every model it trains is unconditional.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ SUPPORTED_OPTIONS = frozenset(
         "noise_draws",
         "sigma_sampling",
         "sigma_proposal_std",
+        # only read by class-conditional runs, which train_many refuses: its unconditional models draw and
+        # compute the same numbers whatever the value, exactly as train's unconditional runs do
+        "label_dropout",
     }
 )
 
@@ -185,16 +190,25 @@ def train_many(
     dataset_specs: Sequence[str | None] | None = None,
     steps: Sequence[int] | None = None,
     on_diverge: str = "raise",
+    labels: Sequence | None = None,
 ) -> MultiTrainResult:
     """Train ``len(datasets)`` models in one vectorised loop; model m uses ``seeds[m]`` (default
     ``train_cfg.seed + m``), trains on ``datasets[m]`` ((n_m, *shape) arrays, one shape) for ``steps[m]``
     steps (default ``train_cfg.steps`` for all).
 
     ``on_diverge``: "raise" (a non-finite loss at a stats line stops the group with a ``DiffauditError``) or
-    "drop" (that model leaves the group with no weights and ``errors[m]`` says why; the others go on)."""
+    "drop" (that model leaves the group with no weights and ``errors[m]`` says why; the others go on).
+
+    ``labels``: not supported (class-conditional models train one by one with ``train``); anything other
+    than None, or a list of Nones, is refused."""
     import torch
     from torch.func import functional_call, stack_module_state, vmap
 
+    if labels is not None and any(y is not None for y in labels):
+        raise DiffauditError(
+            "train_many trains unconditional models only; train class-conditional models (labels) one by one "
+            "with diffaudit.harness.train.train."
+        )
     cfg = train_cfg or TrainConfig()
     cfg.check()
     bad_opts = unsupported_options(cfg)
