@@ -16,7 +16,7 @@ from diffaudit.fileio import check_out_dir
 from diffaudit.models.adapters import as_model, load_model
 from diffaudit.pipeline.config import AuditConfig
 from diffaudit.pipeline.run import Report, run_audit_on
-from diffaudit.pipeline.setup import audit_data
+from diffaudit.pipeline.setup import audit_data, n_classes_of
 from diffaudit.threads import apply_thread_policy, resolve_threads
 
 __all__ = ["AuditConfig", "Report", "audit", "set_threads"]
@@ -45,6 +45,9 @@ def audit(
     out_dir=None,
     num_steps: int | None = None,
     threads: int | None = None,
+    train_labels=None,
+    holdout_labels=None,
+    sample_labels=None,
     **options,
 ) -> Report:
     """Audit ``model`` and return its report (``out_dir``: also write the report folder there).
@@ -55,18 +58,44 @@ def audit(
     or ``train`` (and ``holdout``): arrays in the normal form or paths (``dataset`` then adds the factor
     probes). ``options``: any ``AuditConfig`` field (``n_samples``, ``seed``, ``features``, ``eps1``, ...).
     ``threads``: as ``set_threads(threads)`` first (process-wide); None leaves the process's settings alone.
+    Conditional models: ``condition="labels"`` audits per class (labels from the synthetic dataset's discrete
+    factor, or ``train_labels`` / ``holdout_labels`` arrays or files; ``sample_labels``: the class of each
+    generated sample, default balanced); the report then has ``conditions``.
     """
     if threads is not None:
         set_threads(threads)
     cfg = AuditConfig.from_options(options, where="audit()")
     if train is None and (dataset is None or n_train is None):
         raise DiffauditError("audit(): pass dataset=... with n_train=N, or train=... (array or path).")
-    data = audit_data(dataset, n_train, n_holdout, train, holdout, n_samples=cfg.n_samples, seed=cfg.seed)
+    data = audit_data(
+        dataset,
+        n_train,
+        n_holdout,
+        train,
+        holdout,
+        n_samples=cfg.n_samples,
+        seed=cfg.seed,
+        train_labels=train_labels,
+        holdout_labels=holdout_labels,
+    )
+    labels = data.train_labels if cfg.condition == "labels" else None
     if isinstance(model, str):
-        m = load_model(model, train=data.train, dataset=data.dataset, device=cfg.device, num_steps=num_steps)
+        m = load_model(
+            model,
+            train=data.train,
+            dataset=data.dataset,
+            device=cfg.device,
+            num_steps=num_steps,
+            train_labels=labels,
+            n_classes=None if labels is None else n_classes_of(data),
+            class_names=data.class_names,
+            guidance=1.0 if cfg.guidance is None else cfg.guidance,
+        )
         spec = model
     else:
         m, spec = as_model(model), None
     if out_dir is not None:
         check_out_dir(out_dir)
-    return run_audit_on(m, data, config=cfg, out_dir=out_dir, model_spec=spec)
+    if sample_labels is not None and not hasattr(sample_labels, "__len__"):
+        raise DiffauditError("audit(): sample_labels must be an array of one class per generated sample.")
+    return run_audit_on(m, data, config=cfg, out_dir=out_dir, model_spec=spec, sample_labels=sample_labels)

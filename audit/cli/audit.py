@@ -16,7 +16,7 @@ from diffaudit.models.adapters import FORMS, check_spec, load_model, model_name
 from diffaudit.models.controls import CONTROLS
 from diffaudit.pipeline.config import AuditConfig
 from diffaudit.pipeline.run import run_audit_on
-from diffaudit.pipeline.setup import audit_data, load_labels, prompt_data
+from diffaudit.pipeline.setup import audit_data, load_labels, n_classes_of, prompt_data
 from diffaudit.pipeline.verdicts import evaluate_gates, parse_gate
 from diffaudit.report import schema
 
@@ -325,15 +325,6 @@ def audit_cmd(
 
 
 DEFAULT_GUIDANCE = {"labels": 1.0, "prompts": 7.5}  # the plain conditional model; Stable Diffusion's default
-
-
-def n_classes_of(data) -> int:
-    """Classes of a labelled audit: the dataset's (all of them, also those missing from a small training set),
-    else the largest label seen + 1."""
-    if data.class_names is not None:
-        return len(data.class_names)
-    seen = [data.train_labels] + ([data.holdout_labels] if data.holdout_labels is not None else [])
-    return int(max(int(a.max()) for a in seen if len(a))) + 1
 
 
 def check_condition_options(

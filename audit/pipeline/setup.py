@@ -245,3 +245,12 @@ def prompt_data(prompt_set, train_path=None, holdout_path=None, dataset=None) ->
     data.train_labels = np.concatenate(labels) if len(labels) > 1 else labels[0]
     data.prompts = prompt_set
     return data
+
+
+def n_classes_of(data) -> int:
+    """Classes of a labelled audit: the dataset's (all of them, also those missing from a small training set),
+    else the largest label seen + 1."""
+    if data.class_names is not None:
+        return len(data.class_names)
+    seen = [data.train_labels] + ([data.holdout_labels] if data.holdout_labels is not None else [])
+    return int(max(int(a.max()) for a in seen if len(a))) + 1
