@@ -180,6 +180,18 @@ def _per_transform_nn(queries, xt, transforms, shape, ref, ks, budget_mib, seed,
     return Ds, Is, ident
 
 
+def _distinct_rows(x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(first row of every distinct row of ``x``, in order; how many rows each stands for), or (None, None) when
+    every row is distinct or fewer than 2 distinct rows are left (then there is no second item to measure)."""
+    x = np.ascontiguousarray(x)
+    v = x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
+    _, first, counts = np.unique(v, return_index=True, return_counts=True)
+    if len(first) == len(x) or len(first) < 2:
+        return None, None
+    order = np.argsort(first)
+    return first[order].astype(np.int64), counts[order].astype(np.int64)
+
+
 def _distinct_second(D, I, nn, rows_dist, radius):
     """d2: per query, the distance (from ``D`` (n, k), ascending, candidates ``I``) to the nearest training item that
     is neither ``nn`` (the first neighbour) nor within ``radius`` of it (a duplicate or near-duplicate: a copy of
@@ -375,6 +387,15 @@ def find_copies(
         xt = _normalise_rows(xt, "training set")
         if xh is not None:
             xh = _normalise_rows(xh, "holdout")
+    # Exact duplicates of a training item are one item: searched once, so that d2 reaches the nearest OTHER item
+    # however often an item is repeated (an item repeated more than K_D2 times left d2 = d1, ratio 1: the exact
+    # copies of the most duplicated items -- the ones models memorize first -- were never flagged). Indices are
+    # mapped back to each item's first row at the end.
+    keep = mult = None
+    if isinstance(index, str):
+        keep, mult = _distinct_rows(xt)
+        if keep is not None:
+            xt = xt[keep]
     n_gen, n_train = len(xg), len(xt)
 
     # d2 skips the first neighbour's (near-)duplicates: search K_D2 neighbours (Carlini's 50 when those are needed)
@@ -510,8 +531,18 @@ def find_copies(
         )
     near_dup = np.zeros(len(most_copied), np.int64)
     if len(most_copied):
-        Dd, _ = _nn_within(xt, most_copied[:, 0], NEAR_DUP_K, budget_mib, device=device)
-        near_dup = (Dd < dup_radius).sum(1).astype(np.int64)
+        Dd, Id = _nn_within(xt, most_copied[:, 0], NEAR_DUP_K, budget_mib, device=device)
+        w = (
+            np.ones(Id.shape, np.int64) if keep is None else mult[np.maximum(Id, 0)]
+        )  # rows each item stands for
+        near_dup = ((Dd < dup_radius) * w).sum(1).astype(np.int64)
+
+    if keep is not None:  # back to the caller's training rows (each item's first row); its repeats count as
+        near_dup = (
+            near_dup + (mult[most_copied[:, 0]] - 1) if len(most_copied) else near_dup
+        )  # near-duplicates
+        nn_index = keep[nn_index]
+        most_copied = np.stack([keep[most_copied[:, 0]], most_copied[:, 1]], axis=1).reshape(-1, 2)
 
     sims = pct = sim95 = None
     if metric == "cosine":

@@ -376,3 +376,19 @@ def test_ct_controls_memorizer_and_oracle(distances):
         ct_test(mixture(1000, 10 + i, D=16), train, hold, distances=distances, seed=i).c_t for i in range(3)
     ]
     assert np.all(np.abs(oracle) < 1.0), oracle
+
+
+def test_copies_of_an_item_repeated_many_times_are_flagged():
+    """An item repeated far more often than the d2 search's K_D2 candidates (the items models memorize first):
+    its exact copies are copies (before: d2 stayed on a repeat, ratio 1, never flagged), indices point to its
+    first row, and its repeats count among its near-duplicates."""
+    base = mixture(2000, 5)
+    train = np.concatenate([base, np.repeat(base[3:4], 60, axis=0)])
+    hold, gen = mixture(1000, 6), mixture(300, 7)
+    gen[:10] = base[3]
+    r = find_copies(gen, train, hold)
+    assert r.is_copy[:10].all() and r.ratio[:10].max() == 0.0
+    assert (r.nn_index[:10] == 3).all()
+    assert r.copy_rate < 10 / 300 + 0.02  # the fresh rows stay at the rule's usual false-flag rate
+    row = np.flatnonzero(r.most_copied[:, 0] == 3)[0]
+    assert r.most_copied[row, 1] >= 10 and r.near_duplicates[row] >= 60
