@@ -52,6 +52,7 @@ class RareClassMemorizer(DenoiserModel):
 def rare_class_data(n_rare_items: int = 4, repeats: int = 25, n_train: int = 1500, seed: int = 0):
     """molrg training data where class 1 has only ``n_rare_items`` distinct items, each repeated."""
     d = audit_data(DATASET, n_train, 1500, seed=seed)
+    assert d.train_z is not None
     keep = d.train_labels != 1
     rare = np.flatnonzero(d.train_labels == 1)[:n_rare_items]
     idx = np.concatenate([np.flatnonzero(keep), np.repeat(rare, repeats)])
@@ -257,3 +258,28 @@ def test_cli_bad_conditional_input_exit_2_no_report(case, tmp_path, capsys):
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_trained_conditional_model_with_a_rare_class(one_torch_thread):
+    """Issue 14's test on a real training run: a class-conditional MLP trained on molrg where class 1 has only 4
+    distinct items (repeated 100 times) and the other classes about 1,000 each. The rare class is flagged for
+    memorization (its training items are recognised: membership AUC near 1) and fails threshold 2; the other
+    classes pass memorization. Measured (2,000 steps): rare class MIA AUC 0.986, the others 0.45 and 0.53."""
+    from diffaudit.harness.train import TrainConfig, train
+    from diffaudit.models.checkpoint import CheckpointModel
+
+    d = rare_class_data(n_rare_items=4, repeats=100, n_train=3000)
+    cfg = TrainConfig(steps=2000, batch=128, lr=3e-3, device="cpu", log_every=2000)
+    res = train(
+        d.train, "mlp:width=128,depth=3,emb_dim=32", cfg, labels=d.train_labels, n_classes=3, progress=False
+    )
+    model = CheckpointModel(precond=res.ema, config=res.config)
+    rep = run_audit_on(model, d, config=AuditConfig(condition="labels", n_samples=1200, extraction_budget=0))
+    by = {e["condition"]: e for e in rep["conditions"]}
+    assert by["1"]["verdict"]["memorization"] == "fail", by["1"]["reasons"]
+    assert by["1"]["metrics"]["memorization.mia_auc"]["ci"][0] > 0.6
+    assert by["1"]["verdict"]["generalization"] == "fail"
+    for c in ("0", "2"):
+        assert by[c]["verdict"]["memorization"] == "pass", by[c]["reasons"]
+        assert by[c]["verdict"]["generalization"] == "pass", by[c]["reasons"]
