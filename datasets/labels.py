@@ -75,3 +75,35 @@ def sample_class(
         f"class {label} ({names[label]}) of {dataset.spec} is too rare to sample: {have} of {n} rows after "
         f"{max_rounds} rounds of {batch} draws."
     )
+
+
+class ClassView:
+    """One class of a generator dataset, as a dataset: ``sample(n, seed)`` draws that class only
+    (``sample_class``); everything else (``project``, ``factors``, ``shape``, the family's structure) is the
+    dataset's own. What a per-class audit compares with: the class's population moments and its true factor
+    distribution (a null drawn from the whole dataset would hold every class at once)."""
+
+    n_population = None
+
+    def __init__(self, dataset, label: int):
+        if getattr(dataset, "n_population", None) is not None:
+            raise DiffauditError(
+                f"{dataset.spec} is a finite set of items: a class of it has no generator to draw from."
+            )
+        self.dataset, self.label = dataset, int(label)
+        self.name = f"{dataset.name}-class{self.label}"
+
+    def __getattr__(self, attr):
+        if attr in ("dataset", "label"):  # not set yet (unpickling): never recurse
+            raise AttributeError(attr)
+        return getattr(self.dataset, attr)
+
+    def params(self) -> dict:
+        return {**self.dataset.params(), "class": self.label}
+
+    @property
+    def spec(self) -> str:
+        return f"{self.dataset.spec} [class {self.label}]"
+
+    def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        return sample_class(self.dataset, self.label, n, seed)
