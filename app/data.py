@@ -14,6 +14,10 @@ No Streamlit here (the benchmark and the tests call it directly); ``diffaudit.ap
   not a ``diffaudit.report/1`` document, becomes a ``Problem`` (shown as a warning) instead of a row.
 - Per-run artifacts (``metrics.parquet``, ``copies.parquet``, ``pca.parquet``) are read by DuckDB too;
   ``thumbs.npz`` with ``numpy.load(allow_pickle=False)``.
+- Conditional audits (``--condition labels|prompts``): ``report.json`` adds ``inputs.condition`` and one entry per
+  condition under ``conditions`` (``condition_frame``: one row each), ``copies.parquet`` a ``condition`` column
+  (the entry's index; ``copies_page`` / ``most_copied`` filter on it). The overview adds the kind, the number of
+  conditions and how many fail memorization; unconditional and older reports have none of these (NA).
 - Which metrics exist, their labels, units, better direction and groups: ``diffaudit.report.schema``, read
   here and by the pages; the app keeps no list of its own. A report written before a metric existed shows
   it as missing ("—"); ``fd_ratio`` is the one metric the app derives for such reports (same definition).
@@ -29,7 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from diffaudit.errors import DiffauditError
 from diffaudit.report import schema
-from diffaudit.report.html import ordered_metrics
+from diffaudit.report.html import CONDITION_COLUMNS, ordered_metrics
 
 SCHEMA = schema.SCHEMA
 ENV_RESULTS = "DIFFAUDIT_RESULTS"
@@ -184,6 +188,7 @@ _STR_PATHS = {
     "model_label": "$.sweep.cell.model_label",
     "cell_model": "$.sweep.cell.model",
     "cell_id": "$.sweep.cell_id",
+    "cond_kind": "$.inputs.condition.kind",
 }
 _NUM_PATHS = {
     "cell_d": "$.sweep.cell.d",
@@ -194,6 +199,7 @@ _NUM_PATHS = {
     "seed_in": "$.inputs.seeds.sample",
     "steps": "$.sweep.train.steps",
     "total_s": "$.timings.total",
+    "n_conditions_in": "$.inputs.condition.n_conditions",
 }
 
 
@@ -208,7 +214,15 @@ def _overview_paths() -> list[tuple[str, str]]:
 # One json_extract_string with a LIST of paths parses each document once; TRY turns a file that is not
 # valid JSON into NULL (reported as a problem) instead of failing the whole query. The list is expanded
 # into columns in pandas: l[1], l[2], ... in SQL costs more than the extraction itself.
-_OVERVIEW_SQL = "SELECT filename, TRY(json_extract_string(content, ?)) AS l FROM read_text(?)"
+# A conditional audit's per-condition memorization verdicts need a wildcard path, which DuckDB does not allow in
+# a list of paths: a second extraction, only for files that mention "conditions" at all (a substring test costs
+# far less than parsing), so an unconditional tree is parsed once per file, as before.
+_OVERVIEW_SQL = (
+    "SELECT filename, TRY(json_extract_string(content, ?)) AS l, "
+    "CASE WHEN contains(content, '\"conditions\"') "
+    "THEN TRY(json_extract_string(content, '$.conditions[*].verdict.memorization')) END AS cm "
+    "FROM read_text(?)"
+)
 
 
 def connect():
@@ -247,6 +261,9 @@ def load_overview(scan_result: Scan, roots: list[Path], con=None):
         "steps",
         "total_s",
         *(f"v_{v}" for v in VERDICTS),
+        "cond_kind",
+        "n_conditions",
+        "n_conditions_failing",
     ]
     for name, _ in _VALUE_COLUMNS:
         cols += [name, f"{name}.lo", f"{name}.hi"]
@@ -266,6 +283,7 @@ def load_overview(scan_result: Scan, roots: list[Path], con=None):
         )
         df.insert(0, "ok", ok)
         df.insert(0, "filename", raw["filename"].to_numpy())
+        df["cond_mem"] = raw["cm"].to_numpy()
         num = [*_NUM_PATHS, *(c for c, _ in paths[len(_STR_PATHS) + len(_NUM_PATHS) + 1 :])]
         df[num] = df[num].apply(pd.to_numeric, errors="coerce")
     finally:
@@ -322,6 +340,7 @@ def load_overview(scan_result: Scan, roots: list[Path], con=None):
     out["total_s"] = df["total_s"]
     for v in VERDICTS:
         out[f"v_{v}"] = df[f"v_{v}"].fillna("n/a")
+    out.update(_conditioning(df["cond_kind"], df["n_conditions_in"], df["cond_mem"]))
     for name, _ in _VALUE_COLUMNS:
         for c in (name, f"{name}.lo", f"{name}.hi"):
             out[c] = df[c]
@@ -329,6 +348,32 @@ def load_overview(scan_result: Scan, roots: list[Path], con=None):
         df[FD_RATIO], df["convergence.fd_equal_n"], df["convergence.fd"], df["convergence.fd_train_holdout"]
     )
     return pd.DataFrame(out, index=df.index)[cols].reset_index(drop=True), problems
+
+
+def _conditioning(kind, n_in, mem) -> dict:
+    """The overview's conditioning columns: ``cond_kind`` ("labels" | "prompts"; None for an unconditional run),
+    ``n_conditions`` (the report's ``inputs.condition.n_conditions``, else its number of ``conditions``) and
+    ``n_conditions_failing`` (conditions whose memorization verdict is "fail"; <NA> for an unconditional run).
+
+    ``kind``, ``n_in``: aligned Series from the one JSON extraction; ``mem``: each run's list of per-condition
+    memorization verdicts (None when the report has no ``conditions``)."""
+    import pandas as pd
+
+    lists = [list(v) if isinstance(v, list | tuple) or hasattr(v, "__array__") else None for v in mem]
+    n_listed = pd.Series([len(v) if v else None for v in lists], index=kind.index, dtype="Float64")
+    n_fail = pd.Series(
+        [sum(x == "fail" for x in v) if v else None for v in lists], index=kind.index, dtype="Float64"
+    )
+    n = pd.to_numeric(n_in, errors="coerce").astype("Float64")
+    n = n.where(n >= 1).fillna(n_listed)
+    is_cond = kind.notna() | n.notna()
+    out_kind = kind.map(_cut).astype(object)
+    out_kind[is_cond & kind.isna()] = "conditional"  # a list of conditions without inputs.condition
+    return {
+        "cond_kind": out_kind.where(is_cond, None),
+        "n_conditions": n.round().astype("Int64"),
+        "n_conditions_failing": n_fail.where(is_cond).round().astype("Int64"),
+    }
 
 
 # Longest text kept in the overview (model names, dataset specs, ...): a report may hold a 50 MB string, and
@@ -500,9 +545,23 @@ _FIELD_TYPES: tuple[tuple[tuple[str, ...], type | tuple], ...] = (
     (("details", "membership", "roc", "tpr"), list),
     (("details", "membership", "sigmas"), list),
     (("details", "membership", "auc"), list),
+    (("details", "cond_memorization"), dict),
+    (("details", "cond_memorization", "scores"), list),
+    (("details", "cond_memorization", "most_suspect"), str),
+    (("details", "cond_memorization", "flagged"), list),
+    (("details", "cond_memorization", "threshold_z"), _NUM),
+    (("details", "cond_memorization", "flag_skipped"), str),
+    (("details", "cond_memorization", "auc_skipped"), str),
     (("timings",), dict),
     (("skipped",), list),
     (("sweep",), dict),
+    (("inputs", "condition"), dict),
+    (("inputs", "condition", "kind"), str),
+    (("inputs", "condition", "n_conditions"), _NUM),
+    (("inputs", "condition", "source"), str),
+    (("inputs", "condition", "names"), list),
+    (("inputs", "condition", "guidance"), _NUM),
+    (("conditions",), list),
 )
 # Containers whose every element must have one type (elements of another type are dropped).
 _ELEMENT_TYPES: tuple[tuple[tuple[str, ...], type | tuple], ...] = (
@@ -517,7 +576,31 @@ _ELEMENT_TYPES: tuple[tuple[tuple[str, ...], type | tuple], ...] = (
     (("details", "membership", "roc", "tpr"), _NUM),
     (("details", "membership", "sigmas"), _NUM),
     (("details", "membership", "auc"), _NUM),
+    (("details", "cond_memorization", "scores"), _NUM),
+    (("details", "cond_memorization", "flagged"), str),
     (("timings",), _NUM),
+    (("skipped",), dict),
+    (("inputs", "condition", "names"), str),
+)
+# The fields of one entry of a conditional audit's ``conditions`` list (report.json's per-condition audit),
+# checked like the report's own: a field of the wrong type is dropped with a note, the entry is kept.
+_CONDITION_FIELD_TYPES: tuple[tuple[tuple[str, ...], type | tuple], ...] = (
+    (("condition",), str),
+    (("value",), (str, *_NUM)),
+    (("index",), int),
+    (("n_generated",), _NUM),
+    (("n_train",), _NUM),
+    (("n_holdout",), _NUM),
+    (("verdict",), dict),
+    (("reasons",), dict),
+    (("metrics",), dict),
+    (("skipped",), list),
+    (("robust_z",), _NUM),
+    (("memorized",), bool),
+)
+_CONDITION_ELEMENT_TYPES: tuple[tuple[tuple[str, ...], type | tuple], ...] = (
+    (("verdict",), str),
+    (("reasons",), str),
     (("skipped",), dict),
 )
 
@@ -545,21 +628,47 @@ def _get(rep: dict, path: tuple[str, ...]):
 
 def check_report(rep: dict) -> tuple[dict, list[str]]:
     """``rep`` with every field the pages read checked against its JSON type (a copy; fields and elements
-    of the wrong type removed) and one note per removal, for the page to show as a warning."""
+    of the wrong type removed) and one note per removal, for the page to show as a warning.
+
+    A conditional audit's ``conditions`` entries are checked the same way, field by field; an entry that is
+    not an object is dropped. Every kept entry keeps (or gets) its ``index`` (its position in the report's
+    list: copies.parquet's ``condition`` column points there), so dropping one never shifts the others."""
     rep = json.loads(json.dumps(rep))  # a copy; nesting is bounded by read_report
     notes: list[str] = []
-    for path, types in _FIELD_TYPES:
-        parent = _get(rep, path[:-1]) if len(path) > 1 else rep
+    _check_fields(rep, _FIELD_TYPES, _ELEMENT_TYPES, "", notes)
+    for g, grp in list((rep.get("probes") or {}).items()):
+        for k in list(grp):
+            _check_metric(grp, k, f"probes.{g}.{k}", notes)
+    conds = rep.get("conditions")
+    if isinstance(conds, list):
+        kept = []
+        for j, e in enumerate(conds):
+            if not isinstance(e, dict):
+                notes.append(f"conditions[{j}] is a {type(e).__name__}, not an object; ignored")
+                continue
+            _check_fields(e, _CONDITION_FIELD_TYPES, _CONDITION_ELEMENT_TYPES, f"conditions[{j}].", notes)
+            e.setdefault("index", j)
+            for k in list(e.get("metrics") or {}):
+                _check_metric(e["metrics"], k, f"conditions[{j}].metrics.{k}", notes)
+            kept.append(e)
+        rep["conditions"] = kept
+    return rep, notes
+
+
+def _check_fields(obj: dict, fields, elements, where: str, notes: list[str]) -> None:
+    """Drop (in place) the fields of ``obj`` and the container elements whose JSON type is wrong; note each."""
+    for path, types in fields:
+        parent = _get(obj, path[:-1]) if len(path) > 1 else obj
         if not isinstance(parent, dict) or parent.get(path[-1]) is None:
             continue
         v = parent[path[-1]]
         if not _typed(v, types):
             del parent[path[-1]]
             notes.append(
-                f"field {'.'.join(path)} is a {type(v).__name__}, not a {_type_name(types)}; ignored"
+                f"field {where}{'.'.join(path)} is a {type(v).__name__}, not a {_type_name(types)}; ignored"
             )
-    for path, types in _ELEMENT_TYPES:
-        c = _get(rep, path)
+    for path, types in elements:
+        c = _get(obj, path)
         if isinstance(c, dict):
             bad = [k for k, v in c.items() if v is not None and not _typed(v, types)]
             for k in bad:
@@ -570,26 +679,29 @@ def check_report(rep: dict) -> tuple[dict, list[str]]:
         else:
             continue
         if bad:
-            notes.append(f"{len(bad)} element(s) of {'.'.join(path)} are not {_type_name(types)}s; ignored")
-    for g, grp in list((rep.get("probes") or {}).items()):
-        for k, m in list(grp.items()):
-            if m is None:  # a metric the audit did not measure
-                continue
-            ok = isinstance(m, dict) and (m.get("value") is None or _typed(m.get("value"), _NUM))
-            ci = m.get("ci") if isinstance(m, dict) else None
-            if (
-                ok
-                and ci is not None
-                and not (
-                    isinstance(ci, list) and len(ci) == 2 and all(c is None or _typed(c, _NUM) for c in ci)
-                )
-            ):
-                m.pop("ci")
-                notes.append(f"probes.{g}.{k}.ci is not a pair of numbers; ignored")
-            if not ok:
-                del grp[k]
-                notes.append(f"probes.{g}.{k} is not a metric with a numeric value; ignored")
-    return rep, notes
+            notes.append(
+                f"{len(bad)} element(s) of {where}{'.'.join(path)} are not {_type_name(types)}s; ignored"
+            )
+
+
+def _check_metric(grp: dict, k: str, where: str, notes: list[str]) -> None:
+    """``grp[k]`` must be None (not measured) or ``{"value": number | null, "ci": [lo, hi] | null}``: a
+    metric that is not is dropped, an interval that is not a pair of numbers is dropped from it."""
+    m = grp[k]
+    if m is None:  # a metric the audit did not measure
+        return
+    ok = isinstance(m, dict) and (m.get("value") is None or _typed(m.get("value"), _NUM))
+    ci = m.get("ci") if isinstance(m, dict) else None
+    if (
+        ok
+        and ci is not None
+        and not (isinstance(ci, list) and len(ci) == 2 and all(c is None or _typed(c, _NUM) for c in ci))
+    ):
+        m.pop("ci")
+        notes.append(f"{where}.ci is not a pair of numbers; ignored")
+    if not ok:
+        del grp[k]
+        notes.append(f"{where} is not a metric with a numeric value; ignored")
 
 
 def _typed(v, types) -> bool:
@@ -695,6 +807,109 @@ def metric_view(mt):
     return out
 
 
+# ---------------------------------------------------------------------------------------------- conditions
+
+# The per-condition table's main columns: report.html's (``CONDITION_COLUMNS``) and every metric of the schema
+# that only a conditional audit measures (e.g. the Wen et al. detector's score); shown when a report has them.
+CONDITION_MAIN = tuple(
+    dict.fromkeys(
+        [k for k, _ in CONDITION_COLUMNS]
+        + [m.key for m in schema.METRICS if "conditional" in m.needs and not m.is_family]
+    )
+)
+
+
+def condition_info(rep: dict) -> dict | None:
+    """``{"kind", "n", "source", "guidance"}`` of a conditional audit (a report checked by ``check_report``), or
+    None for an unconditional one (no ``conditions`` and no ``inputs.condition``)."""
+    spec = (rep.get("inputs") or {}).get("condition")
+    conds = rep.get("conditions")
+    if not isinstance(spec, dict) and not conds:
+        return None
+    spec = spec if isinstance(spec, dict) else {}
+    n = spec.get("n_conditions")
+    return {
+        "kind": spec.get("kind") or "condition",
+        "n": int(n) if isinstance(n, int | float) and n == n else len(conds or []),
+        "source": spec.get("source"),
+        "guidance": spec.get("guidance"),
+    }
+
+
+def condition_frame(rep: dict):
+    """One row per entry of a conditional audit's ``conditions`` (a report checked by ``check_report``) and the
+    metric keys any entry measured, in schema order.
+
+    Columns: ``index`` (the entry's position: copies.parquet's ``condition``), ``condition`` (its name, "#j"
+    when the report has none), ``value`` (label or prompt, as text), ``n_train``, ``n_generated``,
+    ``n_holdout``, the three verdicts (named as in ``VERDICTS``; "n/a" when absent), ``reason_<verdict>``,
+    ``skipped`` ("probe: reason; ..."), ``robust_z`` / ``memorized`` (the detector's, when reported), then one
+    float column per metric key (its value; NaN where an entry lacks it).
+    """
+    import pandas as pd
+
+    entries = [e for e in rep.get("conditions") or [] if isinstance(e, dict)]
+    keys = [
+        k
+        for k, _ in ordered_metrics(
+            [
+                k
+                for e in entries
+                for k, m in (e.get("metrics") or {}).items()
+                if m and m.get("value") is not None
+            ]
+        )
+    ]
+    rows = []
+    for j, e in enumerate(entries):
+        idx = e.get("index", j)
+        reasons = e.get("reasons") or {}
+        row = {
+            "index": idx,
+            "condition": e["condition"] if "condition" in e else f"#{idx}",
+            "value": None if e.get("value") is None else str(e["value"]),
+            "n_train": e.get("n_train"),
+            "n_generated": e.get("n_generated"),
+            "n_holdout": e.get("n_holdout"),
+            **{v: (e.get("verdict") or {}).get(v) or "n/a" for v in VERDICTS},
+            **{f"reason_{v}": reasons.get(v) for v in VERDICTS},
+            "skipped": "; ".join(
+                f"{s.get('probe', '?')}: {s.get('reason', '')}" for s in e.get("skipped") or []
+            ),
+            "robust_z": e.get("robust_z"),
+            "memorized": e.get("memorized"),
+        }
+        metrics = e.get("metrics") or {}
+        for k in keys:
+            m = metrics.get(k)
+            row[k] = None if m is None else m.get("value")
+        rows.append(row)
+    base = ["index", "condition", "value", "n_train", "n_generated", "n_holdout", *VERDICTS]
+    base += [f"reason_{v}" for v in VERDICTS] + ["skipped", "robust_z", "memorized"]
+    out = pd.DataFrame(rows, columns=base + keys)
+    for c in ("index", "n_train", "n_generated", "n_holdout"):
+        out[c] = pd.to_numeric(out[c], errors="coerce").round().astype("Int64")
+    for c in ["robust_z", *keys]:
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
+    return out, keys
+
+
+def copies_columns(copies_path: Path, con=None) -> list[str]:
+    """The column names of copies.parquet (e.g. whether it has a conditional audit's ``condition``)."""
+    return read_parquet(copies_path, "SELECT * FROM {src} LIMIT 0", con=con).columns.tolist()
+
+
+def condition_rows(copies_path: Path, condition: int, con=None):
+    """Indices (``index``) of the generated samples of condition ``condition``, sorted (int64 array)."""
+    df = read_parquet(
+        copies_path,
+        'SELECT "index" FROM {src} WHERE condition = ? ORDER BY "index"',
+        con=con,
+        params=[int(condition)],
+    )
+    return df["index"].to_numpy(dtype="int64")
+
+
 _PLOTLY_SRC = re.compile(rb"<script type='text/javascript' src='([^']+)'>")
 
 
@@ -709,20 +924,48 @@ def html_plotly_src(path: Path) -> str | None:
     return m.group(1).decode("ascii", "replace") if m else None
 
 
-def most_copied(copies_path: Path, limit: int = 20, con=None):
-    """Training items that are nearest neighbour of the most generated samples (copies counted apart)."""
+def copies_where(only_copies: bool = False, condition: int | None = None) -> tuple[str, list]:
+    """The WHERE clause (and its parameters) that keeps copies only and/or the samples of one condition."""
+    parts, params = [], []
+    if only_copies:
+        parts.append("is_copy")
+    if condition is not None:
+        parts.append("condition = ?")
+        params.append(int(condition))
+    return ("WHERE " + " AND ".join(parts) if parts else ""), params
+
+
+def most_copied(copies_path: Path, limit: int = 20, con=None, condition: int | None = None):
+    """Training items that are nearest neighbour of the most generated samples (copies counted apart);
+    ``condition``: only the generated samples of that condition (a conditional audit's copies.parquet)."""
+    where, params = copies_where(False, condition)
     return read_parquet(
         copies_path,
         "SELECT nn_index AS train_index, count(*) FILTER (WHERE is_copy) AS copies, count(*) AS nearest_of, "
-        "min(d1) AS min_d1, min(ratio) AS min_ratio FROM {src} GROUP BY nn_index "
+        f"min(d1) AS min_d1, min(ratio) AS min_ratio FROM {{src}} {where} GROUP BY nn_index "
         "ORDER BY copies DESC, nearest_of DESC, train_index LIMIT ?",
         con=con,
-        params=[int(limit)],
+        params=[*params, int(limit)],
     )
 
 
-def copies_page(copies_path: Path, order: str, page: int, page_size: int, only_copies: bool, con=None):
-    """One page of copies.parquet sorted by ``order`` (a column name from a fixed list) and its row count."""
+def copies_count(copies_path: Path, only_copies: bool = False, condition: int | None = None, con=None) -> int:
+    where, params = copies_where(only_copies, condition)
+    df = read_parquet(copies_path, f"SELECT count(*) AS n FROM {{src}} {where}", con=con, params=params)
+    return int(df["n"].iloc[0])
+
+
+def copies_page(
+    copies_path: Path,
+    order: str,
+    page: int,
+    page_size: int,
+    only_copies: bool,
+    con=None,
+    condition: int | None = None,
+):
+    """One page of copies.parquet sorted by ``order`` (a column name from a fixed list) and its row count;
+    ``condition``: only the generated samples of that condition (a conditional audit's copies.parquet)."""
     allowed = {
         "ratio": "ratio ASC, d1 ASC",
         "d1": "d1 ASC, ratio ASC",
@@ -733,13 +976,13 @@ def copies_page(copies_path: Path, order: str, page: int, page_size: int, only_c
     }
     if order not in allowed:
         raise DiffauditError(f"sort key {order!r} unknown; use one of {', '.join(allowed)}.")
-    where = "WHERE is_copy" if only_copies else ""
-    n = int(read_parquet(copies_path, f"SELECT count(*) AS n FROM {{src}} {where}", con=con)["n"].iloc[0])
+    where, params = copies_where(only_copies, condition)
+    n = copies_count(copies_path, only_copies, condition, con=con)
     df = read_parquet(
         copies_path,
         f"SELECT * FROM {{src}} {where} ORDER BY {allowed[order]} LIMIT ? OFFSET ?",
         con=con,
-        params=[int(page_size), int(page) * int(page_size)],
+        params=[*params, int(page_size), int(page) * int(page_size)],
     )
     return df, n
 

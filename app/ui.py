@@ -23,6 +23,12 @@ VERDICT_BADGE = {
     "fail": ":red-background[**FAIL**]",
     "n/a": ":gray-background[n/a]",
 }
+# Column titles of verdicts in tables (overview, per-condition table).
+VERDICT_COLUMNS = {
+    "convergence": "threshold 1",
+    "generalization": "threshold 2",
+    "memorization": "memorization",
+}
 VERDICT_ICON = {"pass": "✔ pass", "fail": "✘ fail", "n/a": "– n/a"}
 _VERDICT_CSS = {
     "pass": "background-color: #d9f2dd; color: #1b5e20",
@@ -190,15 +196,42 @@ def artifact(run_dir: Path, name: str) -> Path | None:
         return None
 
 
+CONDITIONING = ("all", "unconditional", "conditional")
+
+
+def any_conditional(df: pd.DataFrame) -> bool:
+    """Whether some run of the overview frame is a conditional audit (its per-condition columns are drawn)."""
+    return "cond_kind" in df.columns and bool(df["cond_kind"].notna().any())
+
+
 def filters_ui(df: pd.DataFrame, key: str) -> dict:
-    """Filter widgets for the overview; returns the chosen values."""
-    c = st.columns([2, 2, 2, 2, 2])
+    """Filter widgets for the overview; returns the chosen values. The conditioning filter is drawn only
+    when some run is a conditional audit."""
+    cond = any_conditional(df)
+    c = st.columns([2, 2, 2, 2, 2, 2] if cond else [2, 2, 2, 2, 2])
     kinds = c[0].multiselect("kind", sorted(df["kind"].dropna().unique()), key=f"{key}_kind")
     datasets = c[1].multiselect("dataset", sorted(df["dataset"].dropna().unique()), key=f"{key}_ds")
     models = c[2].multiselect("model", sorted(df["model_label"].dropna().unique()), key=f"{key}_model")
     verdict = c[3].selectbox("verdict", ["any", "all pass", "any fail"], key=f"{key}_verdict")
-    text = c[4].text_input("search run id", key=f"{key}_text")
-    return {"kind": kinds, "dataset": datasets, "model": models, "verdict": verdict, "text": text}
+    conditioning = (
+        c[4].selectbox(
+            "conditioning",
+            CONDITIONING,
+            key=f"{key}_cond",
+            help="conditional: audits of a class- or text-conditional model (--condition), judged per condition",
+        )
+        if cond
+        else "all"
+    )
+    text = c[-1].text_input("search run id", key=f"{key}_text")
+    return {
+        "kind": kinds,
+        "dataset": datasets,
+        "model": models,
+        "verdict": verdict,
+        "conditioning": conditioning,
+        "text": text,
+    }
 
 
 def apply_filters(df: pd.DataFrame, f: dict) -> pd.DataFrame:
@@ -214,6 +247,9 @@ def apply_filters(df: pd.DataFrame, f: dict) -> pd.DataFrame:
         m &= (df[vcols] == "pass").all(axis=1)
     elif f.get("verdict") == "any fail":
         m &= (df[vcols] == "fail").any(axis=1)
+    if f.get("conditioning") in ("unconditional", "conditional") and "cond_kind" in df.columns:
+        is_cond = df["cond_kind"].notna()
+        m &= is_cond if f["conditioning"] == "conditional" else ~is_cond
     if f.get("text"):
         m &= df["run_id"].str.contains(f["text"], case=False, regex=False)
     return df[m]
@@ -235,3 +271,38 @@ def run_picker_ui(df: pd.DataFrame, key: str, default: str | None = None) -> str
     labels = {r["run_id"]: run_label(r) for _, r in df.iterrows()}
     idx = ids.index(default) if default in ids else 0
     return st.selectbox("run", ids, index=idx, format_func=lambda i: labels.get(i, i), key=key)
+
+
+VERDICT_COLUMNS = {
+    "convergence": "threshold 1",
+    "generalization": "threshold 2",
+    "memorization": "memorization",
+}
+
+
+def condition_noun(kind: str) -> str:
+    """``"labels"`` -> ``"label"``, ``"prompts"`` -> ``"prompt"``; anything else -> ``"condition"``."""
+    return {"labels": "label", "prompts": "prompt"}.get(kind, "condition")
+
+
+def condition_picker_ui(cf: pd.DataFrame, noun: str, key: str) -> int | None:
+    """A selectbox over a conditional audit's conditions (``data.condition_frame``'s rows, failing verdicts
+    named); returns the chosen row's position, or None for every condition."""
+    opts = [None, *range(len(cf))]
+    if st.session_state.get(key) not in opts:  # a position of another run's list
+        st.session_state.pop(key, None)
+
+    def name(i):
+        if i is None:
+            return f"all {noun}s"
+        r = cf.iloc[i]
+        bad = [VERDICT_COLUMNS[v] for v in data.VERDICTS if r[v] == "fail"]
+        return shown(r["condition"], 80) + (f"  (fails {', '.join(bad)})" if bad else "")
+
+    return st.selectbox(
+        f"show the samples and copies of one {noun}",
+        opts,
+        format_func=name,
+        key=key,
+        help=f"Filters the sample grid, the copy gallery and the copies tables below to one {noun}.",
+    )

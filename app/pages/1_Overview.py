@@ -2,6 +2,7 @@
 
 from urllib.parse import quote
 
+import pandas as pd
 import streamlit as st
 
 from diffaudit.app import data, ui
@@ -18,6 +19,7 @@ c[3].metric("skipped folders", len(problems))
 
 flt = ui.filters_ui(df, "ov")
 sel = ui.apply_filters(df, flt)
+conditional = ui.any_conditional(df)  # some run is a conditional audit: draw its columns
 sort_by = st.selectbox(
     "sort by",
     [
@@ -28,6 +30,7 @@ sort_by = st.selectbox(
         "convergence.fd",
         "memorization.copy_rate",
         "factors.novel_valid_rate",
+        *(["n_conditions_failing"] if conditional else []),
     ],
     key="ov_sort",
 )
@@ -35,7 +38,7 @@ sel = sel.sort_values(sort_by, kind="stable", na_position="last")
 size, page = ui.pagination_ui(len(sel), "ov")
 view = sel.iloc[page * size : (page + 1) * size].copy()
 
-verdict_cols = {"convergence": "threshold 1", "generalization": "threshold 2", "memorization": "memorization"}
+verdict_cols = ui.VERDICT_COLUMNS
 metric_cols = (
     "convergence.fd",
     "convergence.fd_train_holdout",
@@ -47,6 +50,12 @@ table = view[["model_label", "dataset", "d", "n_train", "seed"]].copy()
 table.insert(0, "open", ["Audit?run=" + quote(r, safe="") for r in view["run_id"]])
 for v, label in verdict_cols.items():
     table[label] = view[f"v_{v}"]
+if conditional:
+    table["conditioning"] = [
+        "—" if pd.isna(k) else f"{ui.shown(k, 40)} × {n}" if not pd.isna(n) else ui.shown(k, 40)
+        for k, n in zip(view["cond_kind"], view["n_conditions"], strict=True)
+    ]
+    table["conditions failing memorization"] = view["n_conditions_failing"]
 for m in metric_cols:
     table[ui.label(m)] = view[m]
 table["kind"] = view["kind"]
@@ -62,6 +71,14 @@ st.dataframe(
             "open", display_text="open ↗", help="Open this run on the Audit page"
         ),
         "model_label": st.column_config.TextColumn("model"),
+        "conditioning": st.column_config.TextColumn(
+            "conditioning", help="conditional audits: the kind of condition × the number of conditions"
+        ),
+        "conditions failing memorization": st.column_config.NumberColumn(
+            "conditions failing memorization",
+            format="%d",
+            help="conditions of a conditional audit whose own memorization verdict is fail",
+        ),
         "d": st.column_config.NumberColumn("d", format="%d"),
         "n_train": st.column_config.NumberColumn("n_train", format="%d"),
         **{

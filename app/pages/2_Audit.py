@@ -1,4 +1,5 @@
-"""Audit: one run in depth: verdicts, metrics with intervals, samples, copy gallery, factors, membership."""
+"""Audit: one run in depth: verdicts, metrics with intervals, per-condition results (conditional audits), samples,
+copy gallery, factors, membership."""
 
 import numpy as np
 import pandas as pd
@@ -169,6 +170,122 @@ with right:
         )
         st.plotly_chart(fig, width="stretch")
 
+# ------------------------------------------------------------------------------------------ conditions
+# A conditional audit (--condition labels|prompts): every condition audited on its own rows. ``chosen``: the
+# condition (its index in report.json's list, copies.parquet's ``condition``) whose samples the sections below
+# show; None shows every sample, as for an unconditional run (which draws none of this).
+chosen = chosen_name = chosen_rows = None
+cond = data.condition_info(rep)
+if cond is not None:
+    cf, cond_keys = data.condition_frame(rep)
+    noun = ui.condition_noun(cond["kind"])
+    st.subheader(f"Per {noun}")
+    st.caption(
+        f"{cond['n']} {noun}s"
+        + (f" ({ui.md(cond['source'], 40)})" if cond.get("source") else "")
+        + (f" · guidance {ui.fmt(cond['guidance'])}" if cond.get("guidance") is not None else "")
+        + f" · each {noun} audited on its own generated, training and held-out rows; click a column to sort."
+    )
+    if cf.empty:
+        st.info(f"This report lists no per-{noun} results.")
+    else:
+        failing = cf[cf["memorization"] == "fail"]
+        names_failing = ", ".join(ui.md(c, 60) for c in failing["condition"].head(20))
+        st.markdown(
+            f"**Memorization fails for {len(failing)} of {len(cf)} {noun}s**"
+            + (f": {names_failing}" if len(failing) else "")
+            + (f" and {len(failing) - 20} more" if len(failing) > 20 else "")
+        )
+        o1, o2 = st.columns([2, 3])
+        rows = o1.radio(
+            "rows",
+            ["all", "failing memorization", "failing any verdict"],
+            horizontal=True,
+            key="audit_cond_rows",
+        )
+        every = o2.toggle(
+            f"show every per-{noun} metric (not only the main ones)", value=False, key="audit_cond_all"
+        )
+        keys = cond_keys if every else [k for k in cond_keys if k in data.CONDITION_MAIN]
+        view = cf
+        if rows == "failing memorization":
+            view = cf[cf["memorization"] == "fail"]
+        elif rows == "failing any verdict":
+            view = cf[(cf[list(data.VERDICTS)] == "fail").any(axis=1)]
+        labels: dict[str, str] = {}
+        for k in keys:  # schema labels; a clash (unknown keys, …) keeps the key itself
+            labels[k] = ui.label(k) if ui.label(k) not in labels.values() else k
+        table = pd.DataFrame({noun: [ui.shown(c, 80) for c in view["condition"]]}, index=view.index)
+        if (view["value"].fillna("") != view["condition"]).any():
+            table["value"] = [ui.shown(v, 120) for v in view["value"]]
+        table["n train"] = view["n_train"]
+        table["n generated"] = view["n_generated"]
+        for v, col in ui.VERDICT_COLUMNS.items():
+            table[col] = view[v]
+        for k in keys:
+            table[labels[k]] = view[k]
+        if cf["robust_z"].notna().any():
+            table["detector robust z"] = view["robust_z"]
+        if cf["memorized"].notna().any():
+            table["known memorized"] = view["memorized"]
+        st.dataframe(
+            table.style.map(ui.verdict_style, subset=list(ui.VERDICT_COLUMNS.values())),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "n train": st.column_config.NumberColumn("n train", format="%d"),
+                "n generated": st.column_config.NumberColumn("n generated", format="%d"),
+                **{
+                    labels[k]: st.column_config.NumberColumn(
+                        labels[k], format="%.4g", help=ui.direction(k) or None
+                    )
+                    for k in keys
+                },
+            },
+        )
+        with st.expander(f"Why: the reason of every per-{noun} verdict"):
+            why = pd.DataFrame({noun: table[noun]})
+            for v, col in ui.VERDICT_COLUMNS.items():
+                why[col] = [ui.shown(r, 600) for r in view[f"reason_{v}"]]
+            why["skipped probes"] = [ui.shown(r, 600) if r else "" for r in view["skipped"]]
+            st.dataframe(why, hide_index=True, width="stretch")
+        det = (rep.get("details") or {}).get("cond_memorization") or {}
+        if det:
+            bits = []
+            if det.get("most_suspect") is not None:
+                bits.append(f"most suspect {noun}: {ui.md(det['most_suspect'], 120)}")
+            if det.get("flagged") is not None:
+                fl = det["flagged"]
+                bits.append(
+                    f"{len(fl)} flagged"
+                    + (": " + ", ".join(ui.md(f, 60) for f in fl[:20]) if fl else "")
+                    + (f" and {len(fl) - 20} more" if len(fl) > 20 else "")
+                    + (
+                        f" (robust z above {det['threshold_z']:.3g})"
+                        if det.get("threshold_z") is not None
+                        else ""
+                    )
+                )
+            for k in ("flag_skipped", "auc_skipped"):
+                if det.get(k):
+                    bits.append(ui.md(det[k], 400))
+            if bits:
+                st.caption(
+                    "Text-conditional memorization detector (Wen et al. 2024): " + "; ".join(bits) + "."
+                )
+        pos = ui.condition_picker_ui(cf, noun, "audit_condition")
+        if pos is not None:
+            r = cf.iloc[pos]
+            chosen, chosen_name = int(r["index"]), ui.md(r["condition"], 80)
+            cols = st.columns(3)
+            for c, v in zip(cols, data.VERDICTS, strict=True):
+                c.markdown(
+                    f"**{chosen_name} · {ui.VERDICT_COLUMNS[v]}**  \n"
+                    f"{ui.VERDICT_BADGE.get(r[v], ui.md(r[v], 40))}"
+                )
+                if isinstance(r[f"reason_{v}"], str) and r[f"reason_{v}"]:
+                    c.caption(ui.md(r[f"reason_{v}"], 600))
+
 # ------------------------------------------------------------------------------------------ samples
 st.subheader("Samples")
 thumbs = None
@@ -182,15 +299,42 @@ if tp is not None:
 
 copies_path = ui.artifact(run_dir, "copies.parquet")
 pca_path = ui.artifact(run_dir, "pca.parquet")
+if chosen is not None:  # the generated samples of the chosen condition (copies.parquet knows each one's)
+    try:
+        if copies_path is None or "condition" not in data.copies_columns(copies_path, con=con):
+            raise DiffauditError("it has no condition column")
+        chosen_rows = data.condition_rows(copies_path, chosen, con=con)
+    except DiffauditError as e:
+        st.warning(
+            f"The samples of {chosen_name} cannot be picked out (copies.parquet: {ui.md(str(e), 300)}); "
+            "every sample is shown."
+        )
+        chosen = None
 if thumbs is not None and "generated" in thumbs and len(thumbs["generated"]):
     g = thumbs["generated"]
-    st.image(
-        images.mosaic(g, cols=16),
-        caption=f"first {len(g)} generated samples (thumbnails stored by the audit)",
-    )
+    if chosen is None:
+        st.image(
+            images.mosaic(g, cols=16),
+            caption=f"first {len(g)} generated samples (thumbnails stored by the audit)",
+        )
+    else:
+        gidx = thumbs.get("generated_index", np.arange(len(g)))
+        keep = np.isin(np.asarray(gidx, dtype=np.int64)[: len(g)], chosen_rows)
+        if keep.any():
+            st.image(
+                images.mosaic(g[: len(keep)][keep], cols=16),
+                caption=f"the {int(keep.sum())} samples of {chosen_name} among the first {len(g)} generated "
+                "(thumbnails stored by the audit)",
+            )
+        else:
+            st.info(
+                f"None of the first {len(g)} generated samples (the thumbnails stored) is of {chosen_name}."
+            )
 elif pca_path is not None:
     try:
         pca = data.read_parquet(pca_path, con=con)
+        if chosen is not None and "index" in pca.columns:
+            pca = pca[(pca["set"] != "generated") | pca["index"].isin(chosen_rows)]
         fig = go.Figure()
         for name, colour in (("train", "#1f77b4"), ("holdout", "#2ca02c"), ("generated", "#ff7f0e")):
             p = pca[pca["set"] == name]
@@ -204,7 +348,8 @@ elif pca_path is not None:
                 html.pca_trace(p, "generated (copy)", {"size": 7, "symbol": "x", "color": "#d62728"})
             )
         fig.update_layout(
-            title="2-D PCA of generated / train / holdout features, coloured by copy flag",
+            title="2-D PCA of generated / train / holdout features, coloured by copy flag"
+            + ("" if chosen is None else f"; generated: the chosen {noun} only"),
             xaxis_title="PC 1",
             yaxis_title="PC 2",
             height=460,
@@ -231,6 +376,8 @@ else:
         )
         + "."
     )
+    if chosen is not None:
+        st.caption(f"Showing the generated samples of {chosen_name} only (choose another above).")
     try:
         if thumbs is not None and "pairs_generated" in thumbs and len(thumbs["pairs_generated"]):
             gi = thumbs["pairs_generated_index"].astype(np.int64)
@@ -249,6 +396,10 @@ else:
                 if order == "ratio"
                 else np.lexsort((info["ratio"].to_numpy(), info["d1"].to_numpy()))
             )
+            if chosen is not None:  # the stored pairs of that condition (the audit keeps a few of each)
+                rank = rank[np.isin(gi[rank], chosen_rows)]
+                if not len(rank):
+                    st.info(f"The audit stored no sample pair of {chosen_name}.")
             per_row = 4
             for start in range(0, len(rank), per_row):
                 cs = st.columns(per_row)
@@ -271,19 +422,15 @@ else:
                 key="audit_copies_sort",
             )
             only = o2.toggle("copies only", value=False, key="audit_copies_only")
-            n_all = int(
-                data.read_parquet(
-                    copies_path,
-                    "SELECT count(*) AS n FROM {src}" + (" WHERE is_copy" if only else ""),
-                    con=con,
-                )["n"].iloc[0]
-            )
+            n_all = data.copies_count(copies_path, only, chosen, con=con)
             size, page = ui.pagination_ui(n_all, "audit_copies")
-            page_df, n_rows = data.copies_page(copies_path, order, page, size, only, con=con)
+            page_df, n_rows = data.copies_page(
+                copies_path, order, page, size, only, con=con, condition=chosen
+            )
             st.dataframe(page_df, hide_index=True, width="stretch")
         with c2:
             st.markdown("**Most-copied training items**")
-            mc = data.most_copied(copies_path, 20, con=con)
+            mc = data.most_copied(copies_path, 20, con=con, condition=chosen)
             st.dataframe(mc, hide_index=True, width="stretch")
             top = mc[mc["copies"] > 0]
             if len(top):
@@ -296,7 +443,10 @@ else:
                     xaxis_type="category",
                 )
                 st.plotly_chart(fig, width="stretch")
-        d = data.read_parquet(copies_path, "SELECT d1, ratio, is_copy FROM {src}", con=con)
+        where, params = data.copies_where(False, chosen)
+        d = data.read_parquet(
+            copies_path, f"SELECT d1, ratio, is_copy FROM {{src}} {where}", con=con, params=params
+        )
         # d₁/d₂ lies in [0, 1]: fixed bins of 0.02 on that scale, the last one [1, 1.02) for ties d₁ = d₂
         # (plotly's own bins draw all-zero ratios, every sample an exact copy, as one bar from -0.5 to 0.5)
         fig = go.Figure(

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import tomllib
 from test_app import _BUILT, _cli, build_results
+from test_app_conditional import MIXED, build_conditional
 
 from diffaudit.app import data
 from diffaudit.sweeps.spec import preset_path
@@ -322,7 +323,8 @@ def built(tmp_path_factory) -> dict[str, Path]:
         ],
         cache,
     )
-    return {"results": results, "quick": quick, "demo": demo, "mine": mine}
+    cond = build_conditional(tmp_path_factory)  # shared with test_app_conditional.py
+    return {"results": results, "quick": quick, "demo": demo, "mine": mine, "conditional": cond}
 
 
 # ------------------------------------------------------------------------------------------ the app servers
@@ -383,7 +385,8 @@ def serving(named_roots: dict[str, list[Path]], logs: Path):
 def apps(built, tmp_path_factory):
     """Three servers: the quick sweep alone, the demo (and an audit without a dataset beside it), and the
     hand-made results of test_app.py plus a copy of their sweep whose n1* interval runs to n = 1e21 (as an
-    expanded bootstrap interval can); its name sorts first, so the Scaling page opens on it."""
+    expanded bootstrap interval can; its name sorts first, so the Scaling page opens on it) and the conditional
+    audits of test_app_conditional.py."""
     censored = tmp_path_factory.mktemp("censored")
     sweep = censored / "sweeps" / "a-tiny"  # listed as "sweeps/a-tiny  (in ...)", before "sweeps/tiny"
     shutil.copytree(built["results"] / "sweeps" / "tiny", sweep)
@@ -395,7 +398,7 @@ def apps(built, tmp_path_factory):
     roots = {
         "quick": [built["quick"]],
         "demo": [built["demo"], built["mine"]],
-        "handmade": [built["results"], censored],
+        "handmade": [built["results"], censored, built["conditional"]],
     }
     with serving(roots, logs) as urls:
         yield urls
@@ -594,6 +597,17 @@ def test_handmade_scaling_pages(apps, browser, shots):
         choose(page, "sweep", re.compile(r"^sweeps\/tiny "), no_arrow, 2)
         assert chosen(page, "sweep").startswith("sweeps/tiny "), chosen(page, "sweep")
         check_page(page, "handmade-scaling", shots)
+    finally:
+        page.close()
+
+
+def test_conditional_audit_page(apps, browser, shots):
+    """A conditional audit (digits, class 3 memorized): the per-label table names the failing class and the page
+    passes the checks every page does."""
+    page = load(browser, f"{apps['handmade']}/Audit" + q(run=f"2:{MIXED}"), "Per label", 3)
+    try:
+        check_page(page, "handmade-audit-conditional", shots)
+        assert "Memorization fails for 1 of 10 labels: 3" in page.inner_text("body")
     finally:
         page.close()
 
