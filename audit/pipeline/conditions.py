@@ -15,8 +15,8 @@ a class-c sample that copies an item of another class is still a copy), sliced t
 Per-condition verdicts use the overall rules and tolerances (``diffaudit.pipeline.verdicts``) on the condition's
 metrics, except memorization, which must hold for K conditions at once on a few hundred samples each: a condition
 fails memorization when its copy rate is ABOVE ``max_copy_rate`` with one-sided confidence 1 - 0.05 / K (a
-Wilson bound, Bonferroni over the K conditions), or when its membership AUC's 95 % interval lies above
-``max_mia_auc``. A generator of fresh data (copy rule false-flag rate ~1 %) then fails some condition in at most
+Wilson bound, Bonferroni over the K conditions), or its membership AUC is above ``max_mia_auc`` at the same
+confidence (normal bound from the AUC's DeLong standard error). A generator of fresh data (copy rule false-flag rate ~1 %) then fails some condition in at most
 5 % of audits whatever K, while a condition whose samples copy its few training items (rate near 1) fails at any
 sample size above a handful.
 """
@@ -30,7 +30,7 @@ import numpy as np
 from diffaudit.errors import DiffauditError
 from diffaudit.models.contract import Model, check_cond
 from diffaudit.pipeline.setup import holdout_indices
-from diffaudit.probes.stats import wilson_interval
+from diffaudit.probes.stats import wilson_interval, z_value
 
 FAMILY_ALPHA = 0.05  # the chance that an audit of a model with no copies fails some condition's memorization
 
@@ -251,14 +251,22 @@ def memorization_verdict(probes: dict, cfg, n_conditions: int) -> tuple[str, str
     conf = 1.0 - 2.0 * FAMILY_ALPHA / max(1, n_conditions)  # two-sided level whose lower bound is one-sided
     lo = wilson_interval(k, m, conf)[0] if m else 0.0
     auc = (probes.get("memorization") or {}).get("mia_auc")
-    auc_lo = auc["ci"][0] if auc and auc.get("ci") else None
+    auc_lo = None
+    if auc and auc.get(
+        "ci"
+    ):  # the same one-sided level for the AUC: its 95 % interval gives the standard error
+        se = (auc["ci"][1] - auc["ci"][0]) / (2 * z_value(0.95))
+        auc_lo = auc["value"] - z_value(conf) * se
     if lo > cfg.max_copy_rate:
         return "fail", (
             f"copy rate {cr['value']:.3f} ({k} copies): above {cfg.max_copy_rate:g} with confidence "
             f"{1 - FAMILY_ALPHA / max(1, n_conditions):.4f} (lower bound {lo:.3f})."
         )
     if auc_lo is not None and auc_lo > cfg.max_mia_auc:
-        return "fail", f"membership AUC {auc['value']:.3f}, its 95 % interval above {cfg.max_mia_auc:g}."
+        return "fail", (
+            f"membership AUC {auc['value']:.3f}: above {cfg.max_mia_auc:g} with confidence "
+            f"{1 - FAMILY_ALPHA / max(1, n_conditions):.4f} (lower bound {auc_lo:.3f})."
+        )
     return "pass", (
         f"copy rate {cr['value']:.3f} ({k} copies) is not significantly above {cfg.max_copy_rate:g} "
         f"(lower bound {lo:.3f} at confidence {1 - FAMILY_ALPHA / max(1, n_conditions):.4f})."

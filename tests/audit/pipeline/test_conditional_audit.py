@@ -127,6 +127,15 @@ def test_memorization_rule_family_wise_level():
         assert memorization_verdict(_probes(n, n), cfg, 10)[0] == "fail"
     # a true 10 % copy rate on 500 samples: fails (the rule has power, not only a level)
     assert memorization_verdict(_probes(50, 500), cfg, 10)[0] == "fail"
+    # membership at the same family-wise level: an AUC whose 95 % interval barely clears 0.6 is not enough for
+    # one of 10 classes (measured on a digits class: 0.72 [0.578, 0.858]); a near-perfect attack is
+    leaky = {**_probes(0, 200)["memorization"], "mia_auc": {"value": 0.72, "ci": [0.578, 0.858]}}
+    assert memorization_verdict({"memorization": leaky}, cfg, 10)[0] == "pass"
+    # alone (K = 1) the one-sided 95 % bound is 0.72 - 1.645 x 0.0714 = 0.603 > 0.6: fails
+    assert memorization_verdict({"memorization": leaky}, cfg, 1)[0] == "fail"
+    clear = {**_probes(0, 200)["memorization"], "mia_auc": {"value": 0.99, "ci": [0.96, 1.0]}}
+    verdict, why = memorization_verdict({"memorization": clear}, cfg, 10)
+    assert verdict == "fail" and "membership AUC 0.990" in why
 
 
 def _probes(k: int, n: int) -> dict:
