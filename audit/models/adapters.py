@@ -318,6 +318,9 @@ class _ObjectModel(Model):
         self.obj = obj
         self.name = name
         self.shape = tuple(getattr(obj, "shape", ()) or ())
+        for attr in ("conditioning", "n_classes", "class_names", "latent_shape"):  # a conditional object's
+            if getattr(obj, attr, None) is not None:
+                setattr(self, attr, getattr(obj, attr))
         if callable(getattr(obj, "denoise", None)):
             self.denoise = self._denoise  # instance attribute: has_denoiser looks at the type
             self._white_box = True
@@ -330,13 +333,13 @@ class _ObjectModel(Model):
     def has_denoiser(self) -> bool:
         return self._white_box
 
-    def _denoise(self, x, sigma):
-        return _user_denoised(_call_user(self.obj.denoise, self.name, _DENOISE, x, sigma), x, self.name)
+    def _denoise(self, x, sigma, cond=None):
+        args = (x, sigma) if cond is None else (x, sigma, cond)
+        return _user_denoised(_call_user(self.obj.denoise, self.name, _DENOISE, *args), x, self.name)
 
-    def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        x = _user_array(
-            _call_user(self.obj.sample, self.name, _SAMPLE, int(n), int(seed)), self.name, _SAMPLE
-        )
+    def sample(self, n: int, seed: int = 0, cond=None) -> np.ndarray:
+        args = (int(n), int(seed)) if cond is None else (int(n), int(seed), cond)
+        x = _user_array(_call_user(self.obj.sample, self.name, _SAMPLE, *args), self.name, _SAMPLE)
         self.shape = tuple(x.shape[1:])
         return x
 
@@ -423,9 +426,11 @@ def _user_denoised(out, x, name: str) -> np.ndarray:
 
 
 def _guarded(method, name: str, what: str):
-    """``method`` with its failures and unusable outputs reported as the model's (``ModelError``)."""
+    """``method`` with its failures and unusable outputs reported as the model's (``ModelError``); a conditional
+    model's ``cond`` (keyword or third positional argument) is passed on positionally, only when given."""
 
-    def call(*args):
+    def call(*args, cond=None):
+        args = args if cond is None else (*args, cond)
         out = _call_user(method, name, what, *args)
         return _user_denoised(out, args[0], name) if what == _DENOISE else _user_array(out, name, what)
 

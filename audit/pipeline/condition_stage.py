@@ -14,6 +14,7 @@ from diffaudit.pipeline import stages as st
 from diffaudit.pipeline.conditions import (
     FixedCondition,
     copies_of_condition,
+    copies_significant,
     memorization_verdict,
     slice_copies,
 )
@@ -109,7 +110,20 @@ def per_condition(ctx) -> None:
         noisy = too_noisy(sub.probes, cfg)
         if noisy and verdict["convergence"] != "n/a":
             verdict["convergence"], reasons["convergence"] = "n/a", noisy
-        verdict["memorization"], reasons["memorization"] = memorization_verdict(sub.probes, cfg, len(cs))
+        verdict["memorization"], reasons["memorization"] = memorization_verdict(
+            sub.probes, cfg, len(cs), len(g)
+        )
+        rec = sub.details.get("factors") or {}
+        cr = (sub.probes.get("memorization") or {}).get("copy_rate")
+        if verdict["generalization"] == "fail" and rec.get("recovered") and cr is not None:
+            # the factors are recovered and the one failing part is the copy rate: judged like memorization,
+            # significantly above the tolerance for one of K conditions, not on the raw rate of a few samples
+            k = int(round(sub.probes["memorization"]["n_copies"]["value"]))
+            if not copies_significant(k, len(g), cfg.max_copy_rate, len(cs))[0]:
+                verdict["generalization"] = "pass"
+                reasons["generalization"] += (
+                    " (not significantly above the tolerance for one of the conditions)"
+                )
         metrics = {
             f"{grp}.{k}": v for grp, vals in sub.probes.items() for k, v in vals.items() if v is not None
         }

@@ -14,8 +14,8 @@ a class-c sample that copies an item of another class is still a copy), sliced t
 
 Per-condition verdicts use the overall rules and tolerances (``diffaudit.pipeline.verdicts``) on the condition's
 metrics, except memorization, which must hold for K conditions at once on a few hundred samples each: a condition
-fails memorization when its copy rate is ABOVE ``max_copy_rate`` with one-sided confidence 1 - 0.05 / K (a
-Wilson bound, Bonferroni over the K conditions), or its membership AUC is above ``max_mia_auc`` at the same
+fails memorization when its copy rate is ABOVE ``max_copy_rate`` with one-sided confidence 1 - 0.05 / K (the
+exact binomial test, Bonferroni over the K conditions), or its membership AUC is above ``max_mia_auc`` at the same
 confidence (normal bound from the AUC's DeLong standard error). A generator of fresh data (copy rule false-flag rate ~1 %) then fails some condition in at most
 5 % of audits whatever K, while a condition whose samples copy its few training items (rate near 1) fails at any
 sample size above a handful.
@@ -26,10 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.stats import binom
 
 from diffaudit.errors import DiffauditError
 from diffaudit.models.contract import Model, check_cond
-from diffaudit.pipeline.setup import holdout_indices
+from diffaudit.pipeline.setup import check_n_classes, holdout_indices
 from diffaudit.probes.stats import wilson_interval, z_value
 
 FAMILY_ALPHA = 0.05  # the chance that an audit of a model with no copies fails some condition's memorization
@@ -130,7 +131,7 @@ def label_conditions(
         )
     k = getattr(model, "n_classes", None)
     tl = check_cond(_Labels(k), train_labels, len(train_labels), "training labels (--train-labels)")
-    k = int(k if k is not None else tl.max() + 1)
+    k = check_n_classes(int(k if k is not None else tl.max() + 1), "training labels")
     hl = None
     if holdout_labels is not None:
         hl = check_cond(_Labels(k), holdout_labels, len(holdout_labels), "holdout labels (--holdout-labels)")
@@ -240,34 +241,51 @@ def copies_of_condition(sub, c) -> None:
     sub.art["copies"] = c
 
 
-def memorization_verdict(probes: dict, cfg, n_conditions: int) -> tuple[str, str]:
-    """The per-condition memorization rule of the module docstring: (verdict, reason)."""
-    cr = (probes.get("memorization") or {}).get("copy_rate")
-    n = (probes.get("memorization") or {}).get("n_copies")
+def copies_significant(k: int, n: int, max_rate: float, n_conditions: int) -> tuple[bool, float]:
+    """(k copies in n samples are significantly above ``max_rate`` for one of ``n_conditions``, the p-value):
+    the exact one-sided binomial test P(X >= k | n, max_rate) <= 0.05 / K (Bonferroni). Exact, because a Wilson
+    bound is far too optimistic at a few samples per condition (1 copy in 1 sample had a bound of 0.18 > 0.02:
+    a copy-free model failed 42 % of audits at 10 classes x 5 samples)."""
+    if n <= 0 or k <= 0:
+        return False, 1.0
+    p = float(binom.sf(int(k) - 1, int(n), float(max_rate)))
+    return p <= FAMILY_ALPHA / max(1, int(n_conditions)), p
+
+
+def memorization_verdict(
+    probes: dict, cfg, n_conditions: int, n_generated: int | None = None
+) -> tuple[str, str]:
+    """The per-condition memorization rule of the module docstring: (verdict, reason). ``n_generated``: the
+    condition's samples (else read off its copy rate and copy count)."""
+    mem = probes.get("memorization") or {}
+    cr, nc = mem.get("copy_rate"), mem.get("n_copies")
     if cr is None:
         return "n/a", "no generated samples of this condition."
-    k = int(round((n or {}).get("value", 0)))
-    m = int(round(k / cr["value"])) if cr["value"] > 0 else None
-    conf = 1.0 - 2.0 * FAMILY_ALPHA / max(1, n_conditions)  # two-sided level whose lower bound is one-sided
-    lo = wilson_interval(k, m, conf)[0] if m else 0.0
-    auc = (probes.get("memorization") or {}).get("mia_auc")
-    auc_lo = None
+    k = int(round((nc or {}).get("value", 0)))
+    n = (
+        int(n_generated)
+        if n_generated is not None
+        else (int(round(k / cr["value"])) if cr["value"] > 0 else 0)
+    )
+    level = 1 - FAMILY_ALPHA / max(1, n_conditions)
+    sig, p = copies_significant(k, n, cfg.max_copy_rate, n_conditions)
+    if sig:
+        return "fail", (
+            f"copy rate {cr['value']:.3f} ({k} of {n}): above {cfg.max_copy_rate:g} with confidence {level:.4f} "
+            f"(exact binomial p = {p:.2g})."
+        )
+    auc = mem.get("mia_auc")
     if auc and auc.get(
         "ci"
     ):  # the same one-sided level for the AUC: its 95 % interval gives the standard error
         se = (auc["ci"][1] - auc["ci"][0]) / (2 * z_value(0.95))
-        auc_lo = auc["value"] - z_value(conf) * se
-    if lo > cfg.max_copy_rate:
-        return "fail", (
-            f"copy rate {cr['value']:.3f} ({k} copies): above {cfg.max_copy_rate:g} with confidence "
-            f"{1 - FAMILY_ALPHA / max(1, n_conditions):.4f} (lower bound {lo:.3f})."
-        )
-    if auc_lo is not None and auc_lo > cfg.max_mia_auc:
-        return "fail", (
-            f"membership AUC {auc['value']:.3f}: above {cfg.max_mia_auc:g} with confidence "
-            f"{1 - FAMILY_ALPHA / max(1, n_conditions):.4f} (lower bound {auc_lo:.3f})."
-        )
+        auc_lo = auc["value"] - z_value(1.0 - 2.0 * FAMILY_ALPHA / max(1, n_conditions)) * se
+        if auc_lo > cfg.max_mia_auc:
+            return "fail", (
+                f"membership AUC {auc['value']:.3f}: above {cfg.max_mia_auc:g} with confidence {level:.4f} "
+                f"(lower bound {auc_lo:.3f})."
+            )
     return "pass", (
-        f"copy rate {cr['value']:.3f} ({k} copies) is not significantly above {cfg.max_copy_rate:g} "
-        f"(lower bound {lo:.3f} at confidence {1 - FAMILY_ALPHA / max(1, n_conditions):.4f})."
+        f"copy rate {cr['value']:.3f} ({k} of {n}) is not significantly above {cfg.max_copy_rate:g} at confidence "
+        f"{level:.4f} (exact binomial p = {p:.2g})."
     )

@@ -236,8 +236,8 @@ def run_audit(
         if per < MIN_RELIABLE_SAMPLES:
             report["warnings"].append(
                 f"{per} generated samples per condition (the fewest): per-condition threshold verdicts are noisier "
-                f"than the overall ones below {MIN_RELIABLE_SAMPLES}; the per-condition memorization verdict "
-                "accounts for it (a copy rate significantly above the tolerance), pass --n-samples "
+                f"than the overall ones below {MIN_RELIABLE_SAMPLES} (the per-condition copy and membership rules "
+                "account for it: significantly above the tolerance); pass --n-samples "
                 f"{MIN_RELIABLE_SAMPLES * len(conditions)} for {MIN_RELIABLE_SAMPLES} each."
             )
     trained_on = (getattr(model, "config", None) or {}).get("train_sha256")

@@ -247,10 +247,25 @@ def prompt_data(prompt_set, train_path=None, holdout_path=None, dataset=None) ->
     return data
 
 
+MAX_CLASSES = (
+    100_000  # labels are class indices 0..K-1; a larger K is a mistaken label file, not a class count
+)
+
+
+def check_n_classes(k: int, where: str = "class labels") -> int:
+    """``k`` classes, refused in one sentence above ``MAX_CLASSES`` (a label of 10^12 would allocate per class)."""
+    if int(k) > MAX_CLASSES:
+        raise DiffauditError(
+            f"{where}: the largest label is {int(k) - 1}, i.e. {int(k)} classes; labels must be class indices "
+            f"0..K-1 with K <= {MAX_CLASSES} (renumber them)."
+        )
+    return int(k)
+
+
 def n_classes_of(data) -> int:
     """Classes of a labelled audit: the dataset's (all of them, also those missing from a small training set),
-    else the largest label seen + 1."""
+    else the largest label seen + 1 (at most ``MAX_CLASSES``)."""
     if data.class_names is not None:
         return len(data.class_names)
     seen = [data.train_labels] + ([data.holdout_labels] if data.holdout_labels is not None else [])
-    return int(max(int(a.max()) for a in seen if len(a))) + 1
+    return check_n_classes(int(max(int(a.max()) for a in seen if len(a))) + 1)
