@@ -20,6 +20,7 @@ from diffaudit.errors import DiffauditError
 from diffaudit.models.contract import DenoiserModel, Model, check_cond
 from diffaudit.models.controls import GaussianModel, make_conditional_control
 from diffaudit.models.sampler import heun_sample, karras_sigmas, noise_from_seeds
+from diffaudit.probes import cond_memorization as cm
 from diffaudit.probes.cond_memorization import (
     MIN_CONDITIONS,
     condition_scores,
@@ -301,3 +302,16 @@ def test_bad_input():
         flag_memorized(np.ones(12))
     with pytest.raises(DiffauditError, match="finite"):
         flag_memorized(np.r_[r.score[:11], np.nan])
+
+
+def test_flags_need_an_effect_not_only_a_robust_outlier():
+    """A bulk of near-identical scores (conditions whose means sit equally far from the mean) has a tiny MAD: a
+    condition 0.5 % above it is a robust outlier, but not a memorized condition (MIN_RATIO); 2x the median is."""
+    rng = np.random.default_rng(0)
+    bulk = 1.0 + 1e-4 * rng.standard_normal(15)
+    s = np.r_[bulk, 1.005]
+    r = cm.flag_memorized(s)
+    assert r.robust_z[-1] > r.threshold and r.n_flagged == 0
+    r = cm.flag_memorized(np.r_[bulk, 2.0])
+    assert r.n_flagged == 1 and r.flagged[-1]
+    assert cm.flag_memorized(np.r_[bulk, 1.005], min_ratio=1.0).n_flagged == 1
