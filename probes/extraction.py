@@ -75,6 +75,7 @@ from scipy import stats as _st
 
 from diffaudit.errors import DiffauditError
 from diffaudit.probes._checks import as_features, same_width
+from diffaudit.probes.memorization import distinct_rows
 from diffaudit.probes.neighbors import DEFAULT_BUDGET_MIB, IVF_AUTO_MIN, build_index, search
 
 DEFAULT_CHUNK = 1024  # generations requested per call of ``generate``
@@ -348,6 +349,12 @@ def extract(
         raise DiffauditError(f"chunk_size={chunk_size} and store_mib={store_mib} must be positive.")
     min_cluster = int(min_cluster)
     xt, shape_t = _flat(train, "training set", 2)
+    n_rows = len(xt)
+    # exact duplicates are one item (as in find_copies): a raw second neighbour on a repeat made every copy of a
+    # twice-held item ratio 1, so nothing was extracted; indices map back to each item's first row at the end
+    keep = distinct_rows(xt)[0] if isinstance(index, str) else None
+    if keep is not None:
+        xt = xt[keep]
     n_train, dim = xt.shape
     if transforms is not None:
         image_shape = tuple(image_shape) if image_shape is not None else tuple(shape_t)
@@ -585,9 +592,11 @@ def extract(
     ext_idx, ext_at = got[order], at[order]
     copied_at = np.sort(first_copy[first_copy >= 0] + 1)
     unique = len(ext_idx)
+    if keep is not None:
+        ext_idx, gal_t = keep[ext_idx], [int(keep[t]) if t >= 0 else int(t) for t in gal_t]
     return ExtractionResult(
         budget=B,
-        n_train=n_train,
+        n_train=n_rows,
         min_cluster=min_cluster,
         rule=rule,
         link_radius=float(r_link),

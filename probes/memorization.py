@@ -180,7 +180,7 @@ def _per_transform_nn(queries, xt, transforms, shape, ref, ks, budget_mib, seed,
     return Ds, Is, ident
 
 
-def _distinct_rows(x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+def distinct_rows(x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(first row of every distinct row of ``x``, in order; how many rows each stands for), or (None, None) when
     every row is distinct or fewer than 2 distinct rows are left (then there is no second item to measure)."""
     x = np.ascontiguousarray(x)
@@ -393,7 +393,7 @@ def find_copies(
     # mapped back to each item's first row at the end.
     keep = mult = None
     if isinstance(index, str):
-        keep, mult = _distinct_rows(xt)
+        keep, mult = distinct_rows(xt)
         if keep is not None:
             xt = xt[keep]
     n_gen, n_train = len(xg), len(xt)

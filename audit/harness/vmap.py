@@ -154,6 +154,12 @@ def network_size(model_cfg, shape) -> tuple[int, int]:
     model_cfg = parse_model_spec(model_cfg)
     with torch.device("meta"):
         net = build_network(model_cfg, tuple(shape))
+    dev = "meta"
+    if any(b.device.type != "meta" for b in net.buffers()):
+        # a factory function escaped the meta context: after transformers 5 loads a model in this process,
+        # torch.linspace ignores torch.device("meta") (measured with transformers 5.25 / torch 2.14), and the
+        # forward pass below then mixes devices; build the network on the CPU instead (cheap for one sample)
+        net, dev = build_network(model_cfg, tuple(shape)), "cpu"
     acts = [0]
 
     def hook(_mod, _inp, out):
@@ -164,7 +170,7 @@ def network_size(model_cfg, shape) -> tuple[int, int]:
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         with torch.no_grad():
-            net(torch.empty((1, *shape), device="meta"), torch.empty(1, device="meta"))
+            net(torch.zeros((1, *shape), device=dev), torch.zeros(1, device=dev))
     finally:
         for h in handles:
             h.remove()

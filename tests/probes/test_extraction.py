@@ -322,3 +322,24 @@ def test_transforms_need_images():
     ds, train, holdout = hm(20)
     with pytest.raises(DiffauditError, match="needs images"):
         extract(lambda s, k: train[:k], 10, train, holdout, transforms="default")
+
+
+def test_extraction_counts_items_held_twice():
+    """Every training item held twice: extraction finds what it finds on the single set (before, the raw second
+    neighbour was the item's own repeat, ratio 1, and nothing was extracted), with indices of the first rows."""
+    from diffaudit.probes.extraction import extract
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((500, 8)).astype(np.float32)
+    hold = rng.standard_normal((500, 8)).astype(np.float32)
+
+    def gen(start, n):
+        r = np.random.default_rng([start])
+        return (base[r.integers(0, 100, n)] + 0.001 * r.standard_normal((n, 8))).astype(np.float32)
+
+    single = extract(gen, 2000, base, hold)
+    twice = extract(gen, 2000, np.concatenate([base, base]), hold)
+    assert single.unique_train_extracted > 90
+    assert twice.unique_train_extracted == single.unique_train_extracted
+    np.testing.assert_array_equal(twice.extracted_index, single.extracted_index)
+    assert twice.n_train == 1000

@@ -189,3 +189,12 @@ def test_missing_transformers_names_the_extra(tiny_sd, monkeypatch):
 def test_bad_guidance(tiny_sd):
     with pytest.raises(DiffauditError, match="finite"):
         TextToImageModel(tiny_sd[0], device="cpu", guidance=float("nan"))
+
+
+def test_harness_memory_estimate_after_a_pipeline_loaded(sd_model):
+    """After transformers loads a model, torch.linspace ignores torch.device("meta") in this process: the
+    grouped sweeps' memory estimate (a forward pass on the meta device) then mixed devices and raised."""
+    from diffaudit.harness.vmap import network_size
+
+    assert network_size("mlp", (8,)) == (284168, 2824)
+    assert network_size("unet", (1, 16, 16))[0] > 0
