@@ -40,12 +40,13 @@ def test_unwritable_out_is_one_error_line_before_any_work(cmd, out):
 
 def test_audit_extraction_budget_option(tmp_path):
     out = tmp_path / "r"
-    r = run("audit", *ARGS["audit"], "--extraction-budget", "30", "--out", str(out))
+    small = [*ARGS["audit"], "--n-holdout", "100"]  # the default 2,000 held-out sprites cost 10 s per audit here
+    r = run("audit", *small, "--extraction-budget", "30", "--out", str(out))
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
     d = rep["details"]["extraction"]
     assert d["budget"] == 30 and d["reused_samples"] == 20 and d["drawn_samples"] == 10
-    r = run("audit", *ARGS["audit"], "--extraction-budget", "0", "--out", str(tmp_path / "r0"))
+    r = run("audit", *small, "--extraction-budget", "0", "--out", str(tmp_path / "r0"))
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "r0" / "report.json").read_text())
     (why,) = [s["reason"] for s in rep["skipped"] if s["probe"] == "extraction"]
