@@ -40,7 +40,11 @@ def test_unwritable_out_is_one_error_line_before_any_work(cmd, out):
 
 def test_audit_extraction_budget_option(tmp_path):
     out = tmp_path / "r"
-    small = [*ARGS["audit"], "--n-holdout", "100"]  # the default 2,000 held-out sprites cost 10 s per audit here
+    small = [
+        *ARGS["audit"],
+        "--n-holdout",
+        "100",
+    ]  # the default 2,000 held-out sprites cost 10 s per audit here
     r = run("audit", *small, "--extraction-budget", "30", "--out", str(out))
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
