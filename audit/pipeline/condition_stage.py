@@ -16,6 +16,7 @@ from diffaudit.pipeline.conditions import (
     copies_of_condition,
     copies_significant,
     memorization_verdict,
+    recalibrate_copies,
     slice_copies,
 )
 from diffaudit.pipeline.stages import Context, Stage
@@ -78,7 +79,9 @@ def per_condition(ctx) -> None:
             ctx.advance(1)
             continue
         if c_all is not None:
-            copies_of_condition(sub, slice_copies(c_all, g))
+            cj, thr = recalibrate_copies(slice_copies(c_all, g), holdout_d1_of(ctx, c_all, j))
+            copies_of_condition(sub, cj)
+            entry["copy_threshold"] = "overall" if thr is None else "own holdout"
         scores, flags = ctx.art.get("cond_scores"), ctx.art.get("cond_flags")
         if scores is not None:  # the detector scored every condition (cond_memorization stage)
             sub.put("memorization.cond_score", scores.score[j], scores.score_ci[j])
@@ -131,6 +134,15 @@ def per_condition(ctx) -> None:
         out.append(entry)
         ctx.advance(1)
     ctx.condition_results = out
+
+
+def holdout_d1_of(ctx, c_all, j: int):
+    """Distances of condition ``j``'s calibration holdout rows to the nearest training item (None when unknown)."""
+    rows, d1 = ctx.art.get("calibration_rows"), getattr(c_all, "holdout_d1", None)
+    cs = ctx.conditions
+    if rows is None or d1 is None or cs.holdout is None or len(rows) != len(d1):
+        return None
+    return np.asarray(d1)[cs.holdout[rows] == j]
 
 
 def condition_dataset(ctx, j: int):

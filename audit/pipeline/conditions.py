@@ -289,3 +289,38 @@ def memorization_verdict(
         f"copy rate {cr['value']:.3f} ({k} of {n}) is not significantly above {cfg.max_copy_rate:g} at confidence "
         f"{level:.4f} (exact binomial p = {p:.2g})."
     )
+
+
+# held-out rows of a condition needed to set its own 1 % quantile (else: the overall one)
+MIN_CLASS_CALIBRATION = 100
+
+
+def recalibrate_copies(c, d1_holdout: np.ndarray | None, quantile: float = 0.01):
+    """A condition's sliced copy decisions (``slice_copies``) with the holdout rule's threshold set on that
+    condition's OWN held-out rows (``d1_holdout``: their distances to the nearest training item, as the overall
+    calibration measured them): the 1 % quantile over all classes flags the fresh samples of a densely trained
+    class more often than 1 % (long-tailed training 2000/100/100 with a balanced holdout: 2.5 %, and a copy-free
+    model failed that class in 20-60 % of audits). Unchanged without a holdout rule or with fewer than
+    ``MIN_CLASS_CALIBRATION`` rows. Returns (copies, the threshold used or None)."""
+    if c.is_copy_holdout is None or d1_holdout is None or len(d1_holdout) < MIN_CLASS_CALIBRATION:
+        return c, None
+    thr = float(np.quantile(d1_holdout, quantile))
+    is_hold = np.asarray(c.d1) < thr
+    is_copy = is_hold & np.asarray(c.is_copy_ratio) if c.rule == "ratio_and_holdout" else c.is_copy
+    if c.rule == "holdout":
+        is_copy = is_hold
+    k, n = int(np.sum(is_copy)), int(len(is_copy))
+    nn = np.asarray(c.nn_index)
+    return (
+        replace(
+            c,
+            is_copy=is_copy,
+            is_copy_holdout=is_hold,
+            n_copies=k,
+            copy_rate=k / n if n else float("nan"),
+            copy_rate_ci=wilson_interval(k, n),
+            unique_train_copied=int(len(np.unique(nn[is_copy]))),
+            holdout_threshold=thr,
+        ),
+        thr,
+    )

@@ -106,7 +106,12 @@ class Context:
     def subsample(self, x: np.ndarray, k: int, salt: int) -> np.ndarray:
         """A seeded subsample of at most ``k`` rows (in original order)."""
         k = min(len(x), int(k))
-        return x if k == len(x) else x[np.sort(self.rng(salt).choice(len(x), k, replace=False))]
+        return x if k == len(x) else x[self.subsample_rows(len(x), k, salt)]
+
+    def subsample_rows(self, n: int, k: int, salt: int) -> np.ndarray:
+        """The row indices ``subsample`` takes from ``n`` rows (all of them when k >= n)."""
+        k = min(int(n), int(k))
+        return np.arange(n) if k == n else np.sort(self.rng(salt).choice(n, k, replace=False))
 
 
 def probe_device(ctx) -> str:
@@ -375,6 +380,8 @@ def copies(ctx: Context) -> None:
         else:
             ctx.skipped.append({"probe": "memorization.copy_rate_partial", "reason": partial_skipped + "."})
     ctx.art["partial_copies"] = partial
+    if ctx.fh is not None:  # the holdout rows that calibrated the quantile (per-condition audits recalibrate)
+        ctx.art["calibration_rows"] = ctx.subsample_rows(len(ctx.fh), ctx.cfg.max_calibration, 0xC7)
     ctx.put("memorization.copy_rate", c.copy_rate, c.copy_rate_ci)
     ctx.put("memorization.unique_train_copied", c.unique_train_copied)
     ctx.put("memorization.n_copies", c.n_copies)

@@ -358,3 +358,34 @@ def test_user_conditional_objects_and_entry_points(tmp_path, monkeypatch):
     assert r["inputs"]["condition"]["n_conditions"] == 3 and len(r["conditions"]) == 3
     with pytest.raises(DiffauditError, match="outside the model.s classes"):
         diffaudit.audit(_LabelShift(), condition="labels", **{**kw, "train_labels": np.r_[y[:-1], 10**12]})
+
+
+def test_copy_threshold_is_calibrated_per_class_on_long_tailed_training():
+    """Long-tailed training (2000 / 100 / 100 items) with a balanced holdout: the one 1 % quantile over all held-out
+    rows flagged the head class's fresh samples at ~2.7 % (its training items are dense), and a model that never
+    copies failed that class in 20-60 % of audits. Each class's threshold now comes from its own held-out rows, so
+    the head class's fresh samples are flagged at the quantile's own rate: E = 1.1 % for the 1 % quantile of 700
+    rows (one holdout's quantile is noisy, Beta(7, 694): averaged over 5 independent audits here)."""
+    from diffaudit.datasets.base import get_dataset
+    from diffaudit.datasets.labels import sample_class
+    from diffaudit.pipeline.run import run_audit
+
+    ds = get_dataset(DATASET)
+    counts, head = (2000, 100, 100), []
+    for s in range(5):
+        xt = np.concatenate([sample_class(ds, c, k, 100 * s + 10 + c)[0] for c, k in enumerate(counts)])
+        yt = np.repeat(np.arange(3), counts)
+        xh = np.concatenate([sample_class(ds, c, 700, 100 * s + 50 + c)[0] for c in range(3)])
+        yh = np.repeat(np.arange(3), 700)
+        oracle = load_model("control:oracle", train=xt, dataset=ds, train_labels=yt, n_classes=3)
+        r = run_audit(
+            oracle,
+            train=xt,
+            holdout=xh,
+            config=AuditConfig(condition="labels", n_samples=3000, extraction_budget=0, n_boot=0, seed=s),
+            train_labels=yt,
+            holdout_labels=yh,
+        )
+        assert r["conditions"][0]["copy_threshold"] == "own holdout"
+        head.append(r["conditions"][0]["metrics"]["memorization.copy_rate"]["value"])
+    assert np.mean(head) < 0.018, head
