@@ -79,11 +79,12 @@ def test_rare_class_is_flagged_and_the_others_are_not(rare_report):
     for c in ("0", "2"):
         assert by[c]["verdict"]["memorization"] == "pass", by[c]["reasons"]
         assert by[c]["metrics"]["memorization.copy_rate"]["value"] < 0.05
-    # the overall copy rate is the rare class's third (balanced sampling), far above the 2 % tolerance
+    # the overall copy rate is about the rare class's third (balanced sampling), far above the 2 % tolerance; the
+    # classes' own thresholds (their held-out rows) move each class's fresh flags by a fraction of a percent
     overall = rare_report["probes"]["memorization"]["copy_rate"]["value"]
-    assert overall == pytest.approx(
-        np.mean([by[c]["metrics"]["memorization.copy_rate"]["value"] for c in by])
-    )
+    per = np.mean([by[c]["metrics"]["memorization.copy_rate"]["value"] for c in by])
+    assert abs(overall - per) < 0.01 and overall > 0.3
+    assert all(by[c]["copy_threshold"] == "own holdout" for c in by)
     assert rare_report["verdict"]["memorization"] == "fail"
 
 
@@ -92,8 +93,11 @@ def test_per_condition_rows_match_the_overall_copy_search(rare_report):
     for e in rare_report["conditions"]:
         assert e["n_generated"] == 500
     assert rare_report["inputs"]["condition"]["source"] == "balanced"
+    # every copy of the rare class is an exact copy: the same under any class's threshold
+    rare = rare_report["conditions"][1]["metrics"]
+    assert rare["memorization.n_copies"]["value"] >= 0.95 * 500
     n_copies = sum(e["metrics"]["memorization.n_copies"]["value"] for e in rare_report["conditions"])
-    assert n_copies == rare_report["probes"]["memorization"]["n_copies"]["value"]
+    assert abs(n_copies - rare_report["probes"]["memorization"]["n_copies"]["value"]) <= 0.01 * 1500
 
 
 def test_conditional_oracle_passes_every_condition():
