@@ -195,9 +195,12 @@ def _repeat(distinct, n_gen: int):
 
 
 def _null(model, name: str, x: np.ndarray, sigma: float) -> np.ndarray:
+    """D(x, sigma, None). A model that refuses it (``DiffauditError``, as a checkpoint trained without condition
+    dropout does, or ``NotImplementedError``) has no null condition; any other failure is the model's own and
+    propagates unchanged (not relabelled as a missing null condition)."""
     try:
         return model.denoise(x, sigma, None)
-    except (DiffauditError, NotImplementedError, TypeError, ValueError) as e:
+    except (DiffauditError, NotImplementedError) as e:
         raise DiffauditError(
             f"model {name} has no null condition: denoise(x, sigma, cond=None) failed ({type(e).__name__}: {e}); "
             "the detector compares each condition's prediction with the unconditional one, which needs a model "
