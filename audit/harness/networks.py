@@ -174,6 +174,16 @@ class NoiseEmbedding(nn.Module):
         return self.mlp(torch.cat([a.cos(), a.sin()], dim=1))
 
 
+def _embed(net, x: torch.Tensor, c_noise: torch.Tensor, class_labels) -> torch.Tensor:
+    """The conditioning vector of ``net`` (an MLP or UNet): the noise embedding, plus the label embedding on a
+    conditional network (``class_labels`` None = the null label); an unconditional one refuses labels."""
+    e = net.emb(c_noise)
+    if net.n_classes is not None:
+        return e + net.label_emb(class_labels, x.shape[0], x.device).to(e.dtype)
+    _unconditional(net, class_labels)
+    return e
+
+
 class LabelEmbedding(nn.Module):
     """Class label -> a learned vector, ``n_classes + 1`` rows: row ``n_classes`` is the NULL label (the
     unconditional model of classifier-free guidance). ``nn.Embedding``'s N(0, 1) initialisation, as ADM's
@@ -218,11 +228,7 @@ class MLPDenoiser(nn.Module):
     def forward(
         self, x: torch.Tensor, c_noise: torch.Tensor, class_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        e = self.emb(c_noise)
-        if self.n_classes is not None:
-            e = e + self.label_emb(class_labels, x.shape[0], x.device).to(e.dtype)
-        else:
-            _unconditional(self, class_labels)
+        e = _embed(self, x, c_noise, class_labels)
         h = x
         for layer in self.layers:
             h = self.act(layer(h) + e)
@@ -326,11 +332,7 @@ class UNet(nn.Module):
     def forward(
         self, x: torch.Tensor, c_noise: torch.Tensor, class_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        e = self.emb(c_noise)
-        if self.n_classes is not None:
-            e = e + self.label_emb(class_labels, x.shape[0], x.device).to(e.dtype)
-        else:
-            _unconditional(self, class_labels)
+        e = _embed(self, x, c_noise, class_labels)
         e = F.silu(e)
         h = self.conv_in(x)
         hs = []
