@@ -393,3 +393,16 @@ def test_copy_threshold_is_calibrated_per_class_on_long_tailed_training():
         assert r["conditions"][0]["copy_threshold"] == "own holdout"
         head.append(r["conditions"][0]["metrics"]["memorization.copy_rate"]["value"])
     assert np.mean(head) < 0.018, head
+
+
+def test_threshold1_of_a_condition_is_na_when_its_e1_cannot_resolve_the_tolerance():
+    """A condition's E1 decides threshold 1 only when its 95 % interval is within +- eps1 / 2 (the tolerance's
+    half): two-sample E1 of the same class at 1,000 rows a side measured +- 0.13-0.19 on 16 x 16 sprites."""
+    from diffaudit.pipeline.condition_stage import too_noisy
+
+    cfg = AuditConfig()
+    wide = {"convergence": {"moment_error": {"value": 0.15, "ci": [0.02, 0.28]}}}
+    narrow = {"convergence": {"moment_error": {"value": 0.15, "ci": [0.12, 0.18]}}}
+    assert "too uncertain" in too_noisy(wide, cfg)
+    assert too_noisy(narrow, cfg) is None  # decided: fails (0.15 > 0.1) on a precise estimate
+    assert too_noisy({"convergence": {"moment_error": {"value": 0.15, "ci": None}}}, cfg) is None
