@@ -127,7 +127,8 @@ def sweep_cmd(
         group=group,
         group_mib=group_mib,
     )
-    grouped = f" ({len(res.groups)} group(s) trained together)" if res.groups else ""
+    k = sum(len(g["cells"]) for g in res.groups)
+    grouped = f" ({k} cell(s) trained in {len(res.groups)} vectorised group(s))" if res.groups else ""
     click.echo(
         f"sweep {spec.name}: {res.n_cells} cells, {res.already_complete} already complete, "
         f"{len(res.done)} computed{grouped} in {res.seconds:.1f}s, {len(res.failed)} failed; results in {out}"
@@ -181,6 +182,10 @@ def _print_plan(plan: DryRun) -> None:
         click.echo(
             f"calibration: {c['model']} on {tuple(c['shape'])}, batch {c['batch']}: {rates}; "
             f"sampler {1e6 * c['forward_s_per_sample']:.2f} us per sample and step"
+            + "".join(
+                f"; {m} models sampled together {1e6 * v:.2f} us"
+                for m, v in c.get("group_forward_s_per_sample", {}).items()
+            )
         )
     click.echo(
         f"estimate: training {fmt_seconds(sum(est.train_s))}, audits {fmt_seconds(sum(est.audit_s))} "

@@ -111,6 +111,7 @@ def run_audit(
     sample_labels=None,
     class_names=None,
     prompts=None,
+    samples=None,
 ) -> Report:
     """Audit ``model`` against ``train`` (and ``holdout``); returns the report, writes ``out_dir``.
 
@@ -119,6 +120,10 @@ def run_audit(
     ``train_z`` / ``holdout_z``: their true factors; ``inputs``: extra provenance for the report;
     ``timings``: stages already timed by the caller (e.g. ``load``); ``html_plotly``: "inline" (one
     self-contained report.html) or a relative path to a shared plotly.min.js (sweeps).
+    ``samples``: the model's generations for this audit, drawn already ((n_samples, *shape): generation i is
+    what the ``sample`` stage would draw, from noise seed (cfg.seed, i) for a denoiser model); the later
+    stages that need more of the model's stream (extraction) continue it at generation n_samples. For a caller
+    that sampled several models together (``diffaudit.sweeps.run.run_group``); None: the audit samples.
     """
     cfg = (config or AuditConfig()).check()
     check_conditioning(model, cfg)
@@ -174,6 +179,13 @@ def run_audit(
         if prompts is None:
             raise DiffauditError("--condition prompts needs --prompts FILE (one prompt per line, or JSONL).")
         conditions = prompt_conditions(model, n_gen, prompts, train_labels)
+    if samples is not None:
+        samples = np.asarray(samples)
+        if samples.shape != (n_gen, *shape):
+            raise DiffauditError(
+                f"the pre-drawn samples have shape {samples.shape}, but this audit draws {n_gen} samples of shape "
+                f"{shape}; pass (n_samples, *shape) samples, or none to let the audit sample the model."
+            )
     embedder = get_embedder(
         cfg.features, device=cfg.device, weights=cfg.weights, random_init=cfg.random_init, dataset=dataset
     )
@@ -188,6 +200,7 @@ def run_audit(
         embedder=embedder,
         n_gen=n_gen,
         conditions=conditions,
+        presampled=samples,
     )
     stage_times = run_stages(ctx, tuple(stages) + ((CONDITION_STAGE,) if conditions is not None else ()))
     timings = {**(timings or {}), **stage_times}

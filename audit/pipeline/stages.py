@@ -77,6 +77,9 @@ class Context:
     advance: Callable[[int], None] = lambda k=1: None
     conditions: Any = None  # diffaudit.pipeline.conditions.Conditions of a conditional audit, else None
     condition_results: list | None = None  # the per-condition entries (report "conditions")
+    # the model's generations 0 .. n_gen - 1 for cfg.seed, drawn before the audit (a sweep group's models
+    # are sampled together: ``diffaudit.sweeps.run.run_group``); None: the sample stage draws them
+    presampled: np.ndarray | None = None
 
     def cond_for(self, start: int, n: int):
         """The model's ``cond`` for generations ``start .. start + n - 1`` (None for an unconditional audit)."""
@@ -212,7 +215,11 @@ def sample_stream(model, seed: int, cond_for=None) -> Callable[[int, int], np.nd
 
 
 def sample(ctx: Context) -> None:
-    gen = draw_samples(ctx.model, ctx.n_gen, ctx.cfg.seed, ctx.advance, cond=ctx.cond_for(0, ctx.n_gen))
+    if ctx.presampled is not None:
+        gen = ctx.presampled
+        ctx.advance(len(gen))
+    else:
+        gen = draw_samples(ctx.model, ctx.n_gen, ctx.cfg.seed, ctx.advance, cond=ctx.cond_for(0, ctx.n_gen))
     gen = check_array(gen, "generated samples")
     if len(gen) != ctx.n_gen:  # pre-generated files are checked when sampled: this is the model's own code
         raise ModelError(

@@ -82,6 +82,9 @@ from diffaudit.sweeps.groups import (
     estimate,
     group_id,
     plan_units,
+    sample_batches,
+    sample_group,
+    should_sample_together,
     train_config,
     train_group,
 )
@@ -149,8 +152,9 @@ def _reproducibility(model_a, model_b, record: dict) -> dict:
     }
 
 
-def _audit(model, data: AuditData, record: dict, out_dir: Path, device: str) -> dict:
-    """``run_audit`` into ``out_dir`` (report.json, metrics.parquet, copies, HTML land in the cell folder)."""
+def _audit(model, data: AuditData, record: dict, out_dir: Path, device: str, samples=None) -> dict:
+    """``run_audit`` into ``out_dir`` (report.json, metrics.parquet, copies, HTML land in the cell folder).
+    ``samples``: the audit's generated samples, drawn already with the cell's group (``run_group``)."""
     opts = dict(record["audit_options"])
     opts.setdefault("n_samples", int(record["n_samples"]))
     opts.setdefault("seed", int(record["seed"]))
@@ -168,6 +172,7 @@ def _audit(model, data: AuditData, record: dict, out_dir: Path, device: str) -> 
         model_spec=record["model"],
         inputs={"sweep_cell": record["cell_id"], **data.provenance},
         html_plotly=record.get("html_plotly", "inline"),
+        samples=samples,
     )
     for p in sub.iterdir():
         os.replace(p, out_dir / p.name)
@@ -217,8 +222,11 @@ def compute_cell(
     # a grouped cell's training ran before this function: its share of the group's time, by model-steps
     timings["train"] = time.perf_counter() - t + (trained.train_seconds if trained is not None else 0.0)
     t = time.perf_counter()
-    report = _audit(model, data, record, out_dir, device)
+    samples = None if trained is None else trained.samples
+    report = _audit(model, data, record, out_dir, device, samples=samples)
     timings["audit"] = time.perf_counter() - t
+    if samples is not None:  # drawn with the group's other models before this function: its share
+        timings["group_sampling"] = trained.sample_seconds
     extra: dict = {}
     if model_b is not None:
         t = time.perf_counter()
@@ -244,6 +252,11 @@ def compute_cell(
             )
         },
         "train": train_info,
+        # how the audit's samples were drawn: with the group's other models, or by the cell's own model
+        "sampling": {
+            "together": samples is not None,
+            "error": None if trained is None else trained.sample_error,
+        },
         **extra,
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
@@ -314,11 +327,21 @@ def run_one(
 
 
 def run_group(
-    records: list[dict], out: str, device: str = "cpu", threads: int = 0, cell_fn: CellFn | None = None
+    records: list[dict],
+    out: str,
+    device: str = "cpu",
+    threads: int = 0,
+    cell_fn: CellFn | None = None,
+    sample_together: bool | None = None,
 ) -> list[dict]:
     """One group (records marked ``"group"`` by ``groups.plan_units``): train the models of its incomplete
     cells together, then audit and write each cell atomically (``run_one``). If the group's training fails,
-    every cell of it is reported failed; a model that diverges fails only its own cell."""
+    every cell of it is reported failed; a model that diverges fails only its own cell.
+
+    ``sample_together`` (None: ``groups.should_sample_together``, i.e. on CUDA): draw the cells' audit samples
+    for all the group's models in one vectorised loop (``groups.sample_group``), in batches of cells bounded
+    in host memory, each batch audited before the next is drawn; every cell's samples equal its own model's
+    up to float32 rounding. If that sampling fails, the cells sample their own models as usual."""
     out = Path(out)
     if cell_fn is not None:
         raise DiffauditError("grouped training needs the default cell function; run without --group on.")
@@ -345,12 +368,45 @@ def run_group(
         "models": sum(len(cell_models(r)) for r in todo),
         "train_seconds": round(dt, 3),
     }
-    for r in todo:
-        g = trained.pop(r["cell_id"])
-        s = run_one({**r, "group": info}, str(out), device, threads, partial(compute_cell, trained=g))
-        s["seconds"] += g.train_seconds  # its share of the training, as for a cell trained alone
-        statuses.append(s)
+    together = should_sample_together(device) if sample_together is None else bool(sample_together)
+    for batch in sample_batches(todo) if together else [[r] for r in todo]:
+        if together:
+            _presample(batch, trained, device)
+        for r in batch:
+            g = trained.pop(r["cell_id"])
+            s = run_one({**r, "group": info}, str(out), device, threads, partial(compute_cell, trained=g))
+            # its share of the training (and of the group's sampling), as for a cell trained alone
+            s["seconds"] += g.train_seconds + g.sample_seconds
+            statuses.append(s)
     return statuses
+
+
+def _presample(batch: list[dict], trained: dict[str, GroupedCell], device: str) -> None:
+    """Draw the audit samples of ``batch``'s cells together (``groups.sample_group``) into their
+    ``GroupedCell.samples``. A failure here (e.g. out of device memory) is not a cell's failure: the cells
+    then sample their own models in their audits, as without grouping."""
+    models = {}
+    for r in batch:
+        tm = trained[r["cell_id"]].models["a"]
+        if tm.precond is not None:
+            models[r["cell_id"]] = CheckpointModel(
+                precond=tm.precond,
+                config=tm.config,
+                device="cpu" if device == "cpu" else device,
+                num_steps=int(r["sampler_steps"]),
+            )
+    if not models:
+        return
+    try:
+        samples, seconds = sample_group(batch, models, device)
+    except Exception as e:  # noqa: BLE001 -- the per-cell path is the fallback; each report says why
+        for cid in models:
+            trained[cid].sample_error = f"{type(e).__name__}: {e}"
+        return
+    total = sum(len(x) for x in samples.values()) or 1
+    for cid, x in samples.items():
+        trained[cid].samples = x
+        trained[cid].sample_seconds = seconds * len(x) / total
 
 
 def run_unit(

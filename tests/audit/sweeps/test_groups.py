@@ -328,13 +328,16 @@ def test_grouped_sweep_kill9_resume_regroups_and_matches_one_by_one(tmp_path):
     q = _sweep_proc(spec_path, part, "--resume")
     so, se = q.communicate(timeout=120)
     assert q.returncode == 0, se
-    assert f"{len(done)} already complete" in so and "(1 group(s) trained together)" in so
+    left = [i for i in trained if i not in done]
+    assert (
+        f"{len(done)} already complete" in so
+        and f"({len(left)} cell(s) trained in 1 vectorised group(s))" in so
+    )
     for i, st in done.items():  # finished cells are never recomputed
         st2 = (part / "cells" / i / "report.json").stat()
         assert (st2.st_ino, st2.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
     assert all(is_complete(part, i) for i in ids)
     assert not [x for x in (part / "cells").iterdir() if x.name.startswith(".")]
-    left = [i for i in trained if i not in done]
     for i in left:  # regrouped: the cells that were left, in a new group
         g = json.loads((part / "cells" / i / "cell.json").read_text())["group"]
         assert sorted(g["cells"]) == sorted(left) and g["id"] not in first
