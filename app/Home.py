@@ -2,9 +2,11 @@
 
 Pages (``pages/``): Overview (every run, filters, verdict badges), Audit (one run in depth), Scaling
 (sweeps: metric against n, phase diagram, exponents), Compare (runs side by side). The app only reads
-results under the configured roots (``DIFFAUDIT_RESULTS``); it never computes a probe.
+results under the configured roots (``DIFFAUDIT_RESULTS``); it never computes a probe. This page: counts of
+runs and verdicts and, when there are conditional audits, how many of each one's conditions fail memorization.
 """
 
+import pandas as pd
 import streamlit as st
 
 from diffaudit.app import ui
@@ -40,6 +42,41 @@ st.dataframe(
     },
     hide_index=True,
 )
+
+if ui.any_conditional(df):
+    # Conditional audits are judged per condition too: the overview's count of conditions failing memorization
+    # (one DuckDB query for every report, data.load_overview), the runs with the most failing first.
+    cond = df[df["cond_kind"].notna()].sort_values(
+        ["n_conditions_failing", "run_id"], ascending=[False, True], na_position="last"
+    )
+    failing = cond["n_conditions_failing"].fillna(0) > 0
+    st.subheader("Conditional audits")
+    st.markdown(
+        f"**{int(failing.sum())} of {len(cond)} conditional audits have a condition failing memorization**"
+        " (each class or prompt audited on its own rows)"
+    )
+    table = pd.DataFrame(
+        {
+            "open": [ui.audit_link(r) for r in cond["run_id"]],
+            "run": [ui.run_label(r) for _, r in cond.iterrows()],
+            "conditioning": [
+                ui.conditioning(k, n) for k, n in zip(cond["cond_kind"], cond["n_conditions"], strict=True)
+            ],
+            "conditions failing memorization": cond["n_conditions_failing"].to_numpy(),
+            "memorization": cond["v_memorization"].to_numpy(),
+        }
+    )
+    st.dataframe(
+        table.style.map(ui.verdict_style, subset=["memorization"]),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            **ui.conditioning_column_config(),
+            "memorization": st.column_config.TextColumn(
+                "memorization (overall)", help="the run's memorization verdict on all its samples together"
+            ),
+        },
+    )
 
 st.subheader("Pages")
 st.page_link(

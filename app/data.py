@@ -18,6 +18,8 @@ No Streamlit here (the benchmark and the tests call it directly); ``diffaudit.ap
   condition under ``conditions`` (``condition_frame``: one row each), ``copies.parquet`` a ``condition`` column
   (the entry's index; ``copies_page`` / ``most_copied`` filter on it). The overview adds the kind, the number of
   conditions and how many fail memorization; unconditional and older reports have none of these (NA).
+  ``condition_comparison`` lines up several such reports' conditions by name (the Compare page).
+- ``report_warnings``: the audit's own ``warnings`` (report.json's list of sentences), shown on the Audit page.
 - Which metrics exist, their labels, units, better direction and groups: ``diffaudit.report.schema``, read
   here and by the pages; the app keeps no list of its own. A report written before a metric existed shows
   it as missing ("—"); ``fd_ratio`` is the one metric the app derives for such reports (same definition).
@@ -562,6 +564,7 @@ _FIELD_TYPES: tuple[tuple[tuple[str, ...], type | tuple], ...] = (
     (("inputs", "condition", "names"), list),
     (("inputs", "condition", "guidance"), _NUM),
     (("conditions",), list),
+    (("warnings",), list),
 )
 # Containers whose every element must have one type (elements of another type are dropped).
 _ELEMENT_TYPES: tuple[tuple[tuple[str, ...], type | tuple], ...] = (
@@ -581,6 +584,7 @@ _ELEMENT_TYPES: tuple[tuple[tuple[str, ...], type | tuple], ...] = (
     (("timings",), _NUM),
     (("skipped",), dict),
     (("inputs", "condition", "names"), str),
+    (("warnings",), str),
 )
 # The fields of one entry of a conditional audit's ``conditions`` list (report.json's per-condition audit),
 # checked like the report's own: a field of the wrong type is dropped with a note, the entry is kept.
@@ -653,6 +657,12 @@ def check_report(rep: dict) -> tuple[dict, list[str]]:
             kept.append(e)
         rep["conditions"] = kept
     return rep, notes
+
+
+def report_warnings(rep: dict) -> list[str]:
+    """The audit's own warnings (report.json ``warnings``: too few samples, a checkpoint trained on other data,
+    ...) of a report checked by ``check_report``: its non-blank strings, in order; [] when it has none."""
+    return [w for w in rep.get("warnings") or [] if isinstance(w, str) and w.strip()]
 
 
 def _check_fields(obj: dict, fields, elements, where: str, notes: list[str]) -> None:
@@ -892,6 +902,39 @@ def condition_frame(rep: dict):
     for c in ["robust_z", *keys]:
         out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
     return out, keys
+
+
+def condition_comparison(
+    frames: dict, verdict: str = "memorization", metric: str = "memorization.copy_rate", labels=None
+):
+    """Several conditional audits' per-condition results side by side (the Compare page): one row per condition
+    name, the union of every run's in the order first seen; per run (in ``frames``' order) its ``verdict`` of
+    that condition ("—" when the run has no such condition) and its ``metric`` value (NaN when absent).
+
+    ``frames``: run label -> ``condition_frame``'s frame. ``labels``: (verdict title, metric title) of the
+    columns, named ``"<run> · <title>"``; default the verdict's and the metric's keys. Conditions are matched
+    by name; a name repeated within one run keeps its first entry there and matches the others as
+    ``"<name> #<index>"``.
+    """
+    import pandas as pd
+
+    v_title, m_title = labels or (verdict, metric)
+    rows: dict[str, dict] = {}
+    for run, cf in frames.items():
+        seen: set[str] = set()
+        for _, r in cf.iterrows():
+            name = str(r["condition"])
+            key = name if name not in seen else f"{name} #{r['index']}"
+            seen.add(key)
+            row = rows.setdefault(key, {})
+            row[f"{run} · {v_title}"] = r[verdict] if verdict in cf.columns else "n/a"
+            row[f"{run} · {m_title}"] = r[metric] if metric in cf.columns else None
+    cols = [c for run in frames for c in (f"{run} · {v_title}", f"{run} · {m_title}")]
+    out = pd.DataFrame([{"condition": k, **v} for k, v in rows.items()], columns=["condition", *cols])
+    for run in frames:
+        out[f"{run} · {v_title}"] = out[f"{run} · {v_title}"].fillna("—")
+        out[f"{run} · {m_title}"] = pd.to_numeric(out[f"{run} · {m_title}"], errors="coerce").astype(float)
+    return out
 
 
 def copies_columns(copies_path: Path, con=None) -> list[str]:

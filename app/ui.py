@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 import streamlit as st
@@ -135,6 +136,35 @@ def show_problems(problems: list[data.Problem], missing: list[str]) -> None:
                 st.warning(f"Skipped `{p.path}`: {p.reason}.")
 
 
+def show_report_notes(notes: list[str], whose: str = "This report") -> None:
+    """``data.check_report``'s notes as one warning: the fields of the wrong type that are left out."""
+    if notes:
+        st.warning(
+            f"{whose} has fields of the wrong type; they are left out: "
+            + "; ".join(md(n, 160) for n in notes[:8])
+            + (f"; and {len(notes) - 8} more." if len(notes) > 8 else ".")
+        )
+
+
+# More audit warnings than this go into one expander (fewer are drawn as they are).
+MANY_WARNINGS = 3
+
+
+def show_report_warnings(warnings: list[str]) -> None:
+    """The audit's own warnings (``data.report_warnings``): one warning box each, or, when there are more than
+    ``MANY_WARNINGS``, one expander of them that names how many (a page of boxes would bury the verdicts)."""
+    if not warnings:
+        return
+    box = (
+        st.expander(f"The audit left {len(warnings)} warnings", icon=":material/warning:")
+        if len(warnings) > MANY_WARNINGS
+        else st.container()
+    )
+    with box:
+        for w in warnings:
+            st.warning(f"**Audit warning:** {md(w, 800)}")
+
+
 def empty_state(missing: list[str]) -> None:
     rs = ", ".join(f"`{r}`" for r in roots())
     st.info(
@@ -204,6 +234,35 @@ def any_conditional(df: pd.DataFrame) -> bool:
     return "cond_kind" in df.columns and bool(df["cond_kind"].notna().any())
 
 
+def conditioning(kind, n) -> str:
+    """A run's conditioning as the tables show it: ``"labels × 10"``; "—" for an unconditional run."""
+    if kind is None or pd.isna(kind):
+        return "—"
+    return f"{shown(kind, 40)} × {n}" if not pd.isna(n) else shown(kind, 40)
+
+
+def audit_link(run_id: str) -> str:
+    """The Audit page of a run, relative to any page (a ``LinkColumn`` value)."""
+    return "Audit?run=" + quote(run_id, safe="")
+
+
+def conditioning_column_config() -> dict:
+    """``st.dataframe`` column configs of the tables that show ``conditioning`` and the failing conditions."""
+    return {
+        "open": st.column_config.LinkColumn(
+            "open", display_text="open ↗", help="Open this run on the Audit page"
+        ),
+        "conditioning": st.column_config.TextColumn(
+            "conditioning", help="conditional audits: the kind of condition × the number of conditions"
+        ),
+        "conditions failing memorization": st.column_config.NumberColumn(
+            "conditions failing memorization",
+            format="%d",
+            help="conditions of a conditional audit whose own memorization verdict is fail",
+        ),
+    }
+
+
 def filters_ui(df: pd.DataFrame, key: str) -> dict:
     """Filter widgets for the overview; returns the chosen values. The conditioning filter is drawn only
     when some run is a conditional audit."""
@@ -271,13 +330,6 @@ def run_picker_ui(df: pd.DataFrame, key: str, default: str | None = None) -> str
     labels = {r["run_id"]: run_label(r) for _, r in df.iterrows()}
     idx = ids.index(default) if default in ids else 0
     return st.selectbox("run", ids, index=idx, format_func=lambda i: labels.get(i, i), key=key)
-
-
-VERDICT_COLUMNS = {
-    "convergence": "threshold 1",
-    "generalization": "threshold 2",
-    "memorization": "memorization",
-}
 
 
 def condition_noun(kind: str) -> str:

@@ -1,8 +1,5 @@
 """Overview: every audit and sweep cell under the results roots, with filters, verdict badges, pagination."""
 
-from urllib.parse import quote
-
-import pandas as pd
 import streamlit as st
 
 from diffaudit.app import data, ui
@@ -47,13 +44,12 @@ metric_cols = (
     "memorization.copy_rate",
 )
 table = view[["model_label", "dataset", "d", "n_train", "seed"]].copy()
-table.insert(0, "open", ["Audit?run=" + quote(r, safe="") for r in view["run_id"]])
+table.insert(0, "open", [ui.audit_link(r) for r in view["run_id"]])
 for v, label in verdict_cols.items():
     table[label] = view[f"v_{v}"]
 if conditional:
     table["conditioning"] = [
-        "—" if pd.isna(k) else f"{ui.shown(k, 40)} × {n}" if not pd.isna(n) else ui.shown(k, 40)
-        for k, n in zip(view["cond_kind"], view["n_conditions"], strict=True)
+        ui.conditioning(k, n) for k, n in zip(view["cond_kind"], view["n_conditions"], strict=True)
     ]
     table["conditions failing memorization"] = view["n_conditions_failing"]
 for m in metric_cols:
@@ -67,18 +63,8 @@ st.dataframe(
     hide_index=True,
     width="stretch",
     column_config={
-        "open": st.column_config.LinkColumn(
-            "open", display_text="open ↗", help="Open this run on the Audit page"
-        ),
+        **ui.conditioning_column_config(),
         "model_label": st.column_config.TextColumn("model"),
-        "conditioning": st.column_config.TextColumn(
-            "conditioning", help="conditional audits: the kind of condition × the number of conditions"
-        ),
-        "conditions failing memorization": st.column_config.NumberColumn(
-            "conditions failing memorization",
-            format="%d",
-            help="conditions of a conditional audit whose own memorization verdict is fail",
-        ),
         "d": st.column_config.NumberColumn("d", format="%d"),
         "n_train": st.column_config.NumberColumn("n_train", format="%d"),
         **{

@@ -40,12 +40,7 @@ except DiffauditError as e:
     st.warning(f"This run cannot be shown: {ui.md(str(e), 400)}")
     st.stop()
 rep, notes = data.check_report(rep)
-if notes:
-    st.warning(
-        "This report has fields of the wrong type; they are left out: "
-        + "; ".join(ui.md(n, 160) for n in notes[:8])
-        + (f"; and {len(notes) - 8} more." if len(notes) > 8 else ".")
-    )
+ui.show_report_notes(notes)
 row = df[df["run_id"] == run_id].iloc[0]
 inp = rep.get("inputs") or {}
 # Every user string below goes through ui.md (escaped, cut): a report's strings are text, never markdown.
@@ -62,6 +57,9 @@ st.caption(
 )
 if (inp.get("features") or {}).get("random_init"):
     st.warning("Features come from a randomly initialised network (plumbing test): the numbers mean nothing.")
+# The audit's own warnings (too few samples for reliable verdicts, a checkpoint trained on other data, ...): read
+# before the verdicts they qualify.
+ui.show_report_warnings(data.report_warnings(rep))
 
 # ------------------------------------------------------------------------------------------ verdicts
 st.subheader("Verdicts")

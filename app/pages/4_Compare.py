@@ -1,4 +1,5 @@
-"""Compare: two or more runs side by side: verdicts, metrics with intervals, overlaid curves."""
+"""Compare: two or more runs side by side: verdicts, per-condition verdicts (conditional audits), metrics with
+intervals, overlaid curves."""
 
 import numpy as np
 import pandas as pd
@@ -58,12 +59,90 @@ st.dataframe(
     width="stretch",
 )
 
+# Each run's report.json, read once and checked (fields of the wrong type are left out, with a warning): the
+# per-condition results and the membership curves come from it. (run folder, report | None when unreadable)
+reports: dict[str, tuple] = {}
+for r in chosen:
+    run_dir, rep = ui.resolve_or_refuse(r), None
+    if run_dir is not None:
+        try:
+            rep, notes = data.check_report(data.read_report(run_dir))
+            ui.show_report_notes(notes, f"The report of {ui.md(short[r])}")
+        except DiffauditError as e:
+            st.warning(f"{ui.md(short[r])}: report.json skipped: {ui.md(str(e), 400)}")
+    reports[r] = (run_dir, rep)
+
 st.subheader("Verdicts")
 verdicts = pd.DataFrame(
     {short[r]: [sel.loc[r, f"v_{v}"] for v in data.VERDICTS] for r in chosen},
     index=["threshold 1 · convergence", "threshold 2 · generalization", "memorization"],
 )
 st.dataframe(verdicts.style.map(ui.verdict_style), width="stretch")
+
+
+def condition_compare_ui(metric_keys: list[str], noun: str) -> tuple[str, str]:
+    """The per-condition verdict and metric to line up; returns (verdict, metric key)."""
+    c1, c2 = st.columns(2)
+    verdict = c1.selectbox(
+        f"per-{noun} verdict",
+        list(data.VERDICTS),
+        index=list(data.VERDICTS).index("memorization"),
+        format_func=lambda v: ui.VERDICT_COLUMNS[v],
+        key="cmp_cond_verdict",
+    )
+    default = "memorization.copy_rate"
+    metric = c2.selectbox(
+        f"per-{noun} metric",
+        metric_keys,
+        index=metric_keys.index(default) if default in metric_keys else 0,
+        format_func=ui.label,
+        key="cmp_cond_metric",
+    )
+    return verdict, metric
+
+
+# Conditional audits (--condition labels|prompts): their per-condition verdicts side by side, conditions matched
+# by name. Drawn only when some chosen run is one; unconditional runs are named, not given empty columns.
+infos = {r: data.condition_info(rep) for r, (_, rep) in reports.items() if rep is not None}
+cond_runs = [r for r in chosen if infos.get(r) is not None]
+if cond_runs:
+    kinds = {infos[r]["kind"] for r in cond_runs}
+    noun = ui.condition_noun(kinds.pop()) if len(kinds) == 1 else "condition"
+    per = {short[r]: data.condition_frame(reports[r][1]) for r in cond_runs}  # (frame, measured metric keys)
+    frames = {k: cf for k, (cf, _) in per.items()}
+    listed = {k: cf for k, cf in frames.items() if len(cf)}
+    measured = list(dict.fromkeys(k for _, keys in per.values() for k in keys))
+    metric_keys = [k for k in data.CONDITION_MAIN if k in measured] or measured  # the main ones, else any
+    st.subheader(f"Per {noun}")
+    if not listed:
+        st.info(f"None of these reports lists per-{noun} results.")
+    else:
+        verdict, metric = condition_compare_ui(metric_keys or ["memorization.copy_rate"], noun)
+        v_title, m_title = ui.VERDICT_COLUMNS[verdict], ui.label(metric)
+        cmp = data.condition_comparison(listed, verdict, metric, (v_title, m_title))
+        cmp = cmp.rename(columns={"condition": noun})
+        cmp[noun] = [ui.shown(c, 80) for c in cmp[noun]]
+        v_cols = [f"{k} · {v_title}" for k in listed]
+        st.dataframe(
+            cmp.style.map(ui.verdict_style, subset=v_cols),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                f"{k} · {m_title}": st.column_config.NumberColumn(
+                    f"{k} · {m_title}", format="%.4g", help=ui.direction(metric) or None
+                )
+                for k in listed
+            },
+        )
+        bits = [
+            f"{ui.md(k)}: {v_title} fails for {int((cf[verdict] == 'fail').sum())} of {len(cf)} {noun}s"
+            for k, cf in listed.items()
+        ]
+        bits += [f"{ui.md(k)}: lists no per-{noun} results" for k, cf in frames.items() if not len(cf)]
+        bits += [f"{ui.md(short[r])}: unconditional" for r in chosen if r not in cond_runs]
+        st.caption(
+            "; ".join(bits) + f". {noun.capitalize()}s are matched by name; '—': the run has no such {noun}."
+        )
 
 st.subheader("Metrics")
 names = [f"{g}.{k}" for g, k in data.METRICS]  # every schema row; a run without one shows "—"
@@ -112,7 +191,7 @@ c1, c2 = st.columns(2)
 ecdf_d1, ecdf_ratio = go.Figure(), go.Figure()
 mia_curves = []
 for r in chosen:
-    run_dir = ui.resolve_or_refuse(r)
+    run_dir, rep = reports[r]
     if run_dir is None:
         continue
     cp = ui.artifact(run_dir, "copies.parquet")
@@ -128,10 +207,7 @@ for r in chosen:
             ecdf_ratio.add_trace(
                 go.Scatter(x=np.sort(d["ratio"].to_numpy()), y=y, mode="lines", name=short[r])
             )
-    try:
-        mia = (data.read_report(run_dir).get("details") or {}).get("membership")
-    except DiffauditError:
-        mia = None
+    mia = ((rep or {}).get("details") or {}).get("membership")
     if mia and mia.get("sigmas") and mia.get("auc"):
         mia_curves.append((short[r], mia["sigmas"], mia["auc"]))
 ecdf_d1.update_layout(

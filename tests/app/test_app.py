@@ -367,6 +367,7 @@ def test_home_page(results, monkeypatch):
     assert texts(at, "title") == ["diffaudit"]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics == {"runs": str(2 + N_CELLS), "audits": "2", "sweep cells": str(N_CELLS), "sweeps": "1"}
+    assert "Conditional audits" not in texts(at, "subheader")  # drawn only when some run is conditional
 
 
 def test_overview_page_filters_and_paginates(results, monkeypatch):
@@ -764,6 +765,9 @@ def _set(path: str, value):
         ("probes.convergence.fd", {"value": "1.0", "ci": [0, 1]}),
         ("probes.convergence.fd_train_holdout", {"value": 1.0, "ci": "wide"}),
         ("created", 12),
+        ("warnings", "only 10 samples"),
+        ("warnings", {"sample": "too few"}),
+        ("warnings", [3, "fine", {"a": 1}]),
     ],
 )
 def test_wrong_field_types_are_skipped_with_a_warning(results, tmp_path, monkeypatch, path, value):
@@ -774,6 +778,79 @@ def test_wrong_field_types_are_skipped_with_a_warning(results, tmp_path, monkeyp
     assert texts(at, "header")  # the rest of the run is still drawn
     for name in ("overview", "compare", "home"):
         page(name, [tmp_path / "r"], monkeypatch=monkeypatch)
+
+
+def in_order(block):
+    """The elements of a page (or block) in the order they are drawn, expanders and columns entered."""
+    for _, node in sorted(block.children.items()):
+        if node.type in ("expandable", "vertical", "horizontal", "column", "container") or (
+            not hasattr(node, "value") and getattr(node, "children", None)
+        ):
+            yield from in_order(node)
+        else:
+            yield node
+
+
+AUDIT_WARNING = "**Audit warning:** "
+
+
+def audit_warnings(at: AppTest) -> list[str]:
+    """The texts of the report's own warnings on the Audit page (markdown escapes undone)."""
+    return [
+        plain(w)[len(AUDIT_WARNING) :] for w in texts(at, "warning") if plain(w).startswith(AUDIT_WARNING)
+    ]
+
+
+def test_audit_page_shows_the_reports_warnings_before_the_verdicts(results, monkeypatch):
+    rep = report_of(results / "audits" / "memorizer-hm")
+    assert rep["warnings"] and all(isinstance(w, str) for w in rep["warnings"])  # 150 samples: too few
+    at = page("audit", [results], {"run": "0:audits/memorizer-hm"}, monkeypatch)
+    assert audit_warnings(at) == rep["warnings"]
+    assert not at.expander or all("warnings" not in e.label for e in at.expander)  # few: drawn as they are
+    drawn = [(n.type, getattr(n, "value", None)) for n in in_order(at.main)]
+    first_warning = next(i for i, (_, v) in enumerate(drawn) if str(v).startswith(AUDIT_WARNING))
+    assert first_warning < drawn.index(("subheader", "Verdicts"))  # read before the verdicts they qualify
+    assert not any("wrong type" in w for w in texts(at, "warning"))
+
+
+def test_many_report_warnings_go_into_one_expander(results, tmp_path, monkeypatch):
+    many = [f"warning number {k}: [link](http://127.0.0.1:9/) **not bold**" for k in range(6)]
+    _edited_copy(results, tmp_path / "r", lambda rep: rep.update(warnings=many))
+    at = page("audit", [tmp_path / "r"], {"run": "0:run"}, monkeypatch)
+    (box,) = [e for e in at.expander if "warnings" in e.label]
+    assert box.label == "The audit left 6 warnings"
+    assert [plain(w.value)[len(AUDIT_WARNING) :] for w in box.warning] == many
+    assert audit_warnings(at) == many
+    assert all(inert(w.value[len(AUDIT_WARNING) :]) for w in box.warning)  # report text, never markdown
+
+
+@pytest.mark.parametrize(
+    "warnings, shown, note",
+    [
+        (None, [], None),  # no key at all: an older report
+        ([], [], None),
+        ("disk full", [], "field warnings is a str, not a list"),
+        (["kept", 3, None, "", {"x": "y"}, "  "], ["kept"], "2 element(s) of warnings are not strings"),
+    ],
+    ids=["absent", "empty", "string", "mixed-list"],
+)
+def test_missing_or_malformed_warnings_never_crash(results, tmp_path, monkeypatch, warnings, shown, note):
+    def edit(rep):
+        rep.pop("warnings", None)
+        if warnings is not None:
+            rep["warnings"] = warnings
+
+    _edited_copy(results, tmp_path / "r", edit)
+    at = page("audit", [tmp_path / "r"], {"run": "0:run"}, monkeypatch)
+    assert audit_warnings(at) == shown
+    wrong = [plain(w) for w in texts(at, "warning") if "wrong type" in w]
+    if note is None:
+        assert wrong == []
+    else:
+        (w,) = wrong
+        assert w.startswith("This report has fields of the wrong type") and note in w, w
+    assert texts(at, "subheader")[:2] == ["Verdicts", "Metrics"]  # the rest of the run is still drawn
+    assert data.report_warnings(data.check_report(report_of(tmp_path / "r" / "run"))[0]) == shown
 
 
 def test_check_report_keeps_a_valid_report_and_drops_only_wrong_types(results):

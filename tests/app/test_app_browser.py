@@ -601,13 +601,19 @@ def test_handmade_scaling_pages(apps, browser, shots):
         page.close()
 
 
-def test_conditional_audit_page(apps, browser, shots):
-    """A conditional audit (digits, class 3 memorized): the per-label table names the failing class and the page
-    passes the checks every page does."""
+def test_conditional_audit_page(apps, built, browser, shots):
+    """A conditional audit (digits, class 3 memorized): the per-label table names the failing class, the audit's
+    own warnings (too few samples) are visible above the verdicts, and the page passes the checks every page does."""
     page = load(browser, f"{apps['handmade']}/Audit" + q(run=f"2:{MIXED}"), "Per label", 3)
     try:
         check_page(page, "handmade-audit-conditional", shots)
-        assert "Memorization fails for 1 of 10 labels: 3" in page.inner_text("body")
+        body = page.inner_text("body")
+        assert "Memorization fails for 1 of 10 labels: 3" in body
+        warnings = json.loads((built["conditional"] / MIXED / "report.json").read_text())["warnings"]
+        assert warnings
+        for w in warnings:
+            assert page.get_by_text(w[:60]).first.is_visible(), w
+            assert body.index("Audit warning: " + w) < body.index("Verdicts"), w
     finally:
         page.close()
 

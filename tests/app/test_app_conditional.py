@@ -18,7 +18,17 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("streamlit")
-from test_app import _cli, arr, build_results, figures, page, plain, report_of, texts  # noqa: E402
+from test_app import (  # noqa: E402
+    _cli,
+    arr,
+    audit_warnings,
+    build_results,
+    figures,
+    page,
+    plain,
+    report_of,
+    texts,
+)
 
 from diffaudit.app import data  # noqa: E402
 from diffaudit.report import schema  # noqa: E402
@@ -151,7 +161,9 @@ def test_audit_page_shows_the_per_condition_table(cond_root, monkeypatch):
     at = page("audit", [cond_root], {"run": run_id(MIXED)}, monkeypatch)
     subs = texts(at, "subheader")
     assert subs[:5] == ["Verdicts", "Metrics", "Per label", "Samples", "Copy gallery"]
-    assert not at.warning
+    # the only warnings: the audit's own (300 samples, 30 per class: too few for reliable verdicts)
+    assert len(rep["warnings"]) == 2 and audit_warnings(at) == rep["warnings"]
+    assert len(at.warning) == len(rep["warnings"])
     table = frame_with(at, "n generated")
     assert len(table) == 10 and table["label"].tolist() == [e["condition"] for e in rep["conditions"]]
     for v, col in (("convergence", "threshold 1"), ("memorization", "memorization")):
@@ -263,7 +275,7 @@ def test_prompt_audit_metrics_are_shown_whatever_they_are(cond_root, tmp_path, m
     }
     (root / "run" / "report.json").write_text(json.dumps(rep))
     at = page("audit", [root], {"run": "0:run"}, monkeypatch)
-    assert "Per prompt" in texts(at, "subheader") and not at.warning
+    assert "Per prompt" in texts(at, "subheader") and len(at.warning) == len(audit_warnings(at)) == 2
     table = frame_with(at, "n generated")
     score = schema.label("memorization.cond_score")
     assert table[score].tolist() == pytest.approx([0.1 * j for j in range(10)])
@@ -308,6 +320,153 @@ def test_overview_conditioning_column_and_filter(cond_root, monkeypatch):
     at = page("overview", [only], monkeypatch=monkeypatch)
     assert "conditioning" not in at.dataframe[0].value.columns
     assert "ov_cond" not in [s.key for s in at.selectbox]
+
+
+# ------------------------------------------------------------------------------------------- compare, home
+
+
+def side_by_side(reps: dict[str, dict], verdict: str, metric: str) -> tuple[list, dict]:
+    """Plain-json reference of the Compare page's per-condition table: condition names (first seen first) and,
+    per run label, the (verdict, metric value) of each name; ("—", nan) where the run has no such condition."""
+    names = list(dict.fromkeys(e["condition"] for rep in reps.values() for e in rep["conditions"]))
+    cells = {}
+    for run, rep in reps.items():
+        by = {e["condition"]: e for e in rep["conditions"]}
+        cells[run] = [
+            (by[n]["verdict"][verdict], (by[n]["metrics"].get(metric) or {}).get("value", float("nan")))
+            if n in by
+            else ("—", float("nan"))
+            for n in names
+        ]
+    return names, cells
+
+
+def check_side_by_side(table: pd.DataFrame, noun: str, names, cells, v_title: str, m_title: str) -> None:
+    assert table.columns.tolist() == [noun, *(f"{r} · {t}" for r in cells for t in (v_title, m_title))]
+    assert table[noun].tolist() == names
+    for run, want in cells.items():
+        assert table[f"{run} · {v_title}"].tolist() == [v for v, _ in want]
+        np.testing.assert_allclose(table[f"{run} · {m_title}"].to_numpy(float), [m for _, m in want])
+
+
+def test_compare_page_lines_up_the_per_condition_verdicts(cond_root, monkeypatch):
+    reps = [report_of(cond_root / MIXED), report_of(cond_root / VECTOR)]
+    at = page("compare", [cond_root], {"runs": [run_id(MIXED), run_id(VECTOR)]}, monkeypatch)
+    assert texts(at, "subheader") == ["Verdicts", "Per label", "Metrics", "Overlaid curves"]
+    assert not at.warning
+    runs = at.dataframe[0].value["run"].tolist()  # "A: ...", "B: ..."
+    names, cells = side_by_side(dict(zip(runs, reps, strict=True)), "memorization", "memorization.copy_rate")
+    assert (
+        names[:3] == ["0", "1", "2"] and len(names) == 10
+    )  # the digits' 10 classes; molrg's 3 match 0, 1, 2
+    table = frame_with(at, "label")
+    check_side_by_side(table, "label", names, cells, "memorization", schema.label("memorization.copy_rate"))
+    assert table.loc[table[f"{runs[0]} · memorization"] == "fail", "label"].tolist() == [
+        "3"
+    ]  # the known answer
+    assert (table[f"{runs[1]} · memorization"].tolist()[3:]) == ["—"] * 7  # molrg has no classes 3..9
+    (cap,) = [plain(c) for c in texts(at, "caption") if "are matched by name" in c]
+    assert f"{runs[0]}: memorization fails for 1 of 10 labels" in cap
+    assert f"{runs[1]}: memorization fails for 0 of 3 labels" in cap
+    # another verdict and another metric, from the per-condition main metrics both runs measured
+    metric_box = at.selectbox(key="cmp_cond_metric")
+    assert set(metric_box.options) <= {schema.label(k) for k in data.CONDITION_MAIN}
+    fd = "convergence.fd"
+    at.selectbox(key="cmp_cond_verdict").set_value("convergence").run()
+    at.selectbox(key="cmp_cond_metric").set_value(fd).run()
+    assert not at.exception
+    names, cells = side_by_side(dict(zip(runs, reps, strict=True)), "convergence", fd)
+    check_side_by_side(frame_with(at, "label"), "label", names, cells, "threshold 1", schema.label(fd))
+
+
+def test_compare_conditional_with_unconditional_names_the_latter(cond_root, tmp_path, monkeypatch):
+    at = page("compare", [cond_root], {"runs": [run_id(MIXED), run_id(UNCOND)]}, monkeypatch)
+    assert texts(at, "subheader") == ["Verdicts", "Per label", "Metrics", "Overlaid curves"]
+    runs = at.dataframe[0].value["run"].tolist()
+    names, cells = side_by_side(
+        {runs[0]: report_of(cond_root / MIXED)}, "memorization", "memorization.copy_rate"
+    )
+    table = frame_with(at, "label")  # the unconditional run gets no empty columns
+    check_side_by_side(table, "label", names, cells, "memorization", schema.label("memorization.copy_rate"))
+    (cap,) = [plain(c) for c in texts(at, "caption") if "are matched by name" in c]
+    assert f"{runs[1]}: unconditional" in cap
+    # two unconditional runs compare as before: no per-condition section (test_app.py checks the rest)
+    for name in ("a", "b"):
+        shutil.copytree(cond_root / UNCOND, tmp_path / "two" / name)
+    at = page("compare", [tmp_path / "two"], {"runs": ["0:a", "0:b"]}, monkeypatch)
+    assert texts(at, "subheader") == ["Verdicts", "Metrics", "Overlaid curves"]
+    assert "cmp_cond_verdict" not in [s.key for s in at.selectbox]
+
+
+def test_compare_and_home_survive_malformed_conditions(cond_root, tmp_path, monkeypatch):
+    """a: an entry that is not an object, a verdict that is a list, a copy rate that is text; b: ``conditions``
+    an object; c: ``inputs.condition`` a string. Each is a wrong-type warning; what is left is lined up."""
+    root = tmp_path / "r"
+    edits = {
+        "a": [
+            (("conditions", 0), "not an object"),
+            (("conditions", 1, "verdict"), ["fail"]),
+            (("conditions", 2, "metrics", "memorization.copy_rate"), "high"),
+        ],
+        "b": [(("conditions",), {"0": 1})],
+        "c": [(("inputs", "condition"), "labels")],
+    }
+    for name, changes in edits.items():
+        shutil.copytree(cond_root / MIXED, root / name)
+        rep = report_of(root / name)
+        for path, value in changes:
+            _set(path, value)(rep)
+        (root / name / "report.json").write_text(json.dumps(rep))
+    at = page("compare", [root], {"runs": ["0:a", "0:b", "0:c"]}, monkeypatch)
+    runs = at.dataframe[0].value["run"].tolist()
+    warns = [plain(w) for w in texts(at, "warning")]
+    for run, field in zip(runs, ("conditions", "conditions", "inputs.condition"), strict=True):
+        assert any(
+            w.startswith(f"The report of {run} has fields of the wrong type") and field in w for w in warns
+        )
+    assert "Per condition" in texts(at, "subheader")  # labels and an unnamed kind: "condition"
+    table = frame_with(at, "condition")
+    good = report_of(cond_root / MIXED)["conditions"]
+    order = [e["condition"] for e in good[1:]] + [good[0]["condition"]]  # a's entries first; c adds entry 0
+    assert table["condition"].tolist() == order
+    a_v, a_m = table[f"{runs[0]} · memorization"], table[f"{runs[0]} · copy rate"]
+    assert a_v.iloc[-1] == "—" and np.isnan(a_m.iloc[-1])  # a lost entry 0
+    assert a_v.iloc[0] == "n/a"  # entry 1's verdict was dropped
+    assert np.isnan(a_m.iloc[1]) and not np.isnan(a_m.iloc[2])  # entry 2's copy rate was dropped
+    assert not any(c.startswith(runs[1]) for c in table.columns)  # b lists no conditions
+    assert table[f"{runs[2]} · memorization"].tolist() == [
+        e["verdict"]["memorization"] for e in good[1:] + good[:1]
+    ]
+    (cap,) = [plain(c) for c in texts(at, "caption") if "are matched by name" in c]
+    assert f"{runs[1]}: lists no per-condition results" in cap
+    at = page("home", [root], monkeypatch=monkeypatch)
+    shown = frame_with(at, "conditions failing memorization")
+    df, _, _ = data.overview([root])
+    ref = df.set_index("run_id")["n_conditions_failing"]
+    assert len(shown) == 3
+    for link, n in zip(shown["open"], shown["conditions failing memorization"], strict=True):
+        rid = link.removeprefix("Audit?run=").replace("%3A", ":")
+        assert (pd.isna(n) and pd.isna(ref[rid])) or n == ref[rid]
+    assert ref["0:a"] == ref["0:c"] == 1
+
+
+def test_home_page_counts_conditions_failing_memorization(cond_root, monkeypatch):
+    at = page("home", [cond_root], monkeypatch=monkeypatch)
+    assert "Conditional audits" in texts(at, "subheader")
+    assert "**1 of 2 conditional audits have a condition failing memorization**" in plain(
+        " ".join(texts(at, "markdown"))
+    )
+    table = frame_with(at, "conditions failing memorization")
+    assert table["open"].tolist() == [f"Audit?run=0%3A{r.replace('/', '%2F')}" for r in (MIXED, VECTOR)]
+    assert table["conditioning"].tolist() == ["labels × 10", "labels × 3"]
+    for rel, n in zip((MIXED, VECTOR), table["conditions failing memorization"], strict=True):
+        assert n == sum(
+            e["verdict"]["memorization"] == "fail" for e in report_of(cond_root / rel)["conditions"]
+        )
+    assert table["memorization"].tolist() == [
+        report_of(cond_root / r)["verdict"]["memorization"] for r in (MIXED, VECTOR)
+    ]
+    assert table["conditions failing memorization"].tolist() == [1, 0]
 
 
 # ------------------------------------------------------------------------------------------- malformed
