@@ -156,18 +156,26 @@ def _sample_pair(train, holdout, *, min_n: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def calibrate(
-    train, holdout, quantile: float = DEFAULT_QUANTILE, *, budget_mib: float = DEFAULT_BUDGET_MIB
+    train,
+    holdout,
+    quantile: float = DEFAULT_QUANTILE,
+    *,
+    budget_mib: float = DEFAULT_BUDGET_MIB,
+    device: str = "cpu",
 ) -> Calibration:
     """Return radius and neighbour spacing from the distances of each held-out item to its nearest
     training item (``train`` (n_train, ...), ``holdout`` (n_holdout, ...) of one shape, flattened; exact
-    blocked FAISS search with float64 re-ranking, ``probes.neighbors.knn``). Raises when the radius is 0
+    blocked search with float64 re-ranking, ``probes.neighbors.knn``). Raises when the radius is 0
     (that share of held-out items duplicates a training item, so a return could not be told from it).
+    ``device``: the caller's torch device, for the k-NN engine (``neighbors.search``).
     """
     xt, xh = _sample_pair(train, holdout, min_n=1)
     q = float(quantile)
     if not 0.0 < q < 1.0:
         raise DiffauditError(f"quantile={quantile!r} must lie strictly between 0 and 1, e.g. 0.01.")
-    D, _ = knn(_flat(xh), _flat(xt), 1, budget_mib=budget_mib, name_q="holdout", name_b="training set")
+    D, _ = knn(
+        _flat(xh), _flat(xt), 1, budget_mib=budget_mib, name_q="holdout", name_b="training set", device=device
+    )
     d = np.sqrt(np.maximum(D[:, 0], 0.0))
     r = float(np.quantile(d, q))
     if not r > 0.0:

@@ -23,6 +23,12 @@ same formulas in the same precision (``engine="torch"`` runs that path on the CP
 numpy path at 1e-10 relative, FD with a singular covariance at 1e-7: the square roots of its round-off
 eigenvalues move FD by ~sqrt(eps) on either path); the k-NN radii of precision/recall/density/coverage use the device's k-NN engine
 (``neighbors.search``). On the CPU (the default) the numpy path runs.
+
+Features wider than float32 (float64) are shifted by one per-coordinate offset in float64 before the float32
+cast wherever the measure is translation invariant (FD, FD_inf, moments, KL, precision/recall/density/coverage,
+sliced Wasserstein; ``gaussian_stats`` adds the offset back to ``mu``), so an offset far larger than the spread
+does not round the spread away (``probes._checks``). KID's polynomial kernel is not translation invariant: its
+features are cast as given (with a ``PrecisionWarning`` when that loses the spread).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import numpy as np
 
 from diffaudit.errors import DiffauditError
 from diffaudit.probes import _torch
-from diffaudit.probes._checks import as_features, feature_pair, same_width
+from diffaudit.probes._checks import as_features, as_int, feature_pair, l2_offset, same_width
 from diffaudit.probes.stats import (
     bca_interval,
     bootstrap_values,
@@ -51,6 +57,9 @@ DEFAULT_BUDGET_MIB = 512
 FDINF_MIN_PER_DIM = 4
 # smallest (query, reference) block of the ball pass; tests lower it to force many blocks
 _MIN_ROWS = (64, 256)
+# fewest samples per set for FD's bootstrap interval: BCa's grouped jackknife leaves out each of at least 2 groups
+# of at least 2 rows and refits a covariance (n' - 1 > 0) to the rest, so n >= 4 (FD itself needs n >= 2)
+FD_BOOT_MIN_N = 4
 
 __all__ = [
     "FDResult",
@@ -89,13 +98,17 @@ def gaussian_stats(
     ``budget_mib``) and accumulated; the covariance is accumulated around the mean (two passes), which avoids
     the cancellation of ``E[xx^T] - mu mu^T`` for features with a large offset. ``device``/``engine``: on a
     CUDA device the blocks are reduced there in float64 (module docstring); the results are host arrays.
+    Float64 input is shifted by a per-coordinate offset before its float32 cast and ``mu`` shifted back (in
+    float64), so a large offset keeps the spread.
     """
-    a = as_features(a, name)
+    off = l2_offset(a)
+    a = as_features(a, name, offset=off)
     n, dim = a.shape
     rows = _rows_per_block(dim, budget_mib)
     if _torch.use_torch(engine, device):
         mu, sigma = _gaussian_stats_torch(a, rows, _torch.torch_device(device))
-        return mu.cpu().numpy(), sigma.cpu().numpy()
+        mu, sigma = mu.cpu().numpy(), sigma.cpu().numpy()
+        return (mu if off is None else mu + off), sigma
     s = np.zeros(dim, np.float64)
     for i0 in range(0, n, rows):
         s += a[i0 : i0 + rows].astype(np.float64).sum(0)
@@ -105,7 +118,7 @@ def gaussian_stats(
         x = a[i0 : i0 + rows].astype(np.float64) - mu
         sigma += x.T @ x
     sigma /= n - 1
-    return mu, sigma
+    return (mu if off is None else mu + off), sigma
 
 
 def _gaussian_stats_torch(a: np.ndarray, rows: int, dev):
@@ -317,7 +330,8 @@ def frechet_distance(
       bootstrap intervals; the shifted band below covers the population FD 0.93-0.94 there too. When FD's
       finite-sample bias (~ D tr(S) / n) dwarfs its spread -- n not much larger than D, or a population FD
       near 0, where every resample lies above ``value`` -- there is no BCa endpoint: ``value_ci`` is None
-      and ``ci_note`` says why (use ``fd_infinity`` or more samples).
+      and ``ci_note`` says why (use ``fd_infinity`` or more samples). Below ``FD_BOOT_MIN_N`` = 4 samples
+      in a set the bootstrap is skipped: both intervals None, ``ci_note`` says so.
     - ``spread_ci``: the percentile band shifted by the bootstrap's own bias, mean(FD*) - FD (resampled sets
       hold only ~63 % distinct rows, which inflates FD's bias). Not an interval for the population FD: it
       says where FD at these n falls (its sampling spread around ``value``), e.g. for a real-vs-real floor.
@@ -325,7 +339,7 @@ def frechet_distance(
     ``device``/``engine``: on a CUDA device every statistic, resample and eigen-decomposition runs there in
     float64 (module docstring); the resampling draws are the same.
     """
-    a, b = feature_pair(a, b)
+    a, b = feature_pair(a, b, shift_invariant=True)
     on = dict(device=device, engine=engine)
     stats_a, stats_b = gaussian_stats(a, **on), gaussian_stats(b, **on)
     r = frechet_distance_from_stats(*stats_a, *stats_b, n1=len(a), n2=len(b), **on)
@@ -333,6 +347,14 @@ def frechet_distance(
         return r
     if n_groups < 2:
         raise DiffauditError(f"n_groups={n_groups} must be at least 2 for the jackknife; e.g. n_groups=20.")
+    if min(len(a), len(b)) < FD_BOOT_MIN_N:
+        # FD is defined from n = 2 on, its interval is not: report the value with the reason, not a failure
+        r.ci_note = (
+            f"no bootstrap interval: it needs at least {FD_BOOT_MIN_N} samples per set (BCa's grouped jackknife "
+            f"leaves out 2 groups of 2 rows and refits the covariance) but got n_a={len(a)}, n_b={len(b)}; "
+            "pass more samples."
+        )
+        return r
 
     def stat(rng):
         ia = rng.integers(0, len(a), len(a))
@@ -436,7 +458,7 @@ def fd_infinity(
     swapped (same spectrum), so each size costs one ``eigvalsh``. ``device``/``engine``: on a CUDA device the
     statistics and eigen-decompositions run there in float64 (module docstring).
     """
-    a, b = feature_pair(a, b)
+    a, b = feature_pair(a, b, shift_invariant=True)
     n, dim = a.shape
     floor = FDINF_MIN_PER_DIM * dim
     if sizes is None:
@@ -510,7 +532,8 @@ class KIDResult:
     ``block_value -+ t_{B-1} se`` with ``se = std(block_values) / sqrt(B)`` is valid whatever the
     distributions, including P = Q where MMD^2_u is a degenerate U-statistic (variance O(1/n^2), skewed) and
     plug-in variance estimates fail. It is centred on ``block_value``, the mean over the blocks (an unbiased
-    estimate of the same quantity as ``value``), not on ``value``.
+    estimate of the same quantity as ``value``), not on ``value``. ``ci_note``: why ``value_ci`` is None (fewer
+    than 4 samples in a set: no 2 disjoint blocks of 2 rows), else None.
     """
 
     value: float
@@ -522,6 +545,7 @@ class KIDResult:
     se: float = float("nan")
     block_values: np.ndarray | None = None
     n_blocks: int = 0
+    ci_note: str | None = None
 
     @property
     def subset_std(self) -> float:
@@ -620,6 +644,11 @@ def kid(
         res.block_value = float(bv.mean())
         res.se = float(bv.std(ddof=1) / np.sqrt(n_b))
         res.value_ci = t_interval(res.block_value, res.se, n_b - 1, confidence)
+    else:
+        res.ci_note = (
+            f"no interval: it needs at least 2 disjoint blocks of 2 rows, so at least 4 samples per set, but got "
+            f"n_a={len(a)}, n_b={len(b)}; pass more samples."
+        )
     return res
 
 
@@ -665,7 +694,7 @@ def moments(a, b, directions=None, top: int = 10) -> MomentsResult:
     directions (eigenvectors of S_b) and along ``directions`` (k, D) or (D,) given by the user (normalised
     here) -- hidden non-Gaussian directions (threshold 2) show up there and not in FD.
     """
-    a, b = feature_pair(a, b)
+    a, b = feature_pair(a, b, shift_invariant=True)
     dim = a.shape[1]
     top = int(max(1, min(top, dim)))
     mu_a, s_a = gaussian_stats(a)
@@ -715,7 +744,7 @@ def gaussian_kl(a, b, ridge: float = 0.0) -> float:
     (e.g. Bishop 2006, Eq. 2.x / Duchi's notes), through Cholesky factors. ``ridge`` is added to both
     diagonals; with n <= D a covariance is singular and a ``ridge > 0`` is required.
     """
-    a, b = feature_pair(a, b)
+    a, b = feature_pair(a, b, shift_invariant=True)
     if not np.isfinite(ridge) or ridge < 0:
         raise DiffauditError(f"ridge={ridge} must be a finite number >= 0.")
     dim = a.shape[1]
@@ -788,7 +817,8 @@ def _knn_radii(x: np.ndarray, k: int, budget_mib: float, name: str, device="cpu"
     """
     from diffaudit.probes.neighbors import knn
 
-    if k < 1 or k >= len(x):
+    k = as_int(k, "k", hint=" (the number of nearest neighbours of a ball's radius), e.g. k=3")
+    if k >= len(x):
         raise DiffauditError(
             f"k={k} nearest neighbours need at least k + 1 = {k + 1} {name} samples (got {len(x)}); "
             f"pass more samples or a smaller k."
@@ -933,8 +963,9 @@ def _ball_pass(fake, real, *, rad_real=(), rad_fake=None, budget_mib: float = DE
 
 
 def _prep(real, fake):
-    real = as_features(real, "reference features")
-    fake = as_features(fake, "generated features")
+    off = l2_offset(real, fake)  # k-NN balls are L2: one shift for both sets (module docstring)
+    real = as_features(real, "reference features", offset=off)
+    fake = as_features(fake, "generated features", offset=off)
     same_width(real, fake, "reference features", "generated features")
     return real, fake
 
@@ -1044,7 +1075,7 @@ def sliced_wasserstein(a, b, n_projections: int = 128, seed: int = 0, p: int = 2
     ``b`` (n_b, D): ``(mean_theta W_p^p(theta.a, theta.b))^(1/p)`` over ``n_projections`` unit directions
     drawn from N(0, I) with ``seed`` (the same directions for both sets). 1-D W_p is exact for unequal sizes.
     """
-    a, b = feature_pair(a, b)
+    a, b = feature_pair(a, b, shift_invariant=True)
     if n_projections < 1 or p < 1:
         raise DiffauditError(
             f"sliced_wasserstein needs n_projections >= 1 and p >= 1 (got {n_projections}, {p})."

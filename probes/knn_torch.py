@@ -32,6 +32,8 @@ import math
 
 import numpy as np
 
+from diffaudit.errors import DiffauditError
+from diffaudit.probes._checks import as_int
 from diffaudit.probes._torch import torch_device
 
 # Smallest (query, database) block in rows; tests lower it to force many blocks and merges.
@@ -173,7 +175,7 @@ def _rerank(q, base: _Rows, I, k: int, metric: str, chunk_bytes: float):
     rows, kk = I.shape
     dim = q.shape[1]
     D = torch.empty((rows, kk), dtype=torch.float64, device=q.device)
-    step = max(1, int(chunk_bytes / (kk * dim * 8)))
+    step = int(max(1, min(rows, chunk_bytes / (kk * dim * 8))))  # clipped before int(): the budget may be inf
     for i0 in range(0, rows, step):
         i1 = min(rows, i0 + step)
         cand = base.take(I[i0:i1].reshape(-1)).to(torch.float64).view(i1 - i0, kk, dim)
@@ -206,12 +208,16 @@ def exact_search(
     (k + 1 with ``exclude_self``, plus the re-ranking margin; kk <= nb), re-ranked in float64 on ``device``
     when ``rerank``, else their float32 distances as they are. ``own`` (nq,): each query's own database row
     for ``exclude_self`` (default: query i is row i). Returns ``(D, I)`` (nq, k) float64 / int64, as
-    ``neighbors.knn``."""
+    ``neighbors.knn``. ``budget_mib=inf``: no limit (one block of each; the re-ranking in one chunk on a GPU)."""
     import torch
 
     dev = torch_device(device)
     nq, dim = xq.shape
     nb = xb.shape[0]
+    k = as_int(k, "k", hint=" (the number of nearest neighbours), e.g. k=1")
+    kk = as_int(kk, "kk", minimum=k + bool(exclude_self), hint=" (candidates: k, plus 1 with exclude_self)")
+    if kk > nb:
+        raise DiffauditError(f"kk={kk} candidates requested but the database has {nb} rows; pass kk <= {nb}.")
     budget = max(1e-3, float(budget_mib)) * (1 << 20)
     on_cpu = dev.type == "cpu"
     qb, bb = block_sizes(nq, nb, dim, kk, budget_mib, on_cpu)

@@ -26,18 +26,26 @@ FAISS on the CPU (``"cpu"``). ``engine="torch"`` runs the torch engine on ``devi
 to exact ties (rows at the same float64 distance): the torch engine keeps a tied group in index order even
 in its float32 selection, FAISS's BLAS path may keep a later member of a group larger than the candidate list.
 IVF probing is always FAISS on the CPU.
+
+Inputs wider than float32 (float64, int64) are, for ``metric="l2"`` without a prebuilt index, shifted by one
+per-coordinate offset (``_checks.l2_offset``: the median of the database's rows) in float64 before the float32
+cast -- squared distances do not change, and the cast keeps float32's precision relative to the data's spread
+rather than to its distance from 0 (cast as given, features 1e4 + 1e-4 noise all became one point). Arguments
+are checked when the search starts: ``k`` a whole number >= 1, ``budget_mib`` > 0 (``inf``: no limit, one
+block), ``seed`` a whole number >= 0.
 """
 
 # ruff: noqa: E741  (D, I follow FAISS naming)
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from diffaudit.errors import DiffauditError
 from diffaudit.probes import knn_torch
-from diffaudit.probes._checks import as_features, same_width
+from diffaudit.probes._checks import as_features, as_int, l2_offset, same_width
 from diffaudit.probes._torch import is_cuda
 
 DEFAULT_BUDGET_MIB = 512
@@ -63,14 +71,42 @@ def _block_sizes(nq: int, nb: int, dim: int, kk: int, budget_mib: float) -> tupl
 
     One step holds: a database block (bb*dim*4), FAISS's BLAS distance tile (fixed: 4096 x 1024
     float32 = 16 MiB, however large the blocks), and per query row its features (dim*4), the merge
-    buffers (2kk*12) and the float64 re-ranking gather (2*kk*dim*8).
+    buffers (2kk*12) and the float64 re-ranking gather (2*kk*dim*8). An infinite budget gives one block
+    of each (row counts are clipped to nq, nb before they become ints).
     """
     budget = max(64.0, float(budget_mib)) * (1 << 20)
     bb = int(min(nb, max(1024, budget * 0.4 / (dim * 4))))
     rest = budget - bb * dim * 4 - (16 << 20)
-    qb = int(rest / (dim * 4 + 2 * kk * 12 + 2 * kk * dim * 8))
-    qb = int(min(nq, max(64, qb)))
+    qb = int(min(nq, max(64, rest / (dim * 4 + 2 * kk * 12 + 2 * kk * dim * 8))))
     return qb, bb
+
+
+def _check_budget(budget_mib) -> float:
+    """``budget_mib`` as a float > 0. ``inf`` means no limit: one query and one database block (FAISS still
+    tiles its own distance computation and the re-ranking gathers in chunks, so memory stays about
+    ``nq * kk`` candidates plus the inputs) -- what a user writing "no budget" expects, as a very large
+    finite budget already gives; refusing it would only make them pick an arbitrary large number."""
+    if isinstance(budget_mib, bool) or not isinstance(budget_mib, numbers.Real):
+        raise DiffauditError(
+            f"budget_mib={budget_mib!r} is not a number; pass MiB > 0, e.g. 512 (inf: no limit)."
+        )
+    b = float(budget_mib)
+    if not b > 0:  # also NaN
+        raise DiffauditError(f"budget_mib={budget_mib!r} must be > 0 MiB; e.g. 512 (inf: no limit).")
+    return b
+
+
+def _check_seed(seed) -> int:
+    return as_int(seed, "seed", minimum=0, hint=", e.g. seed=0")
+
+
+def _faiss_seed(seed: int) -> int:
+    """``seed`` (>= 0) as a seed FAISS takes (a C int, < 2**31): itself below 2**31 -- indexes built before
+    keep their k-means -- else a deterministic 31-bit hash of it (numpy's ``SeedSequence``)."""
+    seed = _check_seed(seed)
+    if seed < 2**31:
+        return seed
+    return int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0] >> 1)
 
 
 def _merge(D0, I0, D1, I1, kk: int, descending: bool):
@@ -264,6 +300,7 @@ def build_index(
     with ``nlist`` k-means cells (default ``default_nlist``) trained on ``train_size`` rows (default
     64 per cell) drawn with ``seed``. Deterministic for a given (xb, params)."""
     _check_metric(metric)
+    cp_seed = _faiss_seed(seed)
     xb = as_features(xb, "training set", min_n=2)
     faiss = _faiss()
     nb, dim = xb.shape
@@ -278,7 +315,7 @@ def build_index(
     if not 1 <= nlist <= nb:
         raise DiffauditError(f"nlist={nlist} IVF cells for {nb} training vectors; use 1 <= nlist <= {nb}.")
     ivf = faiss.index_factory(dim, f"IVF{nlist},Flat", fm)  # owns its quantizer
-    ivf.cp.seed = int(seed)
+    ivf.cp.seed = cp_seed
     n_tr = int(min(nb, train_size or 64 * nlist))
     rng = np.random.default_rng(seed)
     sample = xb if n_tr >= nb else xb[np.sort(rng.choice(nb, n_tr, replace=False))]
@@ -347,13 +384,19 @@ def search(
     at all unless ``engine="torch"``).
     """
     _check_metric(metric)
-    xq = as_features(xq, name_q, min_n=1)
-    xb = as_features(xb, name_b, min_n=1)
+    k = as_int(k, "k", hint=" (the number of nearest neighbours), e.g. k=1")
+    budget_mib = _check_budget(budget_mib)
+    seed = _check_seed(seed)
+    # l2 distances are translation invariant: wide inputs are shifted before the float32 cast (module
+    # docstring); not with a prebuilt index, whose vectors are the unshifted float32 database
+    off = l2_offset(xb, xq) if metric == "l2" and isinstance(index, str) else None
+    xq = as_features(xq, name_q, min_n=1, offset=off)
+    xb = as_features(xb, name_b, min_n=1, offset=off)
     same_width(xq, xb, name_q, name_b)
     nq, dim = xq.shape
     nb = xb.shape[0]
     k_eff = k + (1 if exclude_self else 0)
-    if k < 1 or k_eff > nb:
+    if k_eff > nb:
         raise DiffauditError(
             f"k={k} nearest neighbours requested but {name_b} has {nb} sample(s); "
             f"use k <= {nb - (1 if exclude_self else 0)} or a larger {name_b}."

@@ -101,10 +101,20 @@ def min_holdout(holdout_quantile: float = 0.01) -> int:
     return m
 
 
-def _window_nn(xq, xt, rows, cols, k, budget_mib, seed, name_q):
+def _window_nn(xq, xt, rows, cols, k, budget_mib, seed, name_q, device="cpu"):
     q = np.ascontiguousarray(xq[:, :, rows[0] : rows[1], cols[0] : cols[1]]).reshape(len(xq), -1)
     b = np.ascontiguousarray(xt[:, :, rows[0] : rows[1], cols[0] : cols[1]]).reshape(len(xt), -1)
-    r = search(q, b, k, index="exact", budget_mib=budget_mib, seed=seed, name_q=name_q, name_b="training set")
+    r = search(
+        q,
+        b,
+        k,
+        index="exact",
+        budget_mib=budget_mib,
+        seed=seed,
+        name_q=name_q,
+        name_b="training set",
+        device=device,
+    )
     return np.sqrt(np.maximum(r.D, 0.0)), r.I
 
 
@@ -119,10 +129,12 @@ def find_partial_copies(
     holdout_quantile: float = 0.01,
     budget_mib: float = DEFAULT_BUDGET_MIB,
     seed: int = 0,
+    device: str = "cpu",
 ) -> PartialCopyResult:
     """Tile-wise partial-copy search (module docstring) of ``generated`` (n, c, h, w) against ``train``,
     calibrated on ``holdout`` (real images never trained on). ``grid``: tiles per side; ``window``: window side
-    in tiles (1 <= window <= grid)."""
+    in tiles (1 <= window <= grid). ``device``: the caller's torch device, for the k-NN engine
+    (``neighbors.search``)."""
     xg = _images(generated, "generated", 1)
     xt = _images(train, "training set", 2)
     xh = _images(holdout, "holdout", 2)
@@ -159,11 +171,11 @@ def find_partial_copies(
     sg, sh_ = xg.reshape(n, -1).std(1), xh.reshape(len(xh), -1).std(1)
     for j, (r0, r1, c0, c1) in enumerate(wins):
         rows, cols = (ye[r0], ye[r1]), (xe[c0], xe[c1])
-        D, I = _window_nn(xg, xt, rows, cols, 2, budget_mib, seed, "generated")
+        D, I = _window_nn(xg, xt, rows, cols, 2, budget_mib, seed, "generated", device)
         d1[:, j], d2[:, j], nn[:, j] = D[:, 0], D[:, 1], I[:, 0]
         cg[:, j] = xg[:, :, rows[0] : rows[1], cols[0] : cols[1]].reshape(n, -1).std(1) > CONTENT * sg
         ch[:, j] = xh[:, :, rows[0] : rows[1], cols[0] : cols[1]].reshape(len(xh), -1).std(1) > CONTENT * sh_
-        Dh, _ = _window_nn(xh, xt, rows, cols, 2, budget_mib, seed, "holdout")
+        Dh, _ = _window_nn(xh, xt, rows, cols, 2, budget_mib, seed, "holdout", device)
         h1[:, j], h2[:, j] = Dh[:, 0], Dh[:, 1]
     med = np.median(h1, axis=0)
     informative = med > 0

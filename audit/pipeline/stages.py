@@ -379,7 +379,9 @@ def copies(ctx: Context) -> None:
             )
         else:
             try:  # the whole-image copy rate above stands whatever happens here
-                partial = find_partial_copies(ctx.gen, ctx.train, h_cal, seed=ctx.cfg.seed)
+                partial = find_partial_copies(
+                    ctx.gen, ctx.train, h_cal, seed=ctx.cfg.seed, device=probe_device(ctx)
+                )
             except DiffauditError as e:
                 partial_skipped = str(e)
         if partial is not None:
@@ -544,7 +546,12 @@ def basin(ctx: Context) -> None:
     n = int(min(cfg.basin_n, len(ctx.train), len(ctx.holdout)))
     xt, xh = ctx.subsample(ctx.train, n, 0xBA51), ctx.subsample(ctx.holdout, n, 0xBA52)
     # radius and sigma unit from the same holdout rows as the copy rule's calibration (vs the whole training set)
-    cal = calibrate(ctx.train, ctx.subsample(ctx.holdout, cfg.max_calibration, 0xC7), cfg.basin_quantile)
+    cal = calibrate(
+        ctx.train,
+        ctx.subsample(ctx.holdout, cfg.max_calibration, 0xC7),
+        cfg.basin_quantile,
+        device=probe_device(ctx),
+    )
     r = basin_of_attraction(
         ctx.model,
         xt,
@@ -635,6 +642,7 @@ def factors(ctx: Context) -> None:
         x_ref=ctx.holdout,
         min_novel_valid_rate=cfg.min_novel_valid_rate,
         seed=cfg.seed,
+        device=probe_device(ctx),
     )
     ctx.put("factors.validity", rec.validity.valid_rate, rec.validity.valid_rate_ci)
     ctx.put("factors.residual_median", rec.validity.median)

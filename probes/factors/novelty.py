@@ -53,8 +53,10 @@ class NoveltyResult:
     holdout_ratio: float | None = None
 
 
-def _ratio_rule(xq: np.ndarray, xb: np.ndarray, name_q: str, name_b: str) -> tuple[np.ndarray, np.ndarray]:
-    D, idx = knn(xq, xb, 2, name_q=name_q, name_b=name_b)
+def _ratio_rule(
+    xq: np.ndarray, xb: np.ndarray, name_q: str, name_b: str, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    D, idx = knn(xq, xb, 2, name_q=name_q, name_b=name_b, device=device)
     d = np.sqrt(np.maximum(D, 0.0))
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(d[:, 1] > 0, d[:, 0] / d[:, 1], np.where(d[:, 0] > 0, np.inf, 0.0))
@@ -73,6 +75,7 @@ def novelty(
     z_train=None,
     holdout_mask=None,
     reference_holdout_rate: float | None = None,
+    device: str = "cpu",
 ) -> NoveltyResult:
     """Novel-valid rate of ``generated`` (n, *shape) against ``train`` (m, *shape).
 
@@ -83,7 +86,8 @@ def novelty(
     in intrinsic dimension k, 10 % on molrg r = 2); without it, the ratio rule (exact 2-NN, ``knn``). ``z_gen`` (n, F) / ``z_train`` (m, F): oracle factors, adding a factor-space
     copy test (a sample copying in either space is a copy). ``holdout_mask`` (n,) bool: generated
     samples whose factors fall in the held-out region; with ``reference_holdout_rate`` (true data's
-    share in the region) gives ``holdout_ratio`` = holdout_rate / reference_holdout_rate.
+    share in the region) gives ``holdout_ratio`` = holdout_rate / reference_holdout_rate. ``device``: the
+    caller's torch device, for the k-NN engine (``neighbors.search``, also in ``find_copies``).
     """
     G = _flat(generated, "generated")
     T = _flat(train, "train", min_n=2)
@@ -100,17 +104,17 @@ def novelty(
                 f"is_copy has {len(copy)} entries for {n} generated samples; pass one per sample."
             )
         ratio = np.full(n, np.nan)
-        _, idx = knn(G, T, 1, name_q="generated", name_b="train")
+        _, idx = knn(G, T, 1, name_q="generated", name_b="train", device=device)
         nn = idx[:, 0]
     elif holdout is not None:
-        cr = find_copies(G, T, _flat(holdout, "holdout", min_n=2), ratio_threshold=copy_ratio)
+        cr = find_copies(G, T, _flat(holdout, "holdout", min_n=2), ratio_threshold=copy_ratio, device=device)
         copy, ratio, nn = (
             np.asarray(cr.is_copy, bool),
             np.asarray(cr.ratio, np.float64),
             np.asarray(cr.nn_index),
         )
     else:
-        ratio, nn = _ratio_rule(G, T, "generated", "train")
+        ratio, nn = _ratio_rule(G, T, "generated", "train", device)
         copy = ratio < copy_ratio
     fcopy = None
     if z_gen is not None and z_train is not None:
@@ -118,7 +122,8 @@ def novelty(
         zt = np.asarray(z_train, dtype=np.float64).reshape(len(T), -1)
         sd = zt.std(0)
         sd[sd == 0] = 1.0
-        fr, _ = _ratio_rule((zg / sd).astype(np.float32), (zt / sd).astype(np.float32), "z_gen", "z_train")
+        # float64 into the search: it shifts both before its float32 cast (factors far from 0 keep their spread)
+        fr, _ = _ratio_rule(zg / sd, zt / sd, "z_gen", "z_train", device)
         fcopy = fr < copy_ratio
         copy = copy | fcopy
     nv = valid & ~copy

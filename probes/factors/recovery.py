@@ -344,6 +344,7 @@ def factor_recovery(
     max_m: int = DEFAULT_MAX_M,
     coverage_margin: float = COVERAGE_MARGIN,
     seed: int = 0,
+    device: str = "cpu",
 ) -> RecoveryResult:
     """Has the model behind ``generated`` (n, *shape) recovered ``dataset``'s latent factors? (module docstring)
 
@@ -353,7 +354,8 @@ def factor_recovery(
     coordinates (``dataset.project`` of true samples; the true z only where project(generate(z)) = z:
     hidden-manifold, molrg with sigma = 0, sprites; not mcm, whose lambda_hat carries noise), else
     ``n_ref`` fresh samples (a finite dataset: its items outside ``train``, module docstring). ``tau``:
-    validity threshold (default ``validity_threshold(dataset)``).
+    validity threshold (default ``validity_threshold(dataset)``). ``device``: where ``novelty``'s nearest-neighbour
+    searches run ("cuda": torch or FAISS-GPU, ``probes.neighbors``).
     """
     if train is None:
         raise DiffauditError(
@@ -376,7 +378,7 @@ def factor_recovery(
     val = manifold_validity(dataset, gen, tau=tau)
     # no factor-space copy test: the ratio rule flags ~(1/3)^k of FRESH samples in k factor dimensions
     # (a third on mcm, whose factors are lambda and a sign)
-    nov = novelty(gen, train, val.valid, is_copy=is_copy, holdout=holdout)
+    nov = novelty(gen, train, val.valid, is_copy=is_copy, holdout=holdout, device=device)
     n, nv = len(gen), nov.novel_valid
     m = int(nv.sum())
     z_nv = val.z_hat[nv]
