@@ -46,7 +46,7 @@ from diffaudit.harness.edm import (
     precondition,
     sigma_from_normal,
 )
-from diffaudit.harness.networks import build_network, parse_model_spec
+from diffaudit.harness.networks import SelfAttention, build_network, parse_model_spec
 from diffaudit.harness.train import (
     BatchSampler,
     TrainConfig,
@@ -148,7 +148,8 @@ class MultiTrainResult:
 
 def network_size(model_cfg, shape) -> tuple[int, int]:
     """(parameters, activations per sample) of the raw network for samples of ``shape``: the activation
-    count sums the outputs of every leaf module in one forward pass, run on the meta device (no compute)."""
+    count sums the outputs of every leaf module in one forward pass, run on the meta device (no compute), plus
+    each self-attention's (hw x hw) logits and softmax (functional ops inside a non-leaf module)."""
     import torch
 
     model_cfg = parse_model_spec(model_cfg)
@@ -166,8 +167,17 @@ def network_size(model_cfg, shape) -> tuple[int, int]:
         if torch.is_tensor(out) and out.ndim > 0:
             acts[0] += out[0].numel()
 
+    def attention_hook(_mod, inp, _out):
+        # a non-leaf module whose functional ops hold the (hw x hw) logits and their softmax, and the attended
+        # values before the projection: invisible to the leaf hooks, and the largest tensors at small levels
+        _, c, h, w = inp[0].shape
+        acts[0] += 2 * (h * w) ** 2 + 2 * c * h * w
+
     leaves = [m for m in net.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
+    handles += [
+        m.register_forward_hook(attention_hook) for m in net.modules() if isinstance(m, SelfAttention)
+    ]
     try:
         with torch.no_grad():
             net(torch.zeros((1, *shape), device=dev), torch.zeros(1, device=dev))

@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from diffaudit.errors import DiffauditError
+from diffaudit.harness.edm import EDMPrecond
 from diffaudit.models.checkpoint import CheckpointModel
 from diffaudit.models.sampler import karras_sigmas
 
@@ -37,14 +38,19 @@ LIVE_ACTIVATION_FACTOR = 3
 
 
 def _signature(m: CheckpointModel) -> tuple:
-    """What two models must share to be sampled together."""
+    """What two models must share to be sampled together: the network's class and spec (an option may change
+    the forward pass without changing a parameter's shape), every parameter's shape and dtype, the sample
+    shape, the sampler's steps and rho, and the device."""
     net = m.precond.net
-    params = tuple((k, tuple(v.shape)) for k, v in net.state_dict().items())
+    params = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in net.state_dict().items())
     cfg = m.sampler_config
-    return (type(net).__name__, params, m.shape, int(cfg.num_steps), float(cfg.rho), str(m.device))
+    spec = (m.config or {}).get("model")
+    return (type(net), spec, params, m.shape, int(cfg.num_steps), float(cfg.rho), str(m.device))
 
 
 def _check(models) -> None:
+    import torch
+
     for i, m in enumerate(models):
         if not isinstance(m, CheckpointModel):
             raise DiffauditError(
@@ -56,6 +62,23 @@ def _check(models) -> None:
                 f"model {i} ({m.name}) is class-conditional; sample_models takes unconditional checkpoints: "
                 "sample it on its own with its labels."
             )
+        # the loop below re-implements EDMPrecond.forward on the raw network: a subclass may differ
+        if type(m.precond) is not EDMPrecond:
+            raise DiffauditError(
+                f"model {i} ({m.name}) wraps its network in {type(m.precond).__name__}, not EDMPrecond; "
+                "sample_models re-implements EDMPrecond's preconditioning: sample it on its own."
+            )
+        if float(m.precond.sigma_data) != float(m.sigma_data):
+            raise DiffauditError(
+                f"model {i} ({m.name}): its network is preconditioned with sigma_data {m.precond.sigma_data:g} "
+                f"but its config says {m.sigma_data:g}; load the checkpoint with its own config."
+            )
+        for p in m.precond.net.parameters():
+            if p.dtype != torch.float32 or p.device.type == "meta":
+                raise DiffauditError(
+                    f"model {i} ({m.name}) has {p.dtype} weights on {p.device.type}; sample_models runs float32 "
+                    "networks with their weights loaded: sample it on its own."
+                )
 
 
 def rows_per_model(models, budget_mib: float = DEFAULT_BUDGET_MIB) -> int:
@@ -93,7 +116,7 @@ def _sample_set(models, noises, budget_mib: float) -> list[np.ndarray]:
     # per model: its own noise schedule (M, N + 1), float64 as ``heun_sample`` uses it (Python floats)
     t = np.stack([karras_sigmas(m.sampler_config) for m in models])
     t_dev = torch.from_numpy(t).to(device)
-    sd = torch.tensor([m.sigma_data for m in models], dtype=torch.float32, device=device)
+    sd = torch.tensor([m.precond.sigma_data for m in models], dtype=torch.float32, device=device)
 
     def one(p, b, x, sigma, s_d):
         def net_fn(x_in, c_noise):
@@ -108,32 +131,46 @@ def _sample_set(models, noises, budget_mib: float) -> list[np.ndarray]:
     rows = rows_per_model(models, budget_mib)
     out = [np.empty((n, *shape), np.float32) for n in ns]
     view = (M, 1) + (1,) * len(shape)  # a (M,) per-model value against the state (M, rows, *shape)
+
+    def D(x_state, k):
+        sig = t_dev[:, k].to(torch.float32)
+        return denoise_all(params, buffers, x_state.to(torch.float32), sig, sd).double()
+
+    def chunk(i: int, c: int) -> np.ndarray:
+        # models with fewer samples are padded with zeros (computed, then dropped)
+        z = np.zeros((M, c, *shape), np.float64)
+        for m, noise in enumerate(noises):
+            part = noise[i : i + c]
+            z[m, : len(part)] = part
+        x = torch.from_numpy(z).to(device) * t_dev[:, 0].reshape(view)
+        for k in range(t.shape[1] - 1):
+            t_cur, t_next = t_dev[:, k].reshape(view), t_dev[:, k + 1].reshape(view)
+            d = (x - D(x, k)) / t_cur
+            x_next = x + (t_next - t_cur) * d
+            if float(t[0, k + 1]) > 0:  # every model's schedule ends in 0 at the same step
+                d2 = (x_next - D(x_next, k + 1)) / t_next
+                x_next = x + (t_next - t_cur) * (0.5 * d + 0.5 * d2)
+            x = x_next
+        return x.cpu().numpy()
+
+    i = 0
     with torch.no_grad():
-        for i in range(0, n_max, rows):
+        while i < n_max:
             c = min(rows, n_max - i)
-            # models with fewer samples are padded with zeros (computed, then dropped)
-            z = np.zeros((M, c, *shape), np.float64)
-            for m, noise in enumerate(noises):
-                part = noise[i : i + c]
-                z[m, : len(part)] = part
-            x = torch.from_numpy(z).to(device) * t_dev[:, 0].reshape(view)
-
-            def D(x_state, k):
-                sig = t_dev[:, k].to(torch.float32)
-                return denoise_all(params, buffers, x_state.to(torch.float32), sig, sd).double()
-
-            for k in range(t.shape[1] - 1):
-                t_cur, t_next = t_dev[:, k].reshape(view), t_dev[:, k + 1].reshape(view)
-                d = (x - D(x, k)) / t_cur
-                x_next = x + (t_next - t_cur) * d
-                if float(t[0, k + 1]) > 0:  # every model's schedule ends in 0 at the same step
-                    d2 = (x_next - D(x_next, k + 1)) / t_next
-                    x_next = x + (t_next - t_cur) * (0.5 * d + 0.5 * d2)
-                x = x_next
-            x = x.cpu().numpy()
+            try:
+                x = chunk(i, c)
+            except torch.OutOfMemoryError:
+                # the activation estimate missed something (functional ops): halve the chunk and redo it
+                if rows == 1:
+                    raise
+                rows = max(1, rows // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
             for m, n in enumerate(ns):
                 if i < n:
                     out[m][i : min(n, i + c)] = x[m, : min(n, i + c) - i]
+            i += c
     return out
 
 

@@ -180,7 +180,17 @@ def run_audit(
             raise DiffauditError("--condition prompts needs --prompts FILE (one prompt per line, or JSONL).")
         conditions = prompt_conditions(model, n_gen, prompts, train_labels)
     if samples is not None:
-        samples = np.asarray(samples)
+        if conditions is not None:
+            raise DiffauditError(
+                "pre-drawn samples cannot be given to a conditional audit (their conditions are unknown); "
+                "let the audit sample the model."
+            )
+        try:
+            samples = np.asarray(samples)
+        except (ValueError, TypeError):
+            raise DiffauditError(
+                "the pre-drawn samples are not one numeric array (ragged rows?); pass an (n_samples, *shape) array."
+            ) from None
         if samples.shape != (n_gen, *shape):
             raise DiffauditError(
                 f"the pre-drawn samples have shape {samples.shape}, but this audit draws {n_gen} samples of shape "

@@ -63,6 +63,7 @@ from diffaudit.errors import DiffauditError
 from diffaudit.harness.edm import EDMPrecond
 from diffaudit.harness.train import TrainConfig, init_network, train
 from diffaudit.harness.vmap import model_bytes, network_size, train_many, unsupported_options
+from diffaudit.pipeline.config import DEFAULT_N_SAMPLES, AuditConfig
 from diffaudit.pipeline.setup import AuditData, synthetic_data
 from diffaudit.sweeps.executors import schedule
 from diffaudit.sweeps.spec import GROUP_MODES, derive_seed
@@ -230,7 +231,13 @@ def plan_units(
     solo_ids = {r["cell_id"] for r in alone}
     for g in groups:
         ids = [r["cell_id"] for r in g]
-        info = {"id": group_id(ids), "cells": ids, "models": sum(len(cell_models(r)) for r in g)}
+        info = {
+            "id": group_id(ids),
+            "cells": ids,
+            "models": sum(len(cell_models(r)) for r in g),
+            "budget_mib": budget
+            / 2**20,  # the group's device memory (its audit samples are drawn within it too)
+        }
         units.append([{**r, "group": info} for r in g])
     units.sort(key=lambda u: -sum(int(r["steps"]) * len(cell_models(r)) for r in u))
     units += [[r] for r in records if r["cell_id"] in solo_ids]
@@ -325,26 +332,44 @@ def should_sample_together(device: str) -> bool:
     return str(device).startswith("cuda")
 
 
-def audit_draw(record: dict) -> tuple[int, int]:
-    """(n, seed) of the samples a cell's audit draws (``run._audit``: the cell's audit options, else the
-    cell's ``n_samples`` and seed)."""
-    opts = record.get("audit_options") or {}
-    return int(opts.get("n_samples", record["n_samples"])), int(opts.get("seed", record["seed"]))
+def audit_config(record: dict, device: str) -> AuditConfig:
+    """The ``AuditConfig`` of a cell's audit: its ``[audit]`` options, else the cell's n_samples and seed."""
+    opts = dict(record["audit_options"])
+    opts.setdefault("n_samples", int(record["n_samples"]))
+    opts.setdefault("seed", int(record["seed"]))
+    opts.setdefault("device", "cpu" if device == "cpu" else device)
+    opts["kid_subset_size"] = min(
+        int(opts.get("kid_subset_size", 1000)), int(record["n_samples"]), int(record["n_holdout"])
+    )
+    return AuditConfig.from_options(opts, where=f"cell {record['cell_id']} [audit]")
+
+
+def audit_draw(record: dict, device: str) -> tuple[int, int]:
+    """(n, seed) of the generated samples a trained cell's audit draws (``run_audit``'s rule for a model that
+    is not a sample file and an unconditional audit: the config's n_samples, else DEFAULT_N_SAMPLES)."""
+    cfg = audit_config(record, device)
+    return (DEFAULT_N_SAMPLES if cfg.n_samples is None else int(cfg.n_samples)), int(cfg.seed)
 
 
 # host memory for one batch of cells' pre-drawn samples (float32) before they are audited
 SAMPLE_BATCH_MIB = 1024.0
 
 
-def sample_batches(records: list[dict], limit_mib: float = SAMPLE_BATCH_MIB) -> list[list[dict]]:
-    """``records`` in consecutive batches whose pre-drawn samples (float32) stay within ``limit_mib`` (at
-    least one cell a batch): each batch is sampled together, then its cells are audited, so the group never
-    holds every cell's samples at once."""
+def sample_batches(
+    records: list[dict], draws: dict[str, int], limit_mib: float | None = None
+) -> list[list[dict]]:
+    """``records`` in consecutive batches whose pre-drawn samples (``draws``: cell id -> samples its audit
+    draws; float32, with their float64 noise alongside) stay within ``limit_mib`` (default
+    ``SAMPLE_BATCH_MIB``; at least one cell a batch): each batch is sampled together, then its cells are
+    audited, so the group never holds every cell's samples at once."""
+    limit = SAMPLE_BATCH_MIB if limit_mib is None else float(limit_mib)
     out: list[list[dict]] = []
     size = 0.0
     for r in records:
-        mib = 4.0 * audit_draw(r)[0] * math.prod(sample_shape(r)) / 2**20
-        if out and size + mib <= limit_mib:
+        mib = (
+            12.0 * draws[r["cell_id"]] * math.prod(sample_shape(r)) / 2**20
+        )  # float32 samples + float64 noise
+        if out and size + mib <= limit:
             out[-1].append(r)
             size += mib
         else:
@@ -353,11 +378,14 @@ def sample_batches(records: list[dict], limit_mib: float = SAMPLE_BATCH_MIB) -> 
     return out
 
 
-def sample_group(records: list[dict], models: dict, device: str) -> tuple[dict[str, np.ndarray], float]:
+def sample_group(
+    records: list[dict], models: dict, draws: dict[str, tuple[int, int]], device: str, budget_mib: float
+) -> tuple[dict[str, np.ndarray], float]:
     """The audit samples of ``records`` (cell id -> (n, *shape) float32), drawn together for every cell's
-    model "a" (``diffaudit.models.group_sampling.sample_models``), generation i of a cell from noise seed
-    (seed, i) exactly as its audit's ``sample`` stage draws it; and the seconds it took.
-    ``models``: cell id -> the cell's ``CheckpointModel`` (cells whose training failed are left out)."""
+    model "a" (``diffaudit.models.group_sampling.sample_models``) within ``budget_mib`` of device memory,
+    generation i of a cell from noise seed (seed, i) exactly as its audit's ``sample`` stage draws it; and the
+    seconds it took. ``models``: cell id -> the cell's ``CheckpointModel`` (cells whose training failed are
+    left out); ``draws``: cell id -> (n, seed) of its audit (``audit_draw``)."""
     from diffaudit.models.group_sampling import sample_models
     from diffaudit.models.sampler import noise_from_seeds
 
@@ -365,10 +393,9 @@ def sample_group(records: list[dict], models: dict, device: str) -> tuple[dict[s
     t0 = time.perf_counter()
     noises = []
     for r in todo:
-        n, seed = audit_draw(r)
+        n, seed = draws[r["cell_id"]]
         noises.append(noise_from_seeds(range(n), models[r["cell_id"]].shape, base_seed=seed))
-    budget = DEFAULT_GROUP_MIB["cuda" if str(device).startswith("cuda") else "cpu"] / 4
-    xs = sample_models([models[r["cell_id"]] for r in todo], noises, budget_mib=budget)
+    xs = sample_models([models[r["cell_id"]] for r in todo], noises, budget_mib=budget_mib)
     return {r["cell_id"]: x for r, x in zip(todo, xs, strict=True)}, time.perf_counter() - t0
 
 
@@ -426,10 +453,22 @@ def _forward_seconds_per_sample(model: str, shape, device: str, budget_s: float)
     return per if n == 64 else best_of(n, 3)
 
 
-def _group_forward_seconds_per_sample(model: str, shape, M: int, device: str, rows: int = 256) -> float:
+def _sample_batches_of(unit: list[dict]) -> list[list[dict]]:
+    """The batches a group's cells are sampled in (``sample_batches`` with each cell's audit draw)."""
+    try:
+        draws = {r["cell_id"]: audit_draw(r, "cpu")[0] for r in unit}
+    except DiffauditError:  # a bad [audit] option: the cell fails alone, so it samples alone
+        return [[r] for r in unit]
+    return sample_batches(unit, draws)
+
+
+def _group_forward_seconds_per_sample(
+    model: str, shape, M: int, device: str, rows: int | None = None
+) -> float:
     """Seconds per sample and denoiser evaluation when ``M`` models are sampled together (``sample_group``'s
     loop, ``diffaudit.models.group_sampling``): one-step Heun (one evaluation) of ``rows`` samples per
-    model, best of 2 after a warm-up."""
+    model (default: 4,096 samples over all models, 8 to 256 a model), best of 2 after a warm-up."""
+    rows = int(rows or max(8, min(256, 4096 // max(M, 1))))
     from diffaudit.models.checkpoint import CheckpointModel
     from diffaudit.models.group_sampling import sample_models
 
@@ -501,8 +540,8 @@ def estimate(
         size = len(unit_models(u))
         e = nets.setdefault(k, {"record": r, "max_m": 1, "sizes": set()})
         e["max_m"] = max(e["max_m"], size)
-        if r.get("group"):  # its cells' models "a" are sampled together (``sample_group``)
-            e["sizes"].add(len(u))
+        if r.get("group"):  # its cells' models "a" are sampled together, batch by batch (``sample_group``)
+            e["sizes"].update(len(b) for b in _sample_batches_of(u))
     calib = []
     for k, e in nets.items():
         r = e["record"]
@@ -549,16 +588,20 @@ def estimate(
                 group_train_seconds(budgets, f) if len(budgets) > 1 else budgets[0] * e["points"][1]
             )
             # a group's samples are drawn together on CUDA (calibrated at each group size of the sweep)
-            fwd = e["fwd_group"][len(u)] if r.get("group") and "fwd_group" in e else e["fwd"]
+            together = bool(r.get("group")) and "fwd_group" in e
         else:
             train_s.append(0.0)
-            fwd = 0.0
+            together = False
+        fwd = {}  # cell id -> seconds per sample and network evaluation of its audit's sampler
+        for b in _sample_batches_of(u) if together else [[c] for c in u]:
+            for c in b:
+                fwd[c["cell_id"]] = e["fwd_group"][len(b)] if together else (e["fwd"] if budgets else 0.0)
         a = 0.0
         for c in u:
             ns = int(c["n_samples"])
             evals = ns * (2 * int(c["sampler_steps"]) - 1)
             a += PROBE_S_BASE + PROBE_S_PER_SAMPLE * ns + PROBE_S_PER_TRAIN_ITEM * int(c["n_train"])
-            a += evals * fwd
+            a += evals * fwd[c["cell_id"]]
         audit_s.append(a)
     _, wall = schedule([t + a for t, a in zip(train_s, audit_s, strict=True)], workers)
     return Estimate(

@@ -67,17 +67,19 @@ from diffaudit.harness.train import train
 from diffaudit.hashing import params_sha256
 from diffaudit.models.adapters import load_model
 from diffaudit.models.checkpoint import CheckpointModel
-from diffaudit.pipeline.config import AuditConfig
 from diffaudit.pipeline.run import run_audit_on
 from diffaudit.pipeline.setup import AuditData, synthetic_data
 from diffaudit.progress import progress_display
 from diffaudit.report.html import shared_plotly_src, write_shared_plotly
 from diffaudit.sweeps.executors import check_executor, default_workers, make_executor, worker_threads
 from diffaudit.sweeps.groups import (
+    DEFAULT_GROUP_MIB,
     GROUP_MODES,
     Estimate,
     GroupedCell,
     TrainedModel,
+    audit_config,
+    audit_draw,
     cell_models,
     estimate,
     group_id,
@@ -155,14 +157,7 @@ def _reproducibility(model_a, model_b, record: dict) -> dict:
 def _audit(model, data: AuditData, record: dict, out_dir: Path, device: str, samples=None) -> dict:
     """``run_audit`` into ``out_dir`` (report.json, metrics.parquet, copies, HTML land in the cell folder).
     ``samples``: the audit's generated samples, drawn already with the cell's group (``run_group``)."""
-    opts = dict(record["audit_options"])
-    opts.setdefault("n_samples", int(record["n_samples"]))
-    opts.setdefault("seed", int(record["seed"]))
-    opts.setdefault("device", "cpu" if device == "cpu" else device)
-    opts["kid_subset_size"] = min(
-        int(opts.get("kid_subset_size", 1000)), int(record["n_samples"]), int(record["n_holdout"])
-    )
-    cfg = AuditConfig.from_options(opts, where=f"cell {record['cell_id']} [audit]")
+    cfg = audit_config(record, device)
     sub = out_dir / "audit"  # run_audit builds its own folder atomically; its files are moved up
     report = run_audit_on(
         model,
@@ -369,9 +364,20 @@ def run_group(
         "train_seconds": round(dt, 3),
     }
     together = should_sample_together(device) if sample_together is None else bool(sample_together)
-    for batch in sample_batches(todo) if together else [[r] for r in todo]:
+    batches = [[r] for r in todo]
+    draws: dict[str, tuple[int, int]] = {}
+    if together:
+        try:
+            draws = {r["cell_id"]: audit_draw(r, device) for r in todo}
+            batches = sample_batches(todo, {c: n for c, (n, _) in draws.items()})
+        except Exception as e:  # noqa: BLE001 -- a bad [audit] option fails in the cell's own audit, as alone
+            for r in todo:
+                trained[r["cell_id"]].sample_error = f"{type(e).__name__}: {e}"
+            together = False
+    budget = float((records[0].get("group") or {}).get("budget_mib") or 0) or None
+    for batch in batches:
         if together:
-            _presample(batch, trained, device)
+            _presample(batch, trained, draws, device, budget)
         for r in batch:
             g = trained.pop(r["cell_id"])
             s = run_one({**r, "group": info}, str(out), device, threads, partial(compute_cell, trained=g))
@@ -381,10 +387,13 @@ def run_group(
     return statuses
 
 
-def _presample(batch: list[dict], trained: dict[str, GroupedCell], device: str) -> None:
+def _presample(
+    batch: list[dict], trained: dict[str, GroupedCell], draws: dict, device: str, budget_mib: float | None
+) -> None:
     """Draw the audit samples of ``batch``'s cells together (``groups.sample_group``) into their
-    ``GroupedCell.samples``. A failure here (e.g. out of device memory) is not a cell's failure: the cells
-    then sample their own models in their audits, as without grouping."""
+    ``GroupedCell.samples``, within the group's device memory budget (a quarter of it: the network's weights,
+    the ODE state and other workers share the device). A failure here (e.g. out of device memory) is not a
+    cell's failure: the cells then sample their own models in their audits, as without grouping."""
     models = {}
     for r in batch:
         tm = trained[r["cell_id"]].models["a"]
@@ -397,8 +406,9 @@ def _presample(batch: list[dict], trained: dict[str, GroupedCell], device: str) 
             )
     if not models:
         return
+    mib = budget_mib or DEFAULT_GROUP_MIB["cuda" if str(device).startswith("cuda") else "cpu"]
     try:
-        samples, seconds = sample_group(batch, models, device)
+        samples, seconds = sample_group(batch, models, draws, device, mib / 4)
     except Exception as e:  # noqa: BLE001 -- the per-cell path is the fallback; each report says why
         for cid in models:
             trained[cid].sample_error = f"{type(e).__name__}: {e}"

@@ -14,8 +14,8 @@ from diffaudit.errors import DiffauditError
 from diffaudit.models.controls import GaussianModel
 from diffaudit.pipeline.config import AuditConfig
 from diffaudit.pipeline.run import run_audit
-from diffaudit.sweeps.groups import audit_draw, plan_units, sample_batches, should_sample_together
-from diffaudit.sweeps.run import run_group
+from diffaudit.sweeps.groups import plan_units, sample_batches, should_sample_together
+from diffaudit.sweeps.run import audit_draw, run_group
 from diffaudit.sweeps.spec import expand, parse_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -71,8 +71,9 @@ def test_group_sampled_together_equals_each_cell_sampling_its_own_model(tmp_path
     assert not should_sample_together("cpu")  # measured slower on the CPU (groups.should_sample_together)
     st_own = run_group(group, str(tmp_path / "own"), "cpu", 1, sample_together=False)
     # a tiny host-memory limit: the cells are sampled in several batches, each audited before the next
-    limit = 2.5 * 4 * 120 * 8 / 2**20
-    assert [len(b) for b in sample_batches(group, limit)] == [2, 2, 2, 2]
+    limit = 2.5 * 12 * 120 * 8 / 2**20  # float32 samples and their float64 noise, 120 x 8 a cell
+    draws = {r["cell_id"]: audit_draw(r, "cpu")[0] for r in group}
+    assert [len(b) for b in sample_batches(group, draws, limit)] == [2, 2, 2, 2]
     import diffaudit.sweeps.groups as g
 
     old = g.SAMPLE_BATCH_MIB
@@ -89,7 +90,7 @@ def test_group_sampled_together_equals_each_cell_sampling_its_own_model(tmp_path
         assert a["sweep"]["sampling"] == {"together": True, "error": None}
         assert b["sweep"]["sampling"] == {"together": False, "error": None}
         assert a["sweep"]["timings"]["group_sampling"] > 0 and "group_sampling" not in b["sweep"]["timings"]
-        assert a["inputs"]["n_generated"] == audit_draw(r)[0] == 120
+        assert a["inputs"]["n_generated"] == audit_draw(r, "cpu")[0] == 120
         # the extraction stage continued the model's own stream past the pre-drawn 120 generations
         assert a["details"]["extraction"]["drawn_samples"] == 80
         _close(a, b, cid)
@@ -104,6 +105,12 @@ def test_run_audit_checks_presampled_shape_and_uses_them():
     )
     with pytest.raises(DiffauditError, match="pre-drawn samples have shape"):
         run_audit(model, train=x[:100], holdout=x[100:], config=cfg, samples=np.zeros((49, 4)))
+    with pytest.raises(DiffauditError, match="not one numeric array"):
+        run_audit(model, train=x[:100], holdout=x[100:], config=cfg, samples=[[0.0, 1.0], [0.0]])
+    bad = model.sample(50, 3)
+    bad[7, 1] = np.nan  # pre-drawn samples go through the generated samples' own checks
+    with pytest.raises(DiffauditError, match="generated samples"):
+        run_audit(model, train=x[:100], holdout=x[100:], config=cfg, samples=bad)
     own = run_audit(model, train=x[:100], holdout=x[100:], config=cfg)
     given = run_audit(model, train=x[:100], holdout=x[100:], config=cfg, samples=model.sample(50, 3))
     assert given["inputs"]["hashes"]["generated"] == own["inputs"]["hashes"]["generated"]
@@ -152,3 +159,33 @@ def test_estimate_times_the_group_sampler_where_groups_sample_together(monkeypat
     got = est.audit_s[i] - evals * per["8"]
     ref = base.audit_s[i] - evals * base.calibration[0]["forward_s_per_sample"]
     assert got == pytest.approx(ref, rel=1e-9)
+
+
+def test_presampled_samples_are_refused_by_a_conditional_audit():
+    from diffaudit.models.adapters import load_model
+    from diffaudit.pipeline.run import run_audit_on
+    from diffaudit.pipeline.setup import audit_data
+
+    d = audit_data("molrg:d=6,K=3,r=2", 300, 300, seed=0, n_samples=60)
+    m = load_model("control:gaussian", train=d.train, train_labels=d.train_labels, n_classes=3)
+    cfg = AuditConfig(condition="labels", n_samples=60, extraction_budget=0)
+    with pytest.raises(DiffauditError, match="conditional audit"):
+        run_audit_on(m, d, config=cfg, samples=np.zeros((60, 6)))
+
+
+def test_audit_options_without_n_samples_sample_the_default_count_together(tmp_path):
+    """``[audit] options.n_samples = None`` (accepted by the config: the audit's default count) is what the
+    joint sampling draws too (the review found it crashed the group before its cells were audited)."""
+    from diffaudit.pipeline.config import DEFAULT_N_SAMPLES
+
+    spec = {**SPEC, "n": [32], "seeds": [0]}
+    spec["audit"] = {**SPEC["audit"], "options": {**SPEC["audit"]["options"], "n_samples": None}}
+    recs = [c.record() for c in expand(parse_spec(spec))]
+    (group,) = [u for u in plan_units(recs, mode="on", device="cpu") if u[0].get("group")]
+    assert audit_draw(group[0], "cpu")[0] == DEFAULT_N_SAMPLES
+    st = run_group(group, str(tmp_path), "cpu", 1, sample_together=True)
+    assert [s["status"] for s in st] == ["done"] * len(group), st
+    for r in group:
+        rep = json.loads((tmp_path / "cells" / r["cell_id"] / "report.json").read_text())
+        assert rep["sweep"]["sampling"] == {"together": True, "error": None}
+        assert rep["inputs"]["n_generated"] == DEFAULT_N_SAMPLES

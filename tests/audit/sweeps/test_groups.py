@@ -25,6 +25,7 @@ from diffaudit.harness.vmap import unsupported_options
 from diffaudit.pipeline.setup import synthetic_data
 from diffaudit.sweeps.executors import default_workers, gpu_slots, schedule
 from diffaudit.sweeps.groups import (
+    DEFAULT_GROUP_MIB,
     GROUP_CPU_BELOW_FLOPS,
     group_key,
     group_train_seconds,
@@ -140,9 +141,13 @@ def test_grouping_rules_sizes_and_modes(monkeypatch):
     # off: one unit per cell in sweep order (as before grouping); auto groups on CUDA, and on CPU only the
     # networks below the measured break-even: this tiny MLP, not the quick preset's 3 x 256 at batch 256
     assert plan_units(recs, mode="off", device="cuda") == [[r] for r in recs]
-    assert (
-        plan_units(recs, mode="auto", device="cuda") == units == plan_units(recs, mode="auto", device="cpu")
-    )
+
+    def plan(units):  # the cells of each unit and its group id (the group's memory budget is per device)
+        return [([r["cell_id"] for r in u], (u[0].get("group") or {}).get("id")) for u in units]
+
+    assert plan(plan_units(recs, mode="auto", device="cuda")) == plan(units)
+    assert plan_units(recs, mode="auto", device="cpu") == units
+    assert {u[0]["group"]["budget_mib"] for u in groups} == {DEFAULT_GROUP_MIB["cpu"]}
     quick = [c.record() for c in expand(load_preset("quick"))]
     assert step_flops(quick[0]) > GROUP_CPU_BELOW_FLOPS > step_flops(recs[0])
     assert plan_units(quick, mode="auto", device="cpu") == [[r] for r in quick]

@@ -97,3 +97,59 @@ def test_bad_input_gets_one_sentence():
     with pytest.raises(DiffauditError, match="not a trained diffaudit checkpoint"):
         sample_models([GaussianModel(np.random.default_rng(0).normal(size=(50, 4)))], [z])
     assert sample_models([], []) == []
+
+
+def test_refuses_what_its_loop_would_get_wrong():
+    """The loop re-implements EDMPrecond on the raw network with the model's sigma_data: a wrapper subclass,
+    a config that disagrees with the network's sigma_data, or non-float32 weights would be sampled wrongly."""
+    spec = "mlp:width=16,depth=2,emb_dim=8"
+    z = noise_from_seeds(range(2), (4,))
+
+    class Other(EDMPrecond):
+        def forward(self, x, sigma, class_labels=None):
+            return 2 * super().forward(x, sigma, class_labels)
+
+    net = init_network(parse_model_spec(spec), (4,), 0)
+    cfg = {"model": spec, "shape": [4], "sigma_data": 1.0}
+    with pytest.raises(DiffauditError, match="not EDMPrecond"):
+        sample_models([CheckpointModel(precond=Other(net, 1.0), config=cfg)], [z])
+    with pytest.raises(DiffauditError, match="sigma_data 0.5 but its config says 1"):
+        sample_models([CheckpointModel(precond=EDMPrecond(net, 0.5), config=cfg)], [z])
+    net64 = init_network(parse_model_spec(spec), (4,), 0).double()
+    with pytest.raises(DiffauditError, match="float64 weights"):
+        sample_models([CheckpointModel(precond=EDMPrecond(net64, 1.0), config=cfg)], [z])
+
+
+def test_halves_its_chunk_when_the_device_runs_out_of_memory():
+    """An activation estimate that is too low (functional ops it cannot see) costs a retry, not the group."""
+
+    class Tight(torch.nn.Module):  # "runs out of memory" above 3 rows per model
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+
+        def forward(self, x, c_noise):
+            if x.shape[0] > 3:
+                raise torch.OutOfMemoryError("simulated")
+            return self.lin(x) * c_noise[:, None]
+
+    models = []
+    for m, sd in enumerate((0.5, 2.0)):
+        torch.manual_seed(m)
+        cfg = {"shape": [3], "sigma_data": sd}  # no spec: rows from the sample size alone (1024 here)
+        models.append(CheckpointModel(precond=EDMPrecond(Tight(), sd), config=cfg, num_steps=4))
+    noises = [noise_from_seeds(range(n), (3,), base_seed=m) for m, n in enumerate((10, 7))]
+    got = sample_models(models, noises)
+    for m, model in enumerate(models):
+        model.batch_size = 3  # the reference, in chunks the network accepts
+        ref = model.sample_from_noise(noises[m])
+        np.testing.assert_allclose(got[m], ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+def test_activation_estimate_counts_self_attention():
+    """The (hw x hw) logits and softmax of a UNet's attention are the largest tensors at its level: counted."""
+    from diffaudit.harness.vmap import network_size
+
+    plain = network_size("unet:channels=16,levels=1", (3, 32, 32))[1]
+    attn = network_size("unet:channels=16,levels=1,attention=true", (3, 32, 32))[1]
+    assert attn - plain >= 2 * (32 * 32) ** 2
