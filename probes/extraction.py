@@ -9,18 +9,22 @@ fixed-size state; it never holds all B generations (nor any (B, .) array):
 1. **Verification state, O(n_train).** Each chunk is searched against the whole training set (``neighbors``,
    k = 2, float64 re-ranking) and every generation gets the copy decision of ``find_copies``' default rule:
    ratio d1/d2 < 1/3 (Yoon et al. 2023) AND d1 < ``tau``, the ``holdout_quantile`` (1 %) quantile of
-   holdout -> train nearest-neighbour distances (without a holdout: the ratio rule alone, as ``find_copies``).
+   holdout -> train nearest-neighbour distances (without a holdout: the ratio rule alone, as ``find_copies``),
+   d2 being ``find_copies``' own (``memorization.second_distinct``): the nearest training row that is not the
+   first neighbour's item (exact duplicates merged, near-duplicates within ``DUP_FRACTION`` x tau skipped at any
+   repetition count: a generation whose second neighbour is its first's near-duplicate is searched again; before,
+   a raw second neighbour on a repeat made every copy of a repeated item ratio 1).
    Per training item only the first generation that copied it is kept (for ``unique_train_copied``).
 2. **Linking state, bounded by ``store_mib``.** Near-identical generations are linked by leader clustering at
-   the radius ``r_link``: a generation within ``r_link`` of a stored cluster leader (k-NN engine, k = 1)
-   joins the nearest one; the rest are linked among themselves with a FAISS range search (float32 candidates
-   at a slightly inflated radius, then every pair re-checked in float64) and each unclaimed one, in
-   generation order, becomes a leader claiming its unclaimed neighbours. Only leaders (one sample each) and
-   per-cluster counters are stored. When the store is full, clusters are evicted oldest first -- clusters
-   that are already candidates first (their training item is already counted, a later copy only re-forms a
-   cluster), then open clusters below ``min_cluster``; an evicted open cluster can lose a pair, so the
-   result reports ``n_evicted_open`` and ``exact_linking`` (no open cluster evicted: the same clusters as
-   an unbounded store up to the choice among overlapping leaders).
+   the radius ``r_link``: a generation within ``r_link`` of a stored cluster leader (k-NN engine, k = 1) joins
+   the nearest one; the rest are linked among themselves with a FAISS range search
+   (``memorization.range_pairs``: float32 candidates at a slightly inflated radius, then every pair re-checked
+   in float64) and each unclaimed one, in generation order, becomes a leader claiming its unclaimed neighbours.
+   Only leaders (one sample each) and per-cluster counters are stored. When the store is full, clusters are
+   evicted oldest first -- clusters that are already candidates first (their training item is already counted,
+   a later copy only re-forms a cluster), then open clusters below ``min_cluster``; an evicted open cluster can
+   lose a pair, so the result reports ``n_evicted_open`` and ``exact_linking`` (no open cluster evicted: the
+   same clusters as an unbounded store up to the choice among overlapping leaders).
 3. **Candidates and verification.** A cluster becomes a candidate when it reaches ``min_cluster`` members
    (the generation index at which that happens is its cost); it is verified when its leader is a copy under
    the rule of step 1, and then extracts the leader's nearest training item. ``unique_train_extracted`` counts
@@ -75,7 +79,13 @@ from scipy import stats as _st
 
 from diffaudit.errors import DiffauditError
 from diffaudit.probes._checks import as_features, same_width
-from diffaudit.probes.memorization import distinct_rows
+from diffaudit.probes.memorization import (
+    DUP_FRACTION,
+    CopyDistance,
+    distinct_rows,
+    range_pairs,
+    second_distinct,
+)
 from diffaudit.probes.neighbors import DEFAULT_BUDGET_MIB, IVF_AUTO_MIN, build_index, search
 
 DEFAULT_CHUNK = 1024  # generations requested per call of ``generate``
@@ -274,28 +284,11 @@ class _TransformVerifier:
 
 
 def _range_pairs(xq: np.ndarray, r2: float, budget_mib: float) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (i, j), i != j, of rows of ``xq`` with squared Euclidean distance <= ``r2`` (float64 check).
-
-    FAISS's range search (float32, ``|x|^2 + |y|^2 - 2 x.y``) at a slightly inflated radius finds the
-    candidates; each is recomputed in float64, in blocks of about ``budget_mib``."""
-    import faiss  # lazily, as in neighbors: loading it costs ~0.3 s
-
-    m, dim = xq.shape
-    norm2 = float(np.einsum("ij,ij->i", xq, xq).max()) if m else 0.0
-    slack = 1e-4 * r2 + 1e-5 * norm2 + 1e-30  # float32 rounding of the BLAS expansion
-    idx = faiss.IndexFlatL2(dim)
-    idx.add(xq)
-    lims, _, I = idx.range_search(xq, float(r2 + slack))
-    rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(lims.astype(np.int64)))
-    cols = I.astype(np.int64)
-    off = rows != cols
-    rows, cols = rows[off], cols[off]
-    keep = np.empty(len(rows), bool)
-    step = max(1, int(budget_mib * (1 << 20) / (dim * 8 * 3)))
-    for i0 in range(0, len(rows), step):
-        d = xq[rows[i0 : i0 + step]].astype(np.float64) - xq[cols[i0 : i0 + step]]
-        keep[i0 : i0 + step] = np.einsum("ij,ij->i", d, d) <= r2
-    return rows[keep], cols[keep]
+    """All pairs (i, j), i != j, of rows of ``xq`` with squared Euclidean distance <= ``r2`` (float64 check):
+    ``memorization.range_pairs`` of the rows against themselves."""
+    i, j = range_pairs(xq, xq, r2, budget_mib)
+    off = i != j
+    return i[off], j[off]
 
 
 def extract(
@@ -405,6 +398,11 @@ def extract(
         )
         r_link = float(ratio_threshold * np.median(np.sqrt(np.maximum(rw.D[:, 0], 0.0))))
     r2 = r_link * r_link
+    # d2 is find_copies' (its module docstring, "one item"): the nearest training row that is not the first
+    # neighbour's own item (near-duplicates within DUP_FRACTION of the copy scale -- tau, else r_link, which is
+    # find_copies' dup_radius then -- however often the item is repeated)
+    same_dist = CopyDistance(xt, budget_mib=budget_mib, seed=seed, device=device)
+    r_same = DUP_FRACTION * r_link
     verifier = None
     tf_names: tuple[str, ...] = ("identity",)
     # linking stays in plain distance; the verification of candidate leaders is transform-robust
@@ -488,7 +486,8 @@ def extract(
             device=device,
         )
         Dk = np.sqrt(np.maximum(r.D, 0.0))
-        nn, d1, d2 = r.I[:, 0], Dk[:, 0], Dk[:, 1]
+        nn, d1 = r.I[:, 0], Dk[:, 0]
+        d2 = second_distinct(xg, Dk, r.I, nn, same_dist, r_same)
         is_copy = np.where(d1 == 0, 0.0, d1 / np.where(d2 == 0, np.inf, d2)) < ratio_threshold
         if tau is not None:
             is_copy &= d1 < tau
@@ -592,6 +591,9 @@ def extract(
     ext_idx, ext_at = got[order], at[order]
     copied_at = np.sort(first_copy[first_copy >= 0] + 1)
     unique = len(ext_idx)
+    ext_tf = extracted_tf[
+        ext_idx
+    ]  # indexed by the searched items: before the indices go back to the caller's rows
     if keep is not None:
         ext_idx, gal_t = keep[ext_idx], [int(keep[t]) if t >= 0 else int(t) for t in gal_t]
     return ExtractionResult(
@@ -631,7 +633,7 @@ def extract(
         chunk_size=chunk,
         sample_shape=sample_shape_of(shape_t, dim),
         transforms=tf_names,
-        extracted_transform=np.asarray(tf_names, dtype=object)[extracted_tf[ext_idx]],
+        extracted_transform=np.asarray(tf_names, dtype=object)[ext_tf],
         gallery_transform=np.asarray(tf_names, dtype=object)[np.asarray(gal_tf, np.int64)],
     )
 
