@@ -70,6 +70,8 @@ def l2_offset(ref, *others) -> np.ndarray | None:
     )
     if not numeric or a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
         return None
+    if any(v.ndim != 2 or v.shape[1] != a.shape[1] for v in arrays[1:]):
+        return None  # mismatched widths: the caller's width check says so, not the offset's
     if not any(_wider(v.dtype, np.float32) for v in arrays):
         return None
     rows = np.unique(np.linspace(0, len(a) - 1, min(len(a), _OFFSET_ROWS)).round().astype(np.int64))

@@ -85,6 +85,7 @@ from diffaudit.probes.memorization import (
     distinct_rows,
     range_pairs,
     second_distinct,
+    shared_offset,
 )
 from diffaudit.probes.neighbors import DEFAULT_BUDGET_MIB, IVF_AUTO_MIN, build_index, search
 
@@ -107,7 +108,8 @@ class ExtractionResult:
     flagged. Curves on ``curve_budgets`` (k,): ``curve_extracted`` and ``curve_copied``.
     ``extracted_index`` (m,) training items extracted and ``extracted_at`` (m,) the number of generations
     after which each was (sorted by it). ``gallery_*``: up to ``gallery_size`` verified candidates (first
-    extracted first): the leader sample ``gallery_samples`` (g, *sample_shape), its training match
+    extracted first): the leader sample ``gallery_samples`` (g, *sample_shape; float32, or float64 when wide inputs
+    were shifted before the cast: ``extract``), its training match
     ``gallery_train_index``, distance ``gallery_distance`` and final cluster size ``gallery_cluster_size``
     (the size when its cluster left the store, if it was evicted).
     """
@@ -198,12 +200,22 @@ def budget_grid(budget: int, n_points: int = 24) -> np.ndarray:
     return np.unique(np.concatenate([g, [B]]))
 
 
-def _flat(x, name: str, min_n: int) -> tuple[np.ndarray, tuple[int, ...]]:
+def _raw(x) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(n, ...) -> ((n, D) array as given, not yet checked or cast; the sample shape)."""
     a = np.asarray(x) if not isinstance(x, np.ndarray) else x
     shape = tuple(a.shape[1:]) if a.ndim >= 2 else ()
     if a.ndim > 2:
         a = a.reshape(len(a), -1)
-    return as_features(a, name, min_n=min_n), shape
+    return a, shape
+
+
+def _flat(x, name: str, min_n: int, offset=None) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Checked float32 features (n, D), less ``offset`` (float64, before the cast; skipped for another width, so
+    that ``same_width`` names the mismatch), and the sample shape."""
+    a, shape = _raw(x)
+    if offset is not None and not (a.ndim == 2 and a.shape[1] == len(offset)):
+        offset = None
+    return as_features(a, name, min_n=min_n, offset=offset), shape
 
 
 class _Store:
@@ -341,7 +353,15 @@ def extract(
     if int(chunk_size) < 1 or store_mib <= 0:
         raise DiffauditError(f"chunk_size={chunk_size} and store_mib={store_mib} must be positive.")
     min_cluster = int(min_cluster)
-    xt, shape_t = _flat(train, "training set", 2)
+    at, shape_t = _raw(train)
+    ah = None if holdout is None else _raw(holdout)[0]
+    # Linking and verification use L2 distances only (plain, or between standardised transform views): wide inputs
+    # are shifted by ONE offset from the training and holdout rows (``shared_offset``; constant under transforms,
+    # where a per-pixel one would not commute with the edits) before the float32 cast, and so is every chunk of
+    # generations. Not with a prebuilt index (it holds the caller's unshifted rows). The generations are not seen
+    # yet: when only they are wide, they are cast as given (``as_features`` warns if that loses their spread).
+    off = shared_offset(at, ah, scalar=transforms is not None) if isinstance(index, str) else None
+    xt, _ = _flat(at, "training set", 2, off)
     n_rows = len(xt)
     # exact duplicates are one item (as in find_copies): a raw second neighbour on a repeat made every copy of a
     # twice-held item ratio 1, so nothing was extracted; indices map back to each item's first row at the end
@@ -365,7 +385,7 @@ def extract(
         train_index = build_index(xt, index="ivf", seed=seed)  # once, not per chunk
 
     if holdout is not None:
-        xh, _ = _flat(holdout, "holdout", 2)
+        xh, _ = _flat(ah, "holdout", 2, off)
         same_width(xh, xt, "holdout", "training set")
         hr = search(
             xh,
@@ -460,7 +480,7 @@ def extract(
 
     for start in range(0, B, chunk):
         m = min(chunk, B - start)
-        xg, shape_g = _flat(generate(start, m), f"generations {start}..{start + m - 1}", 1)
+        xg, shape_g = _flat(generate(start, m), f"generations {start}..{start + m - 1}", 1, off)
         if len(xg) != m:
             raise DiffauditError(
                 f"generate({start}, {m}) returned {len(xg)} samples; it must return exactly the {m} requested."
@@ -620,9 +640,7 @@ def extract(
         n_candidates_unverified=int(n_cand - n_cand_ok),
         expected_chance_links=chance,
         expected_false_extractions=false_x,
-        gallery_samples=(np.stack(gal_x) if gal_x else np.zeros((0, dim), np.float32)).reshape(
-            (len(gal_x), *(sample_shape_of(shape_t, dim)))
-        ),
+        gallery_samples=_unshift(gal_x, dim, off).reshape((len(gal_x), *(sample_shape_of(shape_t, dim)))),
         gallery_train_index=np.asarray(gal_t, np.int64),
         gallery_distance=np.asarray(gal_d, np.float64),
         gallery_cluster_size=gal_size,
@@ -636,6 +654,13 @@ def extract(
         extracted_transform=np.asarray(tf_names, dtype=object)[ext_tf],
         gallery_transform=np.asarray(tf_names, dtype=object)[np.asarray(gal_tf, np.int64)],
     )
+
+
+def _unshift(rows: list, dim: int, offset) -> np.ndarray:
+    """Stored leaders (float32, shifted) back in the caller's coordinates: float64 when they were shifted (adding
+    the offset back in float32 would round them to the grid at the offset), else the float32 rows as stored."""
+    x = np.stack(rows) if rows else np.zeros((0, dim), np.float32)
+    return x if offset is None else x.astype(np.float64) + offset
 
 
 def sample_shape_of(shape: tuple[int, ...], dim: int) -> tuple[int, ...]:

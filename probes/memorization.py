@@ -2,7 +2,12 @@
 
 All distances here are **Euclidean (not squared)**, computed from ``neighbors.search`` (FAISS over the
 whole training set, float64 re-ranking). Inputs are (n, D) feature arrays or (n, c, h, w) images,
-which are flattened (``image_shape`` is then inferred, for Carlini's tile distance).
+which are flattened (``image_shape`` is then inferred, for Carlini's tile distance). Inputs wider than float32
+are shifted, all sets by ONE offset (``shared_offset``: the training rows' median; a constant one for images
+under transforms), in float64 before the float32 cast: L2 distances do not change, and the cast keeps float32's
+precision relative to the data's spread (cast as given, features at 1e4 with copies 1e-4 x the spread away
+became exact copies and fresh samples looked like copies). ``metric="cosine"`` normalises rows in float64
+instead (``_unit_rows``).
 
 - ``find_copies``: per generated sample, the nearest training item and the copy rules
   * ratio rule, d1/d2 < 1/3 (Yoon et al. 2023, "Diffusion probabilistic models generalize when they
@@ -100,7 +105,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from diffaudit.errors import DiffauditError
-from diffaudit.probes._checks import as_features, same_width
+from diffaudit.probes._checks import as_features, l2_offset, same_width
 from diffaudit.probes.neighbors import DEFAULT_BUDGET_MIB, search
 from diffaudit.probes.stats import wilson_interval
 from diffaudit.probes.transforms import (
@@ -123,8 +128,8 @@ K_D2 = (
 DUP_FRACTION = 0.1  # rows within this share of the copy scale dup_radius of each other are one item for d2
 
 
-def _flatten(x, name: str, min_n: int = 1):
-    """(n, ...) -> ((n, D) float32, sample shape or None)."""
+def _read_flat(x, name: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """(n, ...) -> ((n, D) array as given, not yet checked or cast; sample shape (c, h, w) or None)."""
     try:
         a = np.asarray(x)
     except Exception as e:
@@ -138,16 +143,52 @@ def _flatten(x, name: str, min_n: int = 1):
     elif a.ndim == 3:  # (n, h, w) grey images
         shape = (1, *a.shape[1:])
         a = a.reshape(len(a), -1)
-    return as_features(a, name, min_n=min_n), shape
+    return a, shape
 
 
-def _normalise_rows(x: np.ndarray, name: str) -> np.ndarray:
-    n = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+def shared_offset(ref, *others, scalar: bool = False) -> np.ndarray | None:
+    """ONE offset (D,) for every array a translation-invariant measure compares (``_checks.l2_offset``: the median
+    of ``ref``'s rows; None when all are float32 or narrower, so their values and every result stay bit-identical).
+
+    ``scalar``: the same value, the median of the per-coordinate medians, in every coordinate. Images under the
+    transform search need it: a shift or flip moves pixels, so with a per-pixel offset o, T(x) - o differs from
+    T(x - o) by T(o) - o and a shifted copy would no longer be at distance 0; a constant offset commutes with every
+    edit of ``probes.transforms`` (and the crops' resize, which preserves constants), and ``standardise`` centres
+    each row, so it cancels there except in near-constant rows, which are compared by their raw values: those are
+    then measured from the training set's median level rather than from 0 (grey vs black is still 1 per pixel)."""
+    arrays = [a for a in (ref, *others) if a is not None]
+    off = l2_offset(*arrays)
+    if off is not None and scalar:
+        off = np.full_like(off, np.median(off))
+    return off
+
+
+def _cast(a: np.ndarray, name: str, min_n: int, offset) -> np.ndarray:
+    """``as_features`` shifted by ``offset`` (float64, before the float32 cast); an array of another width is cast
+    as given, so that ``same_width`` names the mismatch instead of the offset."""
+    if offset is not None and not (a.ndim == 2 and a.shape[1] == len(offset)):
+        offset = None
+    return as_features(a, name, min_n=min_n, offset=offset)
+
+
+def _unit_rows(x: np.ndarray, name: str, src_dtype) -> np.ndarray:
+    """Rows of the checked float64 features ``x`` (n, D) scaled to unit norm, then cast to float32 (cosine:
+    d^2 = 2 - 2 cos); ``src_dtype``: the caller's dtype.
+
+    Cosine is not translation invariant, so no offset: the rows are normalised before the cast, which then
+    rounds once what the measure uses, the directions. Inputs wider than float32 keep ``as_features``'
+    PrecisionWarning when even their directions are closer than float32 resolves (features far from 0 all point
+    the same way: their cosines are ~1 however precisely they are computed; metric="l2" separates them). Float32
+    inputs give the rows they gave before, bit for bit."""
+    n = np.linalg.norm(x, axis=1, keepdims=True)
     if (n == 0).any():
         raise DiffauditError(
             f"{name}: {int((n == 0).sum())} row(s) have zero norm; cosine needs non-zero features."
         )
-    return (x / n).astype(np.float32)
+    u = x / n
+    if np.can_cast(src_dtype, np.float32, casting="safe"):
+        return u.astype(np.float32)
+    return as_features(u, name, min_n=1)
 
 
 def _safe_ratio(d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
@@ -577,12 +618,23 @@ def find_copies(
         raise DiffauditError(f"ratio_threshold={ratio_threshold} must be in (0, 1]; the literature uses 1/3.")
     if not 0 < holdout_quantile < 1:
         raise DiffauditError(f"holdout_quantile={holdout_quantile} must be in (0, 1); e.g. 0.01.")
-    xg, shape_g = _flatten(generated, "generated", min_n=1)
-    xt, shape_t = _flatten(train, "training set", min_n=2)
+    ag, shape_g = _read_flat(generated, "generated")
+    at, shape_t = _read_flat(train, "training set")
+    ah = None if holdout is None else _read_flat(holdout, "holdout")[0]
+    if metric == "cosine":  # validated in float64 here, normalised before the float32 cast below
+        xg = as_features(ag, "generated", min_n=1, dtype=np.float64)
+        xt = as_features(at, "training set", min_n=2, dtype=np.float64)
+        xh = None if ah is None else as_features(ah, "holdout", min_n=2, dtype=np.float64)
+    else:
+        # every distance of the decision is L2 (plain, tile, or between standardised transform views): one shift
+        # of all three sets changes none of them (``shared_offset``; a constant one under transforms); not with a
+        # prebuilt index, whose vectors are the caller's unshifted float32 training rows
+        off = shared_offset(at, ag, ah, scalar=transforms is not None) if isinstance(index, str) else None
+        xg = _cast(ag, "generated", 1, off)
+        xt = _cast(at, "training set", 2, off)
+        xh = None if ah is None else _cast(ah, "holdout", 2, off)
     same_width(xg, xt, "generated", "training set")
-    xh = None
-    if holdout is not None:
-        xh, _ = _flatten(holdout, "holdout", min_n=2)
+    if xh is not None:
         same_width(xh, xt, "holdout", "training set")
     if rule in ("holdout", "ratio_and_holdout") and xh is None:
         raise DiffauditError(f"rule={rule!r} needs holdout samples; pass holdout= or use rule='ratio'.")
@@ -609,10 +661,10 @@ def find_copies(
             )
         carlini = True
     if metric == "cosine":
-        xg = _normalise_rows(xg, "generated")
-        xt = _normalise_rows(xt, "training set")
+        xg = _unit_rows(xg, "generated", ag.dtype)
+        xt = _unit_rows(xt, "training set", at.dtype)
         if xh is not None:
-            xh = _normalise_rows(xh, "holdout")
+            xh = _unit_rows(xh, "holdout", ah.dtype)
     # Exact duplicates of a training item are one item: searched once, so that d2 reaches the nearest OTHER item
     # however often an item is repeated (an item repeated more than K_D2 times left d2 = d1, ratio 1: the exact
     # copies of the most duplicated items -- the ones models memorize first -- were never flagged). Indices are
@@ -915,9 +967,16 @@ def ct_test(
     """
     from sklearn.decomposition import PCA
 
-    xg, _ = _flatten(generated, "generated", min_n=2)
-    xt, _ = _flatten(train, "training set", min_n=2)
-    xh, _ = _flatten(holdout, "holdout", min_n=2)
+    ag, at, ah = (
+        _read_flat(x, nm)[0]
+        for x, nm in ((generated, "generated"), (train, "training set"), (holdout, "holdout"))
+    )
+    # C_T uses L2 distances, k-means cells and a PCA, all equivariant under one shift of the three sets: wide inputs
+    # are shifted by one offset before the float32 cast (``shared_offset``; not with a prebuilt index)
+    off = shared_offset(at, ag, ah) if isinstance(index, str) else None
+    xg = _cast(ag, "generated", 2, off)
+    xt = _cast(at, "training set", 2, off)
+    xh = _cast(ah, "holdout", 2, off)
     same_width(xg, xt, "generated", "training set")
     same_width(xh, xt, "holdout", "training set")
     m, n = len(xg), len(xh)
@@ -1110,8 +1169,12 @@ def authenticity(
     is the value a generator that samples the data distribution would get (Wilson intervals for both).
     ``device``: the caller's torch device, for the k-NN engine (``neighbors.search``).
     """
-    xg, _ = _flatten(generated, "generated", min_n=1)
-    xt, _ = _flatten(train, "training set", min_n=2)
+    ag, at = _read_flat(generated, "generated")[0], _read_flat(train, "training set")[0]
+    ar = None if reference is None else _read_flat(reference, "reference (holdout)")[0]
+    # every distance is L2: one shift of the three sets before the float32 cast (``shared_offset``)
+    off = shared_offset(at, ag, ar) if isinstance(index, str) else None
+    xg = _cast(ag, "generated", 1, off)
+    xt = _cast(at, "training set", 2, off)
     same_width(xg, xt, "generated", "training set")
     nn, d_gen, r_train, auth = _authentic(xg, xt, "generated", index, budget_mib, seed, device)
     k = int(auth.sum())
@@ -1125,7 +1188,7 @@ def authenticity(
         authentic=auth,
     )
     if reference is not None:
-        xr, _ = _flatten(reference, "reference (holdout)", min_n=1)
+        xr = _cast(ar, "reference (holdout)", 1, off)
         same_width(xr, xt, "reference (holdout)", "training set")
         kr = int(_authentic(xr, xt, "reference (holdout)", index, budget_mib, seed, device)[3].sum())
         res.reference, res.reference_ci, res.n_reference = kr / len(xr), wilson_interval(kr, len(xr)), len(xr)

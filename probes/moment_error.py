@@ -45,6 +45,10 @@ On a GPU (``device="cuda"``; ``probes._torch``) both estimators run their eigen-
 second-moment sums and Gram-block variance passes in torch float64 on the device: the same formulas in the same
 precision (``engine="torch"`` runs that path on the CPU too; tests hold it to the numpy path at 1e-10 relative).
 On the CPU (the default) the numpy path runs.
+
+Inputs wider than float32 (float64 far from 0) are shifted by one offset in float64 before the float32 cast, the
+population mean ``mu`` by the same offset (a covariance does not move): both statistics depend on differences only,
+so nothing changes but what the cast keeps (``_checks`` module docstring). Float32 inputs are used as given.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ import numpy as np
 
 from diffaudit.errors import DiffauditError
 from diffaudit.probes import _torch
-from diffaudit.probes._checks import as_features, same_width
+from diffaudit.probes._checks import as_features, l2_offset, same_width
 from diffaudit.probes.convergence import gaussian_stats
 from diffaudit.probes.stats import normal_interval
 
@@ -147,6 +151,12 @@ def _check_population(mu, sigma, D: int) -> tuple[np.ndarray, np.ndarray]:
     if np.abs(sigma - sigma.T).max() > 1e-6 * scale:
         raise DiffauditError("population sigma is not symmetric; pass a covariance matrix.")
     return mu, (sigma + sigma.T) / 2
+
+
+def _same(offset, x):
+    """``offset`` when ``x`` is (n, D) of its width, else None: ``same_width`` then names the mismatch."""
+    a = np.asarray(x)
+    return offset if offset is not None and a.ndim == 2 and a.shape[1] == len(offset) else None
 
 
 def _whitener(
@@ -353,9 +363,15 @@ def whitened_moment_error(
     ``max_variance_rows`` rows (all rows when fewer), streamed in Gram blocks sized from ``budget_mib``.
     ``device``/``engine``: on a CUDA device the linear algebra runs there in float64 (module docstring).
     """
-    x = as_features(generated, "generated features", min_n=4)
+    # E1 depends on x - mu only: wide input is shifted by an offset in float64 before its float32 cast, and mu by
+    # the same offset (sigma, a covariance, does not move), so the cast keeps float32's precision relative to the
+    # spread, not to the distance from 0 (``_checks`` module docstring); float32 input is used as given
+    off = l2_offset(generated)
+    x = as_features(generated, "generated features", min_n=4, offset=off)
     n, D = x.shape
     mu, sigma = _check_population(mu, sigma, D)
+    if off is not None:
+        mu = mu - off
     if not 0 < confidence < 1:
         raise DiffauditError(f"confidence={confidence} must be between 0 and 1, e.g. 0.95.")
     dev = _torch.torch_device(device) if _torch.use_torch(engine, device) else None
@@ -554,8 +570,11 @@ def two_sample_moment_mmd(
     measured (d = 8, n_g = 300, n_ref = 600, 1,000 draws): 98.8 % at the null, 94.3 % at E1 = 0.09.
     ``device``/``engine``: on a CUDA device the linear algebra runs there in float64 (module docstring).
     """
-    x = as_features(generated, "generated features", min_n=4)
-    ref = as_features(reference, "reference features", min_n=16)
+    # second moments about mu_A in both samples: one shift of both changes nothing, so wide inputs are shifted by
+    # ONE offset (the reference rows' median) in float64 before the float32 cast (``_checks`` module docstring)
+    off = l2_offset(reference, generated)
+    x = as_features(generated, "generated features", min_n=4, offset=_same(off, generated))
+    ref = as_features(reference, "reference features", min_n=16, offset=off)
     same_width(x, ref, "generated features", "reference features")
     if not 0 < confidence < 1:
         raise DiffauditError(f"confidence={confidence} must be between 0 and 1, e.g. 0.95.")
