@@ -105,6 +105,23 @@ def _spread_bits(a: np.ndarray, out: np.ndarray, offset) -> float:
     return float(-0.5 * np.log2(err2 / n / spread2))
 
 
+def cast_precision_note(x, out: np.ndarray, name: str) -> str | None:
+    """A sentence when ``out`` (the float32 cast of ``x``, any shape with rows first) kept fewer than
+    ``SPREAD_BITS`` bits of ``x``'s spread (values far from 0 relative to their spread), else None. For callers
+    that must hold float32 arrays as given (the audit's inputs): they cannot shift, so they say it."""
+    a = np.asarray(x)
+    if not _wider(a.dtype, out.dtype) or a.ndim < 2 or len(a) < 2:
+        return None
+    bits = _spread_bits(a.reshape(len(a), -1), np.asarray(out).reshape(len(a), -1), None)
+    if bits >= SPREAD_BITS:
+        return None
+    return (
+        f"{name}: the float32 cast keeps only {max(bits, 0.0):.0f} bits of the samples' spread (their values are "
+        "far from 0 relative to how much they differ), so near copies and fresh samples blur together; centre "
+        "the data (subtract one mean from every set) before auditing."
+    )
+
+
 def as_features(x, name: str, *, min_n: int = 2, dtype=np.float32, offset=None) -> np.ndarray:
     """Validate a feature array ``(n, D)`` and return it C-contiguous in ``dtype``.
 

@@ -130,9 +130,10 @@ def run_audit(
     t_start = time.perf_counter()
     if out_dir is not None and Path(out_dir).exists() and not overwrite:
         raise DiffauditError(f"output folder {out_dir} already exists; pass another --out or remove it.")
-    train = check_array(train, "training set")
+    notes: list[str] = []
+    train = check_array(train, "training set", notes)
     if holdout is not None:
-        holdout = check_array(holdout, "holdout set")
+        holdout = check_array(holdout, "holdout set", notes)
         if holdout.shape[1:] != train.shape[1:]:
             raise DiffauditError(
                 f"holdout samples have shape {holdout.shape[1:]} but training samples "
@@ -211,6 +212,7 @@ def run_audit(
         n_gen=n_gen,
         conditions=conditions,
         presampled=samples,
+        notes=notes,
     )
     stage_times = run_stages(ctx, tuple(stages) + ((CONDITION_STAGE,) if conditions is not None else ()))
     timings = {**(timings or {}), **stage_times}
@@ -251,7 +253,7 @@ def run_audit(
             details=ctx.details,
         )
     )
-    report["warnings"] = sample_size_warnings(n_gen, None if holdout is None else len(holdout))
+    report["warnings"] = sample_size_warnings(n_gen, None if holdout is None else len(holdout)) + ctx.notes
     if conditions is not None:
         report["inputs"]["condition"] = {**conditions.summary(), "guidance": cfg.guidance}
         report["conditions"] = ctx.condition_results or []

@@ -33,6 +33,7 @@ from diffaudit.probes import extraction as ex
 from diffaudit.probes import factors as fp
 from diffaudit.probes import memorization as mem
 from diffaudit.probes import moment_error as me
+from diffaudit.probes._checks import cast_precision_note
 from diffaudit.probes.basin import basin_of_attraction, calibrate
 from diffaudit.probes.membership import membership_inference, roc_points
 from diffaudit.probes.partial_copies import GRID as PARTIAL_GRID
@@ -80,6 +81,7 @@ class Context:
     # the model's generations 0 .. n_gen - 1 for cfg.seed, drawn before the audit (a sweep group's models
     # are sampled together: ``diffaudit.sweeps.run.run_group``); None: the sample stage draws them
     presampled: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)  # warnings about the inputs, for the report's "warnings"
 
     def cond_for(self, start: int, n: int):
         """The model's ``cond`` for generations ``start .. start + n - 1`` (None for an unconditional audit)."""
@@ -139,7 +141,9 @@ def metric(value, ci=None) -> dict | None:
     return {"value": v, "ci": c}
 
 
-def check_array(x, name: str) -> np.ndarray:
+def check_array(x, name: str, notes: list | None = None) -> np.ndarray:
+    """``x`` checked (at least 2 finite real rows of sane magnitude) and cast to float32, the audit's normal
+    form; ``notes`` receives a sentence when the cast lost the samples' spread (``cast_precision_note``)."""
     x = np.asarray(x)
     if x.ndim < 2 or len(x) < 2:
         raise DiffauditError(f"{name}: needs at least 2 samples of shape (n, ...), got shape {x.shape}.")
@@ -151,7 +155,12 @@ def check_array(x, name: str) -> np.ndarray:
             f"{name}: {bad} sample(s) contain NaN or Inf; fix the model or remove those samples."
         )
     check_magnitude(x, name)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    out = np.ascontiguousarray(x, dtype=np.float32)
+    if notes is not None:
+        note = cast_precision_note(x, out, name)
+        if note:
+            notes.append(note)
+    return out
 
 
 def draw_samples(model, n: int, seed: int, advance=None, chunk: int = 256, cond=None) -> np.ndarray:
@@ -220,7 +229,7 @@ def sample(ctx: Context) -> None:
         ctx.advance(len(gen))
     else:
         gen = draw_samples(ctx.model, ctx.n_gen, ctx.cfg.seed, ctx.advance, cond=ctx.cond_for(0, ctx.n_gen))
-    gen = check_array(gen, "generated samples")
+    gen = check_array(gen, "generated samples", ctx.notes)
     if len(gen) != ctx.n_gen:  # pre-generated files are checked when sampled: this is the model's own code
         raise ModelError(
             f"model {getattr(ctx.model, 'name', type(ctx.model).__name__)}: sample(n, seed) returned "
