@@ -81,6 +81,7 @@ from diffaudit.errors import DiffauditError
 from diffaudit.probes._checks import as_features, same_width
 from diffaudit.probes.memorization import (
     DUP_FRACTION,
+    EXACT_FRACTION,
     CopyDistance,
     distinct_rows,
     range_pairs,
@@ -422,7 +423,10 @@ def extract(
     # neighbour's own item (near-duplicates within DUP_FRACTION of the copy scale -- tau, else r_link, which is
     # find_copies' dup_radius then -- however often the item is repeated)
     same_dist = CopyDistance(xt, budget_mib=budget_mib, seed=seed, device=device)
-    r_same = DUP_FRACTION * r_link
+    # without a holdout only rows a thousandth of the copy scale apart are one item (find_copies' rule)
+    r_same = (DUP_FRACTION if tau is not None else EXACT_FRACTION) * r_link
+    # the leaders of stuck items, kept across chunks (second_distinct)
+    item_lead = np.full(same_dist.n, -1, np.int64)
     verifier = None
     tf_names: tuple[str, ...] = ("identity",)
     # linking stays in plain distance; the verification of candidate leaders is transform-robust
@@ -507,7 +511,7 @@ def extract(
         )
         Dk = np.sqrt(np.maximum(r.D, 0.0))
         nn, d1 = r.I[:, 0], Dk[:, 0]
-        d2 = second_distinct(xg, Dk, r.I, nn, same_dist, r_same)
+        d2 = second_distinct(xg, Dk, r.I, nn, same_dist, r_same, lead=item_lead)
         is_copy = np.where(d1 == 0, 0.0, d1 / np.where(d2 == 0, np.inf, d2)) < ratio_threshold
         if tau is not None:
             is_copy &= d1 < tau

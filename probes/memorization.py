@@ -82,6 +82,15 @@ and, under transforms, the mirror image or shifted twin an augmented training se
   represented by their leader (within r_same of it). Every step is blocked by ``budget_mib``: no n x m matrix.
   Worst case, every item held >= K_D2 times (500 sprites x 20 near-duplicates, 1,200 queries, all re-searched):
   6.5 s against 3.5 s for the search that missed every copy.
+- Without a holdout there is no distance that fresh data is known not to reach: merging near-duplicate families
+  made fresh draws from a family look like copies (review: families of noise 1e-2 x std holding 20 % of the mass,
+  d = 16: 19 % of fresh draws flagged, a copy-free model failing memorization; 0 % before). So without a holdout
+  only rows within ``EXACT_FRACTION`` (1e-3) of the copy scale are one item: exact duplicates, exact twins and
+  re-encodings (noise 1e-4 x std still merges); farther near-duplicate repeats can then hide copies, as before
+  this rule: audit with a holdout.
+- Memory: the stuck items' range searches come in rounds sized from ``budget_mib`` (an item held R times gives
+  R pairs per row searched from it; the first round searches one row to learn R), and a row already led is not
+  searched again; ``extract`` keeps the leaders across its chunks.
 - Limits: a training set that stores mirror images or shifts is denser under the searched edits than its items
   stored once (a stored mirror image shifted by 1 px is a flip + shift of its item, an edit the search does not
   otherwise try), so a noisy copy's d2 can come out a little smaller: 16-px sprites with 5 % noise are recalled at
@@ -126,6 +135,8 @@ K_D2 = (
     16  # d2's candidates; an item held more often is searched again collapsed (module docstring, "one item")
 )
 DUP_FRACTION = 0.1  # rows within this share of the copy scale dup_radius of each other are one item for d2
+# without a holdout: only rows this close (the same item re-encoded, an exact twin) are one item (module docstring)
+EXACT_FRACTION = 1e-3
 
 
 def _read_flat(x, name: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
@@ -433,7 +444,36 @@ def _scan_second(D, I, nn, same):
     return d2, found
 
 
-def second_distinct(xq, D, I, nn, dist: CopyDistance, radius: float, k_retry: int = K_D2) -> np.ndarray:
+def _leaders(A: np.ndarray, dist: CopyDistance, radius: float, lead: np.ndarray) -> None:
+    """Leader clustering of the stuck first neighbours ``A`` (sorted rows), into ``lead`` (n,) (-1: no leader
+    yet; kept across calls by the caller): in row order, a row belongs to the first leader that reaches it
+    through the same-item set of one of its item's rows. The same-item sets are range searches from the rows of
+    ``A`` not yet led, in rounds sized so that a round's pairs stay within ``dist.budget_mib`` (an item held R
+    times gives R pairs per row searched from it: one round of every stuck row of an item held 20,000 times
+    would hold |A| x 20,000 pairs); a row of ``A`` already led by an earlier round is not searched again."""
+    max_pairs = max(1, int(float(dist.budget_mib) * 2**20 // 32))  # two int64 per pair, plus the sort
+    reach = max_pairs  # the largest same-item set seen so far (unknown: the first round searches one row)
+    while True:
+        pending = A[lead[A] < 0]
+        if not len(pending):
+            return
+        take = pending[: max(1, max_pairs // reach)]
+        qi, c = dist.ball(take, radius)
+        seen = int(np.bincount(qi, minlength=len(take)).max()) if len(qi) else 1
+        reach = seen if reach == max_pairs and len(take) == 1 else max(reach, seen)
+        o = np.argsort(qi, kind="stable")
+        qi, c = qi[o], c[o]
+        lims = np.searchsorted(qi, np.arange(len(take) + 1))
+        for i, a in enumerate(take):
+            L = lead[a] if lead[a] >= 0 else a
+            lead[a] = L
+            m = c[lims[i] : lims[i + 1]]
+            lead[m[lead[m] < 0]] = L
+
+
+def second_distinct(
+    xq, D, I, nn, dist: CopyDistance, radius: float, k_retry: int = K_D2, lead: np.ndarray | None = None
+) -> np.ndarray:
     """d2: per query of ``xq``, the distance to the nearest training row that is not the same item as its first
     neighbour ``nn`` (``CopyDistance.pairs`` at most ``radius``; module docstring, "one item"), from the
     candidates ``D``, ``I`` (n, k) of the search. A query whose k candidates are all that item's is searched again
@@ -456,19 +496,9 @@ def second_distinct(xq, D, I, nn, dist: CopyDistance, radius: float, k_retry: in
         stuck = stuck[~ok]
     if len(stuck) == 0 or k >= dist.n:  # nothing missed, or every training row was a candidate
         return d2
-    A = np.unique(nn[stuck])
-    qi, c = dist.ball(A, radius)
-    # leader clustering over the stuck first neighbours, in row order: a row belongs to the first leader that
-    # reaches it through one of its items' same-item sets
-    lead = np.full(dist.n, -1, np.int64)
-    o = np.argsort(qi, kind="stable")
-    qi, c = qi[o], c[o]
-    lims = np.searchsorted(qi, np.arange(len(A) + 1))
-    for i, a in enumerate(A):
-        L = lead[a] if lead[a] >= 0 else a
-        lead[a] = L
-        m = c[lims[i] : lims[i + 1]]
-        lead[m[lead[m] < 0]] = L
+    if lead is None:
+        lead = np.full(dist.n, -1, np.int64)
+    _leaders(np.unique(nn[stuck]), dist, radius, lead)
     db = np.flatnonzero((lead < 0) | (lead == np.arange(dist.n)))
     D2, I2 = dist.knn(xq[stuck], db, k)
 
@@ -778,7 +808,9 @@ def find_copies(
             ratio_threshold * w_id * np.median(_nn_within(base, s, 1, budget_mib, device=device)[0][:, 0])
         )
     # d2: the nearest training row that is not the first neighbour's own item (module docstring, "one item")
-    d2 = second_distinct(xg, Dc, Ic, nn_index, dist, DUP_FRACTION * dup_radius)
+    d2 = second_distinct(
+        xg, Dc, Ic, nn_index, dist, (DUP_FRACTION if thr is not None else EXACT_FRACTION) * dup_radius
+    )
     ratio = _safe_ratio(d1, d2)
     is_ratio = ratio < ratio_threshold
 
