@@ -98,7 +98,9 @@ def to_normal_form(a, name: str = "samples") -> np.ndarray:
     if np.iscomplexobj(a):
         raise DiffauditError(f"{name}: holds complex numbers; save real-valued samples.")
     if a.ndim == 2:
-        return np.ascontiguousarray(a, dtype=np.float32)
+        out = np.ascontiguousarray(a, dtype=np.float32)
+        check_spread(a, out, name)
+        return out
     if a.ndim == 3:  # (n, h, w) grayscale images
         a = a[:, None]
     elif a.ndim != 4:
@@ -206,6 +208,42 @@ def check_magnitude(x: np.ndarray, name: str) -> None:
             f"{name}: values reach {peak:.3g}, outside the {MIN_MAGNITUDE:g}..{MAX_MAGNITUDE:g} range in which "
             "distances between samples are exact enough in float32; divide every set by one common scale "
             "(e.g. the training data's standard deviation) and rerun."
+        )
+
+
+# float32 keeps 24 bits of a value relative to its size; vectors whose spread is tiny next to their distance from
+# 0 (1e4 + noise 1e-4: the float32 grid there is ~1e-3) lose it in the cast, and near copies and fresh samples
+# become one point. Below 16 bits of the spread kept (a distance of 1e-3 x the spread still known to ~1.5 %) the
+# file is refused with the fix, as check_magnitude refuses what float32 distances cannot represent.
+MIN_SPREAD_BITS = 16
+_SPREAD_BLOCK = 1 << 20  # values per float64 block of the check
+
+
+def check_spread(a: np.ndarray, out: np.ndarray, name: str) -> None:
+    """Refuse (n, d) samples wider than float32 whose float32 cast ``out`` keeps fewer than ``MIN_SPREAD_BITS``
+    bits of their spread (comment above); float32 and narrower inputs are exact and never checked."""
+    if np.can_cast(a.dtype, np.float32, casting="safe") or len(a) < 2 or a.size == 0:
+        return
+    n, d = a.shape
+    x0 = a[0].astype(np.float64)
+    s1, s2, err2 = np.zeros(d), np.zeros(d), 0.0
+    step = max(1, _SPREAD_BLOCK // max(d, 1))
+    for i in range(0, n, step):
+        x = a[i : i + step].astype(np.float64)
+        e = x - out[i : i + step]
+        err2 += float(np.einsum("ij,ij->", e, e))
+        x -= x0
+        s1 += x.sum(0)
+        s2 += np.einsum("ij,ij->j", x, x)
+    spread2 = float(np.maximum(s2 - s1 * s1 / n, 0.0).sum()) / (n - 1)
+    if not (spread2 > 0 and err2 > 0 and np.isfinite(spread2)):
+        return
+    bits = -0.5 * np.log2(err2 / n / spread2)
+    if bits < MIN_SPREAD_BITS:
+        raise DiffauditError(
+            f"{name}: its values are far from 0 relative to how much they differ (the float32 every probe works "
+            f"in keeps only {max(bits, 0.0):.0f} of 24 bits of their spread, so near copies and fresh samples "
+            "blur together); subtract one common mean from every set (training, holdout, samples) and rerun."
         )
 
 

@@ -368,3 +368,30 @@ def test_cli_audit_messages_for_misfit_sample_files(tmp_path, make, match):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0]
     assert "--key" not in r.stderr and "pickled" not in r.stderr and not out.exists()
+
+
+def test_vectors_far_from_zero_are_refused_with_the_fix(tmp_path):
+    """float64 vectors at 1e4 with spread 1e-4 lose all of it in the float32 cast: refused with the fix (centre
+    them); the same vectors centred, float32 ones, and ordinary offsets (~ the spread) load as before."""
+    from diffaudit.datasets.loading import load_samples
+
+    rng = np.random.default_rng(0)
+    far = 1e4 + 1e-4 * rng.standard_normal((200, 5))
+    np.save(tmp_path / "far.npy", far)
+    with pytest.raises(
+        DiffauditError, match="far from 0 relative to how much they differ.*subtract one common mean"
+    ):
+        load_samples(tmp_path / "far.npy")
+    np.save(tmp_path / "centred.npy", far - far.mean(0))
+    np.save(tmp_path / "ordinary.npy", 5.0 + rng.standard_normal((200, 5)))
+    np.save(tmp_path / "f32.npy", far.astype(np.float32))  # already float32: nothing is lost by the loader
+    for f in ("centred", "ordinary", "f32"):
+        assert load_samples(tmp_path / f"{f}.npy").shape == (200, 5)
+    # the boundary: spread 2^-b of an offset of 1 keeps about 24 - b bits
+    for b, refused in ((6, False), (12, True)):
+        np.save(tmp_path / "b.npy", 1.0 + 2.0**-b * rng.standard_normal((300, 3)))
+        if refused:
+            with pytest.raises(DiffauditError, match="keeps only"):
+                load_samples(tmp_path / "b.npy")
+        else:
+            load_samples(tmp_path / "b.npy")
