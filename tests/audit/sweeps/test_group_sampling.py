@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from test_groups import _numbers_close  # the same report comparison as the grouped-training tests
 
 from diffaudit.datasets.base import get_dataset
 from diffaudit.errors import DiffauditError
@@ -35,31 +36,6 @@ SPEC = {
         "options": {"n_boot": 2, "kid_subsets": 5, "mia_n": 50, "mia_draws": 1, "extraction_budget": 200},
     },
 }
-
-
-def _close(a, b, where=""):
-    if isinstance(a, dict):
-        assert set(a) == set(b), (where, set(a) ^ set(b))
-        for k in a:
-            if k not in (
-                "timings",
-                "created",
-                "elapsed_s",
-                "out_dir",
-                "path",
-                "hashes",
-                "threads",
-                "sampling",
-            ):
-                _close(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _close(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) or isinstance(b, float):
-        assert np.isclose(a, b, rtol=1e-3, atol=1e-6, equal_nan=True), (where, a, b)
-    else:
-        assert a == b, (where, a, b)
 
 
 def test_group_sampled_together_equals_each_cell_sampling_its_own_model(tmp_path):
@@ -93,7 +69,7 @@ def test_group_sampled_together_equals_each_cell_sampling_its_own_model(tmp_path
         assert a["inputs"]["n_generated"] == audit_draw(r, "cpu")[0] == 120
         # the extraction stage continued the model's own stream past the pre-drawn 120 generations
         assert a["details"]["extraction"]["drawn_samples"] == 80
-        _close(a, b, cid)
+        _numbers_close(a, b, cid)
 
 
 def test_run_audit_checks_presampled_shape_and_uses_them():

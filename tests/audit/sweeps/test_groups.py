@@ -295,8 +295,18 @@ def _numbers_close(a, b, where=""):
     if isinstance(a, dict):
         assert set(a) == set(b), (where, set(a) ^ set(b))
         for k in a:
-            # wall-clock fields, sample hashes (rounding) and the thread settings of the process
-            if k not in ("timings", "created", "elapsed_s", "out_dir", "path", "hashes", "threads"):
+            # wall-clock fields, sample hashes (rounding), the thread settings of the process and how the
+            # samples were drawn (alone, or with the group's other models: test_group_sampling.py)
+            if k not in (
+                "timings",
+                "created",
+                "elapsed_s",
+                "out_dir",
+                "path",
+                "hashes",
+                "threads",
+                "sampling",
+            ):
                 _numbers_close(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, list):
         assert len(a) == len(b), where
